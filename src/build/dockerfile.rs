@@ -1,0 +1,317 @@
+//! Rendering the Dockerfile for a spec.
+//!
+//! The order is chosen for the layer cache: apt (slowest to change) → conda → pip, so an edit
+//! to the pip list re-uses the apt layer. The labels come last: they change with every
+//! revision, and in the classic builder a changed instruction invalidates every layer after it,
+//! so labels placed before the RUN steps would rebuild everything on every commit. Packages are listed sorted and de-duplicated (the
+//! same order the canonical digest uses) and every package is one shell-quoted argument:
+//! validation already rules out shell metacharacters, quoting makes injection doubly
+//! impossible. Revision metadata arrives as parameters, so rendering is a pure function.
+//!
+//! A custom CA bundle is copied into the image and exported only inside the RUN steps
+//! (`SSL_CERT_FILE`, `PIP_CERT`, `REQUESTS_CA_BUNDLE`, `CONDA_SSL_VERIFY`, apt's `CAInfo`), for
+//! networks behind a TLS-inspecting proxy; it does not change the environment of the final
+//! image.
+
+use crate::spec::{ImageSpec, Manager};
+use std::fmt::Write as _;
+
+/// File name of the CA bundle inside the build context.
+pub const CA_BUNDLE_CONTEXT_NAME: &str = "kiln-ca-bundle.crt";
+/// Where the CA bundle is placed in the image during the build.
+pub const CA_BUNDLE_IMAGE_PATH: &str = "/usr/local/share/kiln/ca-bundle.crt";
+
+/// Metadata of the revision being built, written as OCI labels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevisionInfo {
+    /// Full commit SHA.
+    pub commit: String,
+    /// Repository URL (`org.opencontainers.image.source`).
+    pub source: String,
+    /// RFC 3339 build time.
+    pub created: String,
+    /// Revision number of the spec.
+    pub revision: u64,
+    /// Canonical digest of the spec.
+    pub digest: String,
+}
+
+impl RevisionInfo {
+    /// Stand-in values for `kiln render`, where no commit is at hand.
+    pub fn placeholder(digest: &str) -> Self {
+        RevisionInfo {
+            commit: "0000000000000000000000000000000000000000".into(),
+            source: "https://git.example.com/platform/images".into(),
+            created: "1970-01-01T00:00:00Z".into(),
+            revision: 0,
+            digest: digest.to_string(),
+        }
+    }
+}
+
+/// Everything besides the spec that shapes the Dockerfile.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RenderOptions {
+    /// The base image's own `USER`, restored at the end (inspected from the base image).
+    /// `None` or empty: the base runs as root, nothing to restore.
+    pub base_user: Option<String>,
+    /// Whether a CA bundle is in the build context as [`CA_BUNDLE_CONTEXT_NAME`].
+    pub ca_bundle: bool,
+}
+
+/// The OCI labels of an image built from `spec` at `rev`.
+pub fn image_labels(spec: &ImageSpec, rev: &RevisionInfo) -> Vec<(&'static str, String)> {
+    vec![
+        ("org.opencontainers.image.created", rev.created.clone()),
+        ("org.opencontainers.image.revision", rev.commit.clone()),
+        ("org.opencontainers.image.source", rev.source.clone()),
+        ("org.opencontainers.image.title", spec.name.clone()),
+        ("io.kiln.spec", spec.name.clone()),
+        ("io.kiln.revision", rev.revision.to_string()),
+        ("io.kiln.digest", rev.digest.clone()),
+    ]
+}
+
+/// Render the Dockerfile for `spec`.
+pub fn render(spec: &ImageSpec, rev: &RevisionInfo, options: &RenderOptions) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# Rendered by Kiln for spec {:?}, revision {}.", spec.name, rev.revision);
+    let _ = writeln!(out, "FROM {}", spec.base_image);
+    let _ = writeln!(out, "USER root");
+    let _ = writeln!(out, "ARG DEBIAN_FRONTEND=noninteractive");
+    let ca_env = if options.ca_bundle {
+        let _ = writeln!(out, "COPY {CA_BUNDLE_CONTEXT_NAME} {CA_BUNDLE_IMAGE_PATH}");
+        format!(
+            "SSL_CERT_FILE={p} PIP_CERT={p} REQUESTS_CA_BUNDLE={p} CONDA_SSL_VERIFY={p} ",
+            p = CA_BUNDLE_IMAGE_PATH
+        )
+    } else {
+        String::new()
+    };
+
+    let apt = spec.packages.normalized(Manager::Apt);
+    if !apt.is_empty() {
+        let apt_ca = if options.ca_bundle {
+            format!(" -o Acquire::https::CAInfo={CA_BUNDLE_IMAGE_PATH}")
+        } else {
+            String::new()
+        };
+        let _ = writeln!(out, "RUN {ca_env}apt-get{apt_ca} update \\");
+        let _ = writeln!(out, " && {ca_env}apt-get{apt_ca} install -y --no-install-recommends \\");
+        push_args(&mut out, &apt);
+        let _ = writeln!(out, " && rm -rf /var/lib/apt/lists/*");
+    }
+
+    let conda = spec.packages.normalized(Manager::Conda);
+    if !conda.is_empty() {
+        // Use whichever solver the base image ships; fail loudly when it has none.
+        let export = if options.ca_bundle { format!("export {}; ", ca_env.trim_end()) } else { String::new() };
+        let _ = writeln!(out, "RUN set -e; {export}\\");
+        let _ = writeln!(out, " if command -v micromamba >/dev/null; then CONDA='micromamba'; CONDA_INSTALL='micromamba install --yes --name base'; \\");
+        let _ = writeln!(out, " elif command -v mamba >/dev/null; then CONDA='mamba'; CONDA_INSTALL='mamba install --yes'; \\");
+        let _ = writeln!(out, " elif command -v conda >/dev/null; then CONDA='conda'; CONDA_INSTALL='conda install --yes'; \\");
+        let _ = writeln!(out, " else echo 'kiln: the base image has no conda, mamba or micromamba' >&2; exit 1; fi; \\");
+        let _ = writeln!(out, " $CONDA_INSTALL \\");
+        push_args(&mut out, &conda);
+        let _ = writeln!(out, " && $CONDA clean --all --yes");
+    }
+
+    let pip = spec.packages.normalized(Manager::Pip);
+    if !pip.is_empty() {
+        let _ = writeln!(
+            out,
+            "RUN {ca_env}PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 \\"
+        );
+        let _ = writeln!(out, "    python3 -m pip install --no-cache-dir \\");
+        push_args(&mut out, &pip);
+        // A trailing no-op keeps every argument line a continuation.
+        let _ = writeln!(out, " && true");
+    }
+
+    let labels = image_labels(spec, rev);
+    for (i, (key, value)) in labels.iter().enumerate() {
+        let head = if i == 0 { "LABEL " } else { "      " };
+        let tail = if i + 1 < labels.len() { " \\" } else { "" };
+        let _ = writeln!(out, "{head}{key}=\"{}\"{tail}", label_escape(value));
+    }
+    match options.base_user.as_deref().map(str::trim) {
+        Some(user) if !user.is_empty() && user != "root" && user != "0" => {
+            let _ = writeln!(out, "USER {user}");
+        }
+        _ => {}
+    }
+    out
+}
+
+/// One shell-quoted argument per line, each continued.
+fn push_args(out: &mut String, args: &[&str]) {
+    for arg in args {
+        let quoted = shlex::try_quote(arg).map(|q| q.into_owned()).unwrap_or_else(|_| format!("'{}'", arg.replace('\'', "'\\''")));
+        let _ = writeln!(out, "      {quoted} \\");
+    }
+}
+
+/// A LABEL value inside double quotes: escape what the Dockerfile parser would interpret.
+fn label_escape(value: &str) -> String {
+    let mut escaped = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' | '"' | '$' => {
+                escaped.push('\\');
+                escaped.push(c);
+            }
+            '\n' | '\r' => escaped.push(' '),
+            c => escaped.push(c),
+        }
+    }
+    escaped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::Packages;
+    use proptest::prelude::*;
+
+    fn spec() -> ImageSpec {
+        ImageSpec {
+            name: "vision-notebook".into(),
+            description: None,
+            base_image: "127.0.0.1:5000/kiln/bookworm-python:minbase".into(),
+            pull_secret: None,
+            packages: Packages {
+                apt: vec!["libgl1".into(), "curl".into()],
+                conda: vec!["conda-forge::numpy==1.17*".into()],
+                pip: vec!["six==1.16.0".into(), "pandas>=2.1".into()],
+            },
+        }
+    }
+
+    fn rev() -> RevisionInfo {
+        RevisionInfo {
+            commit: "1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b".into(),
+            source: "file:///srv/git/images.git".into(),
+            created: "2026-11-23T12:00:00Z".into(),
+            revision: 3,
+            digest: "sha256:abc".into(),
+        }
+    }
+
+    const GOLDEN_FULL: &str = r#"# Rendered by Kiln for spec "vision-notebook", revision 3.
+FROM 127.0.0.1:5000/kiln/bookworm-python:minbase
+USER root
+ARG DEBIAN_FRONTEND=noninteractive
+COPY kiln-ca-bundle.crt /usr/local/share/kiln/ca-bundle.crt
+RUN SSL_CERT_FILE=/usr/local/share/kiln/ca-bundle.crt PIP_CERT=/usr/local/share/kiln/ca-bundle.crt REQUESTS_CA_BUNDLE=/usr/local/share/kiln/ca-bundle.crt CONDA_SSL_VERIFY=/usr/local/share/kiln/ca-bundle.crt apt-get -o Acquire::https::CAInfo=/usr/local/share/kiln/ca-bundle.crt update \
+ && SSL_CERT_FILE=/usr/local/share/kiln/ca-bundle.crt PIP_CERT=/usr/local/share/kiln/ca-bundle.crt REQUESTS_CA_BUNDLE=/usr/local/share/kiln/ca-bundle.crt CONDA_SSL_VERIFY=/usr/local/share/kiln/ca-bundle.crt apt-get -o Acquire::https::CAInfo=/usr/local/share/kiln/ca-bundle.crt install -y --no-install-recommends \
+      curl \
+      libgl1 \
+ && rm -rf /var/lib/apt/lists/*
+RUN set -e; export SSL_CERT_FILE=/usr/local/share/kiln/ca-bundle.crt PIP_CERT=/usr/local/share/kiln/ca-bundle.crt REQUESTS_CA_BUNDLE=/usr/local/share/kiln/ca-bundle.crt CONDA_SSL_VERIFY=/usr/local/share/kiln/ca-bundle.crt; \
+ if command -v micromamba >/dev/null; then CONDA='micromamba'; CONDA_INSTALL='micromamba install --yes --name base'; \
+ elif command -v mamba >/dev/null; then CONDA='mamba'; CONDA_INSTALL='mamba install --yes'; \
+ elif command -v conda >/dev/null; then CONDA='conda'; CONDA_INSTALL='conda install --yes'; \
+ else echo 'kiln: the base image has no conda, mamba or micromamba' >&2; exit 1; fi; \
+ $CONDA_INSTALL \
+      'conda-forge::numpy==1.17*' \
+ && $CONDA clean --all --yes
+RUN SSL_CERT_FILE=/usr/local/share/kiln/ca-bundle.crt PIP_CERT=/usr/local/share/kiln/ca-bundle.crt REQUESTS_CA_BUNDLE=/usr/local/share/kiln/ca-bundle.crt CONDA_SSL_VERIFY=/usr/local/share/kiln/ca-bundle.crt PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    python3 -m pip install --no-cache-dir \
+      'pandas>=2.1' \
+      'six==1.16.0' \
+ && true
+LABEL org.opencontainers.image.created="2026-11-23T12:00:00Z" \
+      org.opencontainers.image.revision="1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b" \
+      org.opencontainers.image.source="file:///srv/git/images.git" \
+      org.opencontainers.image.title="vision-notebook" \
+      io.kiln.spec="vision-notebook" \
+      io.kiln.revision="3" \
+      io.kiln.digest="sha256:abc"
+USER jovyan
+"#;
+
+    #[test]
+    fn golden_full() {
+        let options = RenderOptions { base_user: Some("jovyan".into()), ca_bundle: true };
+        assert_eq!(render(&spec(), &rev(), &options), GOLDEN_FULL);
+    }
+
+    const GOLDEN_APT_ONLY: &str = r#"# Rendered by Kiln for spec "tools", revision 3.
+FROM debian:bookworm
+USER root
+ARG DEBIAN_FRONTEND=noninteractive
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+      jq \
+ && rm -rf /var/lib/apt/lists/*
+LABEL org.opencontainers.image.created="2026-11-23T12:00:00Z" \
+      org.opencontainers.image.revision="1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b" \
+      org.opencontainers.image.source="file:///srv/git/images.git" \
+      org.opencontainers.image.title="tools" \
+      io.kiln.spec="tools" \
+      io.kiln.revision="3" \
+      io.kiln.digest="sha256:abc"
+"#;
+
+    #[test]
+    fn golden_apt_only_root_base() {
+        let spec = ImageSpec {
+            name: "tools".into(),
+            description: None,
+            base_image: "debian:bookworm".into(),
+            pull_secret: None,
+            packages: Packages { apt: vec!["jq".into(), "jq".into()], ..Packages::default() },
+        };
+        let options = RenderOptions { base_user: Some("root".into()), ca_bundle: false };
+        assert_eq!(render(&spec, &rev(), &options), GOLDEN_APT_ONLY);
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut r = rev();
+        r.source = "https://x/\"$HOME\\\nrm".into();
+        let out = render(&spec(), &r, &RenderOptions::default());
+        assert!(out.contains(r#"org.opencontainers.image.source="https://x/\"\$HOME\\ rm" \"#), "{out}");
+    }
+
+    const INSTRUCTIONS: [&str; 6] = ["#", "FROM ", "LABEL ", "USER ", "ARG ", "RUN "];
+
+    fn every_line_is_an_instruction_or_continuation(text: &str) -> Result<(), String> {
+        let mut continued = false;
+        for line in text.lines() {
+            if !continued && !INSTRUCTIONS.iter().any(|i| line.starts_with(i)) && !line.starts_with("COPY ") {
+                return Err(format!("stray line: {line:?}"));
+            }
+            continued = line.ends_with('\\');
+        }
+        if continued { Err("last line continues".into()) } else { Ok(()) }
+    }
+
+    fn apt_name() -> impl Strategy<Value = String> {
+        "[a-z0-9][a-z0-9+.-]{1,20}(:[a-z0-9]{3,6})?(=[0-9][a-zA-Z0-9.+~-]{0,8}|/[a-z-]{3,10})?"
+    }
+    fn pip_name() -> impl Strategy<Value = String> {
+        "[A-Za-z]([A-Za-z0-9._-]{0,14}[A-Za-z0-9])?(\\[[a-z]{1,5}\\])?((==|!=)[0-9]{1,2}(\\.[0-9]{1,2}){0,2}(\\.\\*)?|(>=|<=|~=)[0-9]{1,2}(\\.[0-9]{1,2}){1,2})?"
+    }
+    fn conda_name() -> impl Strategy<Value = String> {
+        "([a-z]{2,8}::)?[a-z][a-z0-9_-]{0,12}((==|>=|=)[0-9]{1,2}(\\.[0-9]{1,2})?\\*?)?"
+    }
+
+    proptest! {
+        #[test]
+        fn render_only_emits_instructions_and_continuations(
+            apt in proptest::collection::vec(apt_name(), 0..6),
+            pip in proptest::collection::vec(pip_name(), 0..6),
+            conda in proptest::collection::vec(conda_name(), 0..6),
+            user in proptest::option::of("[a-z][a-z0-9_-]{0,10}"),
+            ca in any::<bool>(),
+        ) {
+            for a in &apt { prop_assert!(crate::spec::rules::check_apt(a).is_ok(), "generator made invalid apt {a}"); }
+            for p in &pip { prop_assert!(crate::spec::rules::check_pip(p).is_ok(), "generator made invalid pip {p}"); }
+            for c in &conda { prop_assert!(crate::spec::rules::check_conda(c).is_ok(), "generator made invalid conda {c}"); }
+            let spec = ImageSpec { name: "p".into(), description: None, base_image: "debian:bookworm".into(), pull_secret: None, packages: Packages { apt, conda, pip } };
+            let text = render(&spec, &rev(), &RenderOptions { base_user: user, ca_bundle: ca });
+            prop_assert_eq!(every_line_is_an_instruction_or_continuation(&text), Ok(()));
+        }
+    }
+}

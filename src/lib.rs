@@ -1,0 +1,8 @@
+//! Kiln: image specs in git become built, pushed container images.
+//!
+//! See `ARCHITECTURE.md` for the map of modules and the data path.
+
+pub mod build;
+pub mod check;
+pub mod model;
+pub mod spec;

@@ -1,0 +1,581 @@
+//! From bytes to an [`ImageSpec`] or a list of precise problems.
+
+use super::rules::{self, LineError};
+use super::yaml::{self, Node, Pos, Value};
+use super::{Diagnostic, ImageSpec, MAX_SPEC_BYTES, Manager, Packages, Rule, canonical_digest};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+
+const TOP_KEYS: [&str; 5] = ["name", "description", "baseImage", "pullSecret", "packages"];
+const PACKAGE_KEYS: [&str; 3] = ["apt", "conda", "pip"];
+
+/// What validation may know beyond the file itself.
+#[derive(Clone, Debug, Default)]
+pub struct SpecContext {
+    /// Credential names configured in Kiln. `None` when no config is at hand (as in a PR check
+    /// run without Kiln's config): then `pullSecret` is only checked for shape.
+    pub pull_secrets: Option<BTreeSet<String>>,
+}
+
+/// The result of reading one spec file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParsedSpec {
+    pub path: String,
+    /// `name` as written, with its position, whenever it could be read (even if invalid), so
+    /// that an invalid revision is still attributed to its spec and duplicates are found.
+    pub name: Option<(String, Pos)>,
+    /// The spec, present exactly when `diagnostics` is empty.
+    pub spec: Option<ImageSpec>,
+    pub digest: Option<String>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl ParsedSpec {
+    pub fn is_valid(&self) -> bool {
+        self.diagnostics.is_empty()
+    }
+
+    fn push(&mut self, pos: Pos, rule: Rule, message: impl Into<String>) {
+        self.diagnostics.push(Diagnostic {
+            path: self.path.clone(),
+            line: pos.line,
+            column: pos.column,
+            rule,
+            message: message.into(),
+        });
+    }
+}
+
+/// Parse and validate one spec file. `path` is used in diagnostics and for the stem rule.
+pub fn parse_spec(path: &str, bytes: &[u8], ctx: &SpecContext) -> ParsedSpec {
+    let mut out = ParsedSpec { path: path.to_string(), name: None, spec: None, digest: None, diagnostics: vec![] };
+    if bytes.len() > MAX_SPEC_BYTES {
+        out.push(
+            Pos::START,
+            Rule::FileTooLarge,
+            format!("file is {} bytes; a spec may be at most {} KiB", bytes.len(), MAX_SPEC_BYTES / 1024),
+        );
+        return out;
+    }
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text) => text.strip_prefix('\u{feff}').unwrap_or(text),
+        Err(e) => {
+            let pos = position_of_byte(bytes, e.valid_up_to());
+            out.push(pos, Rule::NotUtf8, "file is not valid UTF-8");
+            return out;
+        }
+    };
+    let doc = match yaml::parse(text) {
+        Ok(doc) => doc,
+        Err(e) => {
+            let rule = if e.alias { Rule::YamlAlias } else { Rule::YamlSyntax };
+            out.push(e.pos, rule, e.message);
+            return out;
+        }
+    };
+    let spec = Walker { out: &mut out, source: text, ctx }.spec(&doc);
+    if out.diagnostics.is_empty() {
+        out.digest = spec.as_ref().map(canonical_digest);
+        out.spec = spec;
+    }
+    out.diagnostics.sort();
+    out
+}
+
+/// Two files declaring one name: an error on both, at each file's `name`.
+pub fn check_duplicate_names(specs: &mut [ParsedSpec]) {
+    let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, parsed) in specs.iter().enumerate() {
+        if let Some((name, _)) = &parsed.name {
+            by_name.entry(name.clone()).or_default().push(i);
+        }
+    }
+    for indices in by_name.values().filter(|v| v.len() > 1) {
+        for &i in indices {
+            let others: Vec<&str> = indices.iter().filter(|&&j| j != i).map(|&j| specs[j].path.as_str()).collect();
+            let Some((name, pos)) = specs[i].name.clone() else { continue };
+            specs[i].push(pos, Rule::DuplicateName, format!("name `{name}` is also used by {}", others.join(", ")));
+            specs[i].spec = None;
+            specs[i].digest = None;
+            specs[i].diagnostics.sort();
+        }
+    }
+}
+
+fn position_of_byte(bytes: &[u8], offset: usize) -> Pos {
+    let before = &bytes[..offset.min(bytes.len())];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let column = String::from_utf8_lossy(&before[line_start..]).chars().count() + 1;
+    Pos::new(line as u32, column as u32)
+}
+
+struct Walker<'a> {
+    out: &'a mut ParsedSpec,
+    source: &'a str,
+    ctx: &'a SpecContext,
+}
+
+impl Walker<'_> {
+    fn spec(&mut self, doc: &Node) -> Option<ImageSpec> {
+        let entries = match &doc.value {
+            Value::Map(entries) => entries,
+            Value::Null => {
+                self.out.push(doc.pos, Rule::MissingKey, "file is empty; a spec needs at least `name` and `baseImage`");
+                return None;
+            }
+            other => {
+                self.out.push(doc.pos, Rule::WrongType, format!("a spec is a mapping with `name`, `baseImage` and `packages`, not {}", other.kind()));
+                return None;
+            }
+        };
+        let (mut name, mut description, mut base_image, mut pull_secret) = (None, None, None, None);
+        let mut packages = Some(Packages::default());
+        for (key, value) in entries {
+            let Some(key_text) = self.key(key) else { continue };
+            match key_text {
+                "name" => name = self.name(value),
+                "description" => description = self.scalar(value, "description"),
+                "baseImage" => base_image = self.base_image(value),
+                "pullSecret" => pull_secret = self.pull_secret(value),
+                "packages" => packages = self.packages(value),
+                other => self.unknown_key(key.pos, other, &TOP_KEYS, ""),
+            }
+        }
+        let present = |k: &str| entries.iter().any(|(key, _)| matches!(&key.value, Value::Scalar(s) if s == k));
+        for required in ["name", "baseImage"] {
+            if !present(required) {
+                self.out.push(doc.pos, Rule::MissingKey, format!("missing required key `{required}`"));
+            }
+        }
+        Some(ImageSpec { name: name?, description: description.map(|(d, _)| d), base_image: base_image?, pull_secret, packages: packages? })
+    }
+
+    fn key<'n>(&mut self, key: &'n Node) -> Option<&'n str> {
+        match &key.value {
+            Value::Scalar(s) => Some(s),
+            other => {
+                self.out.push(key.pos, Rule::WrongType, format!("keys must be plain words, not {}", other.kind()));
+                None
+            }
+        }
+    }
+
+    fn unknown_key(&mut self, pos: Pos, key: &str, known: &[&str], within: &str) {
+        let suggestion = known
+            .iter()
+            .map(|k| (strsim::jaro_winkler(&key.to_lowercase(), &k.to_lowercase()), *k))
+            .filter(|(score, _)| *score > 0.8)
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, k)| format!("; did you mean `{k}`?"))
+            .unwrap_or_else(|| format!("; known keys{within}: {}", known.join(", ")));
+        self.out.push(pos, Rule::UnknownKey, format!("unknown key `{key}`{suggestion}"));
+    }
+
+    fn scalar(&mut self, node: &Node, what: &str) -> Option<(String, Pos)> {
+        match &node.value {
+            Value::Scalar(s) => Some((s.clone(), node.pos)),
+            other => {
+                self.out.push(node.pos, Rule::WrongType, format!("`{what}` must be a string, not {}", other.kind()));
+                None
+            }
+        }
+    }
+
+    fn name(&mut self, node: &Node) -> Option<String> {
+        let (name, pos) = self.scalar(node, "name")?;
+        self.out.name = Some((name.clone(), pos));
+        if let Err(message) = rules::check_name(&name) {
+            self.out.push(pos, Rule::NameFormat, message);
+            return None;
+        }
+        let stem = Path::new(&self.out.path).file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+        if stem != name {
+            self.out.push(pos, Rule::NameMismatch, format!("name `{name}` must equal the file name without extension (`{stem}`); rename the file or the spec"));
+            return None;
+        }
+        Some(name)
+    }
+
+    fn base_image(&mut self, node: &Node) -> Option<String> {
+        let (text, pos) = self.scalar(node, "baseImage")?;
+        match rules::check_image_reference(&text) {
+            Ok(_) => Some(text),
+            Err(message) => {
+                self.out.push(pos, Rule::BaseImage, message);
+                None
+            }
+        }
+    }
+
+    fn pull_secret(&mut self, node: &Node) -> Option<String> {
+        if node.value == Value::Null {
+            return None;
+        }
+        let (name, pos) = self.scalar(node, "pullSecret")?;
+        let shape_ok = !name.is_empty() && name.len() <= 253 && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !shape_ok {
+            self.out.push(pos, Rule::PullSecret, "`pullSecret` names a credential configured in Kiln (letters, digits, `.`, `_`, `-`); it never holds the secret itself");
+            return None;
+        }
+        if let Some(known) = &self.ctx.pull_secrets
+            && !known.contains(&name)
+        {
+            let list = if known.is_empty() { "none are configured".to_string() } else { format!("configured: {}", known.iter().cloned().collect::<Vec<_>>().join(", ")) };
+            self.out.push(pos, Rule::PullSecret, format!("pull secret `{name}` is not configured in Kiln ({list})"));
+            return None;
+        }
+        Some(name)
+    }
+
+    fn packages(&mut self, node: &Node) -> Option<Packages> {
+        let mut packages = Packages::default();
+        let entries = match &node.value {
+            Value::Null => return Some(packages),
+            Value::Map(entries) => entries,
+            other => {
+                self.out.push(node.pos, Rule::WrongType, format!("`packages` must be a mapping with `apt`, `conda` and/or `pip`, not {}", other.kind()));
+                return None;
+            }
+        };
+        let mut ok = true;
+        for (key, value) in entries {
+            let Some(key_text) = self.key(key) else {
+                ok = false;
+                continue;
+            };
+            match Manager::from_key(key_text) {
+                Some(manager) => match self.package_list(manager, value) {
+                    Some(list) => *packages.get_mut(manager) = list,
+                    None => ok = false,
+                },
+                None => {
+                    self.unknown_key(key.pos, key_text, &PACKAGE_KEYS, " under `packages`");
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(packages)
+    }
+
+    /// A list or a block string; every entry checked, every problem reported.
+    fn package_list(&mut self, manager: Manager, node: &Node) -> Option<Vec<String>> {
+        let lines: Vec<(String, Pos)> = match &node.value {
+            Value::Null => vec![],
+            Value::Seq(items) => {
+                let mut lines = Vec::with_capacity(items.len());
+                for item in items {
+                    match &item.value {
+                        Value::Scalar(s) if !s.trim().is_empty() => lines.push((s.trim().to_string(), item.pos)),
+                        Value::Scalar(_) | Value::Null => self.out.push(item.pos, Rule::WrongType, format!("empty entry in the `{manager}` list")),
+                        other => self.out.push(item.pos, Rule::WrongType, format!("`{manager}` entries must be strings, not {}", other.kind())),
+                    }
+                }
+                lines
+            }
+            Value::Scalar(text) => self.block_lines(manager, text, node.pos)?,
+            Value::Map(_) => {
+                self.out.push(node.pos, Rule::WrongType, format!("`{manager}` must be a list or a block string with one package per line, not a mapping"));
+                return None;
+            }
+        };
+        let before = self.out.diagnostics.len();
+        let mut seen: BTreeMap<String, Pos> = BTreeMap::new();
+        let mut list = Vec::with_capacity(lines.len());
+        for (line, pos) in lines {
+            let checked = match manager {
+                Manager::Apt => rules::check_apt(&line),
+                Manager::Pip => rules::check_pip(&line),
+                Manager::Conda => rules::check_conda(&line),
+            };
+            match checked {
+                Ok(()) => {}
+                Err(LineError::SeveralPackages(tokens)) => {
+                    self.out.push(pos, Rule::OnePackagePerLine, format!("`{line}` holds {} packages ({}); write one package per line", tokens.len(), tokens.join(", ")));
+                    continue;
+                }
+                Err(LineError::Invalid(message)) => {
+                    let rule = match manager {
+                        Manager::Apt => Rule::AptPackage,
+                        Manager::Pip => Rule::PipRequirement,
+                        Manager::Conda => Rule::CondaMatchspec,
+                    };
+                    self.out.push(pos, rule, message);
+                    continue;
+                }
+            }
+            let key = rules::package_key(manager, &line);
+            if let Some(first) = seen.get(&key) {
+                self.out.push(pos, Rule::DuplicatePackage, format!("`{line}`: package `{key}` is already listed in `{manager}` at line {}", first.line));
+                continue;
+            }
+            seen.insert(key, pos);
+            list.push(line);
+        }
+        (self.out.diagnostics.len() == before).then_some(list)
+    }
+
+    /// Lines of a block string, each with its own position in the file. Blank lines and `#`
+    /// comments are skipped; a trailing ` # comment` is removed.
+    fn block_lines(&mut self, manager: Manager, text: &str, pos: Pos) -> Option<Vec<(String, Pos)>> {
+        if block_indicator(self.source, pos) == Some('>') {
+            self.out.push(pos, Rule::BlockStyle, format!("`{manager}` uses a folded block (`>`), which joins lines; use a literal block (`|`) or a list so each package stays on its own line"));
+            return None;
+        }
+        let mut cursor = (pos.line, pos.column);
+        let mut lines = Vec::new();
+        for raw in text.lines() {
+            let content = strip_comment(raw).trim();
+            let located = self.locate(raw.trim(), &mut cursor);
+            if content.is_empty() {
+                continue;
+            }
+            lines.push((content.to_string(), located.unwrap_or(pos)));
+        }
+        Some(lines)
+    }
+
+    /// Find `needle` in the source at or after `cursor`; advance the cursor past it.
+    fn locate(&self, needle: &str, cursor: &mut (u32, u32)) -> Option<Pos> {
+        if needle.is_empty() {
+            return None;
+        }
+        for (index, line) in self.source.lines().enumerate().skip(cursor.0.saturating_sub(1) as usize) {
+            let lineno = index as u32 + 1;
+            let from_char = if lineno == cursor.0 { cursor.1.saturating_sub(1) as usize } else { 0 };
+            let from_byte = line.char_indices().nth(from_char).map_or(line.len(), |(b, _)| b);
+            if let Some(found) = line[from_byte..].find(needle) {
+                let column = line[..from_byte + found].chars().count() as u32 + 1;
+                *cursor = (lineno, column + needle.chars().count() as u32);
+                return Some(Pos::new(lineno, column));
+            }
+        }
+        None
+    }
+}
+
+/// The block indicator (`|` or `>`) that introduces a block scalar whose content starts at
+/// `pos`: the last token before the content, skipping blank lines and a trailing comment.
+fn block_indicator(source: &str, pos: Pos) -> Option<char> {
+    let lines: Vec<&str> = source.lines().take(pos.line as usize).collect();
+    let (last, earlier) = lines.split_last()?;
+    let head: String = last.chars().take(pos.column.saturating_sub(1) as usize).collect();
+    let candidates = std::iter::once(head.as_str()).chain(earlier.iter().rev().copied());
+    for line in candidates {
+        let code = strip_comment(line).trim_end();
+        if let Some(token) = code.split_whitespace().last() {
+            return token.chars().next().filter(|c| matches!(c, '|' | '>'));
+        }
+    }
+    None
+}
+
+/// `curl  # for downloads` → `curl  `. A `#` only starts a comment at the line start or after
+/// whitespace, as in requirements files (`pkg @ https://host/x.whl#sha256=…` keeps its hash).
+fn strip_comment(line: &str) -> &str {
+    let trimmed = line.trim_start();
+    if trimmed.starts_with('#') {
+        return "";
+    }
+    let bytes = line.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'#' && i > 0 && (bytes[i - 1] == b' ' || bytes[i - 1] == b'\t') {
+            return &line[..i];
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(path: &str, yaml: &str) -> ParsedSpec {
+        parse_spec(path, yaml.as_bytes(), &SpecContext::default())
+    }
+
+    /// The single diagnostic of a file, as (rule, line, column).
+    fn only(path: &str, yaml: &str) -> (Rule, u32, u32, String) {
+        let parsed = check(path, yaml);
+        assert_eq!(parsed.diagnostics.len(), 1, "{:#?}", parsed.diagnostics);
+        assert!(parsed.spec.is_none());
+        let d = &parsed.diagnostics[0];
+        (d.rule, d.line, d.column, d.message.clone())
+    }
+
+    const HEAD: &str = "name: demo\nbaseImage: debian:bookworm\n";
+
+    #[test]
+    fn a_full_spec_parses() {
+        let yaml = "name: demo\ndescription: Demo\nbaseImage: debian:bookworm\npullSecret: corp\npackages:\n  apt: |\n    curl\n    # a comment\n\n    jq  # json\n  conda:\n    - conda-forge::numpy==1.17*\n  pip:\n    - pandas>=2.1\n";
+        let parsed = check("specs/demo.yaml", yaml);
+        assert_eq!(parsed.diagnostics, vec![]);
+        let spec = parsed.spec.unwrap();
+        assert_eq!(spec.packages.apt, vec!["curl", "jq"]);
+        assert_eq!(spec.packages.conda, vec!["conda-forge::numpy==1.17*"]);
+        assert_eq!(spec.pull_secret.as_deref(), Some("corp"));
+        assert!(parsed.digest.unwrap().starts_with("sha256:"));
+    }
+
+    #[test]
+    fn file_too_large() {
+        let big = format!("{HEAD}description: \"{}\"\n", "x".repeat(MAX_SPEC_BYTES));
+        assert_eq!(only("demo.yaml", &big).0..=only("demo.yaml", &big).0, Rule::FileTooLarge..=Rule::FileTooLarge);
+        let (rule, line, col, _) = only("demo.yaml", &big);
+        assert_eq!((rule, line, col), (Rule::FileTooLarge, 1, 1));
+    }
+
+    #[test]
+    fn not_utf8() {
+        let mut bytes = b"name: demo\nbaseImage: debian\ndescription: caf".to_vec();
+        bytes.push(0xff);
+        let parsed = parse_spec("demo.yaml", &bytes, &SpecContext::default());
+        let d = &parsed.diagnostics[0];
+        assert_eq!((d.rule, d.line, d.column), (Rule::NotUtf8, 3, 17));
+    }
+
+    #[test]
+    fn yaml_syntax() {
+        let (rule, line, _, _) = only("demo.yaml", "name: demo\nbaseImage: [debian\npackages: {}\n");
+        assert_eq!(rule, Rule::YamlSyntax);
+        assert!(line >= 2);
+    }
+
+    #[test]
+    fn yaml_alias_bomb() {
+        let bomb = "name: demo\nbaseImage: debian\na: &a [x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a]\nc: [*b, *b, *b, *b, *b, *b]\n";
+        let (rule, line, col, _) = only("demo.yaml", bomb);
+        assert_eq!((rule, line, col), (Rule::YamlAlias, 3, 4));
+    }
+
+    #[test]
+    fn missing_key() {
+        let (rule, line, col, message) = only("demo.yaml", "name: demo\npackages:\n  apt: [curl]\n");
+        assert_eq!((rule, line, col), (Rule::MissingKey, 1, 1));
+        assert!(message.contains("baseImage"), "{message}");
+        let (rule, ..) = only("demo.yaml", "");
+        assert_eq!(rule, Rule::MissingKey);
+    }
+
+    #[test]
+    fn wrong_type() {
+        let (rule, line, col, _) = only("demo.yaml", "name: demo\nbaseImage:\n  - debian\n");
+        assert_eq!((rule, line, col), (Rule::WrongType, 3, 3));
+        let (rule, line, col, _) = only("demo.yaml", &format!("{HEAD}packages:\n  apt:\n    - curl\n    - [a, b]\n"));
+        assert_eq!((rule, line, col), (Rule::WrongType, 6, 7));
+    }
+
+    #[test]
+    fn unknown_key_suggests() {
+        let (rule, line, col, message) = only("demo.yaml", "name: demo\nbaseimage: debian\nbaseImage: debian\n");
+        assert_eq!((rule, line, col), (Rule::UnknownKey, 2, 1));
+        assert!(message.contains("did you mean `baseImage`"), "{message}");
+        let (rule, line, col, message) = only("demo.yaml", &format!("{HEAD}packages:\n  pip3: [six]\n"));
+        assert_eq!((rule, line, col), (Rule::UnknownKey, 4, 3));
+        assert!(message.contains("did you mean `pip`"), "{message}");
+        let (_, _, _, message) = only("demo.yaml", &format!("{HEAD}zzz: 1\n"));
+        assert!(message.contains("known keys"), "{message}");
+    }
+
+    #[test]
+    fn name_format() {
+        let (rule, line, col, _) = only("Demo_.yaml", "baseImage: debian\nname: Demo_\n");
+        assert_eq!((rule, line, col), (Rule::NameFormat, 2, 7));
+    }
+
+    #[test]
+    fn name_mismatch() {
+        let (rule, line, col, message) = only("specs/other.yml", HEAD);
+        assert_eq!((rule, line, col), (Rule::NameMismatch, 1, 7));
+        assert!(message.contains("other"), "{message}");
+    }
+
+    #[test]
+    fn duplicate_name_on_both_files() {
+        let mut parsed = vec![
+            check("a/demo.yaml", HEAD),
+            check("b/demo.yml", "# same name\nname: demo\nbaseImage: debian\n"),
+            check("c/other.yaml", "name: other\nbaseImage: debian\n"),
+        ];
+        check_duplicate_names(&mut parsed);
+        let d0 = &parsed[0].diagnostics[0];
+        let d1 = &parsed[1].diagnostics[0];
+        assert_eq!((d0.rule, d0.line, d0.column), (Rule::DuplicateName, 1, 7));
+        assert_eq!((d1.rule, d1.line, d1.column), (Rule::DuplicateName, 2, 7));
+        assert!(d0.message.contains("b/demo.yml"));
+        assert!(parsed[0].spec.is_none() && parsed[1].spec.is_none());
+        assert!(parsed[2].is_valid());
+    }
+
+    #[test]
+    fn base_image() {
+        let (rule, line, col, _) = only("demo.yaml", "name: demo\nbaseImage: 'Debian:Book worm'\n");
+        assert_eq!((rule, line, col), (Rule::BaseImage, 2, 12));
+    }
+
+    #[test]
+    fn pull_secret() {
+        let yaml = format!("{HEAD}pullSecret: corp\n");
+        let ctx = SpecContext { pull_secrets: Some(["other".to_string()].into()) };
+        let parsed = parse_spec("demo.yaml", yaml.as_bytes(), &ctx);
+        let d = &parsed.diagnostics[0];
+        assert_eq!((d.rule, d.line, d.column), (Rule::PullSecret, 3, 13));
+        assert!(d.message.contains("other"));
+        let (rule, ..) = only("demo.yaml", &format!("{HEAD}pullSecret: 'user:hunter2'\n"));
+        assert_eq!(rule, Rule::PullSecret);
+    }
+
+    #[test]
+    fn apt_package_in_list_and_block() {
+        let (rule, line, col, _) = only("demo.yaml", &format!("{HEAD}packages:\n  apt:\n    - curl\n    - Bad_Name\n"));
+        assert_eq!((rule, line, col), (Rule::AptPackage, 6, 7));
+        let (rule, line, col, _) = only("demo.yaml", &format!("{HEAD}packages:\n  apt: |\n    curl\n\n      Bad_Name\n"));
+        assert_eq!((rule, line, col), (Rule::AptPackage, 7, 7));
+    }
+
+    #[test]
+    fn pip_requirement() {
+        let (rule, line, col, _) = only("demo.yaml", &format!("{HEAD}packages:\n  pip: |\n    six\n    pandas>=>2\n"));
+        assert_eq!((rule, line, col), (Rule::PipRequirement, 6, 5));
+    }
+
+    #[test]
+    fn conda_matchspec() {
+        let (rule, line, col, _) = only("demo.yaml", &format!("{HEAD}packages:\n  conda:\n    - conda-forge::numpy==1.17*\n    - 'scipy >=1.17 py38 x y'\n"));
+        assert_eq!(rule, Rule::CondaMatchspec);
+        assert_eq!((line, col), (6, 7));
+    }
+
+    #[test]
+    fn one_package_per_line_everywhere() {
+        for (manager, line) in [("apt", "curl wget"), ("pip", "numpy pandas"), ("conda", "numpy scipy")] {
+            let yaml = format!("{HEAD}packages:\n  {manager}: |\n    six\n    {line}\n");
+            let (rule, l, c, message) = only("demo.yaml", &yaml);
+            assert_eq!((rule, l, c), (Rule::OnePackagePerLine, 6, 5), "{manager}");
+            assert!(message.contains("one package per line"), "{message}");
+        }
+        let (rule, l, c, _) = only("demo.yaml", &format!("{HEAD}packages:\n  apt: curl wget\n"));
+        assert_eq!((rule, l, c), (Rule::OnePackagePerLine, 4, 8));
+    }
+
+    #[test]
+    fn duplicate_package() {
+        let (rule, line, col, message) = only("demo.yaml", &format!("{HEAD}packages:\n  pip:\n    - numpy\n    - pandas\n    - NumPy==1.0\n"));
+        assert_eq!((rule, line, col), (Rule::DuplicatePackage, 7, 7));
+        assert!(message.contains("line 5"), "{message}");
+    }
+
+    #[test]
+    fn folded_blocks_are_refused() {
+        let (rule, line, col, _) = only("demo.yaml", &format!("{HEAD}packages:\n  apt: >\n    curl\n    jq\n"));
+        assert_eq!((rule, line, col), (Rule::BlockStyle, 5, 5));
+    }
+
+    #[test]
+    fn every_problem_is_reported_not_just_the_first() {
+        let yaml = "name: demo\nbaseImage: debian\nbaseimag: x\npackages:\n  apt: [curl wget, Bad]\n  pip: ['a b']\n";
+        let parsed = check("demo.yaml", yaml);
+        let rules: Vec<Rule> = parsed.diagnostics.iter().map(|d| d.rule).collect();
+        assert_eq!(rules, vec![Rule::UnknownKey, Rule::OnePackagePerLine, Rule::AptPackage, Rule::OnePackagePerLine]);
+    }
+}

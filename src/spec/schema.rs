@@ -1,0 +1,62 @@
+//! The spec file format as JSON Schema (`kiln schema`), so editors validate specs as admins
+//! type (`# yaml-language-server: $schema=…`). The types here describe the *file*; the parser
+//! in [`super::parse`] is what Kiln actually enforces, with positions and rule ids.
+
+use schemars::JsonSchema;
+
+/// An image spec: a base image plus apt, conda and pip packages.
+#[allow(dead_code)]
+#[derive(JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(title = "Kiln image spec")]
+struct SpecFile {
+    /// Unique, immutable name; equals the file name without extension.
+    #[schemars(regex(pattern = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"), length(max = 63))]
+    name: String,
+    /// Free text shown on the dashboard; not part of the image.
+    description: Option<String>,
+    /// Image reference to build on, e.g. `registry.example.com/base/notebook:2024.1`.
+    base_image: String,
+    /// Name of a registry credential configured in Kiln, used to pull the base image.
+    pull_secret: Option<String>,
+    packages: Option<PackageSets>,
+}
+
+#[allow(dead_code)]
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct PackageSets {
+    /// Debian packages: `name[:arch][=version|/release]`.
+    apt: Option<PackageList>,
+    /// conda match specs, e.g. `conda-forge::numpy==1.17*`.
+    conda: Option<PackageList>,
+    /// PEP 508 requirements, e.g. `pandas>=2.1`.
+    pip: Option<PackageList>,
+}
+
+/// A YAML list, or a literal block string (`|`) with one package per line; blank lines and
+/// `#` comments are ignored.
+#[allow(dead_code)]
+#[derive(JsonSchema)]
+#[serde(untagged)]
+enum PackageList {
+    List(Vec<String>),
+    Block(String),
+}
+
+/// The JSON Schema document, pretty-printed.
+pub fn spec_schema_json() -> String {
+    let schema = schemars::schema_for!(SpecFile);
+    serde_json::to_string_pretty(&schema).unwrap_or_else(|_| "{}".into())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn schema_names_every_key() {
+        let json = super::spec_schema_json();
+        for key in ["name", "baseImage", "pullSecret", "packages", "apt", "conda", "pip", "additionalProperties"] {
+            assert!(json.contains(key), "{key} missing from schema");
+        }
+    }
+}
