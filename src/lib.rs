@@ -5,4 +5,5 @@
 pub mod build;
 pub mod check;
 pub mod model;
+pub mod reconcile;
 pub mod spec;
