@@ -7,3 +7,4 @@ pub mod check;
 pub mod model;
 pub mod reconcile;
 pub mod spec;
+pub mod store;

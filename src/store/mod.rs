@@ -1,0 +1,401 @@
+//! Kiln's records in sled: the only module that sees sled.
+//!
+//! Trees (DESIGN.md §6; keys big-endian so sled's byte order is numeric order):
+//!
+//! | tree           | key                        | value                         |
+//! |----------------|----------------------------|-------------------------------|
+//! | `specs`        | name                       | [`SpecRecord`]                |
+//! | `revisions`    | name `\0` number           | [`Revision`]                  |
+//! | `jobs`         | job id                     | [`Job`]                       |
+//! | `jobs_by_spec` | name `\0` job id           | ()                            |
+//! | `active`       | name `\0` job id           | () — queued or running jobs   |
+//! | `built`        | name `\0` digest           | job id that produced an image |
+//! | `paths`        | name                       | files claiming the name       |
+//! | `logs`         | job id ++ line number      | [`LogLine`]                   |
+//! | `meta`         | `schema_version`, `last_commit`, `sync` | …                |
+//!
+//! Records are encoded with postcard (compact, no bincode: RUSTSEC-2025-0141). A reconcile plan
+//! is applied in one multi-tree transaction together with the last processed commit, so a
+//! crash either keeps a whole pass or none of it, and re-processing is harmless. Every job
+//! state change and every log batch is followed by `flush_async`, so what was acknowledged
+//! survives `kill -9`.
+
+mod codec;
+mod logs;
+
+pub use logs::LogLine;
+
+use crate::model::{Job, JobId, JobStatus, Revision, SpecRecord, Timestamp, now};
+use crate::reconcile::{Plan, StateView};
+use codec::{decode, encode, name_key, name_prefix};
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+use tokio::sync::broadcast;
+
+/// Bump when a record layout changes; `open` refuses a data dir of another version.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("data dir {path} is in use by another Kiln process (sled holds an exclusive lock); stop it or use another --data-dir")]
+    Locked { path: PathBuf },
+    #[error("data dir {path} has store schema version {found}, this Kiln uses {expected}; {hint}")]
+    SchemaMismatch { path: PathBuf, found: u32, expected: u32, hint: &'static str },
+    #[error("store error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt record in tree `{tree}`: {message}")]
+    Corrupt { tree: &'static str, message: String },
+}
+
+impl From<TransactionError<StoreError>> for StoreError {
+    fn from(e: TransactionError<StoreError>) -> Self {
+        match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Sled(e),
+        }
+    }
+}
+
+/// What changed, for live views (SSE log tails, dashboards).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// New log lines up to (excluding) `next_line`.
+    Log { job: JobId, next_line: u64 },
+    /// A job was created or changed state.
+    Job { job: JobId, status: JobStatus },
+    /// A reconcile pass was applied.
+    Synced,
+}
+
+/// The outcome of the last sync attempt, for `/healthz` and the API.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncStatus {
+    pub last_attempt: Option<Timestamp>,
+    pub last_success: Option<Timestamp>,
+    pub error: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    specs: sled::Tree,
+    revisions: sled::Tree,
+    jobs: sled::Tree,
+    jobs_by_spec: sled::Tree,
+    active: sled::Tree,
+    built: sled::Tree,
+    paths: sled::Tree,
+    logs: sled::Tree,
+    meta: sled::Tree,
+    events: broadcast::Sender<StoreEvent>,
+}
+
+const LAST_COMMIT: &[u8] = b"last_commit";
+const SCHEMA: &[u8] = b"schema_version";
+const SYNC: &[u8] = b"sync";
+
+impl Store {
+    /// Open (or create) the store in `dir`. Fails at once, not after a hang, when another
+    /// process holds the data dir.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+        let path = dir.join("db");
+        let db = sled::Config::new().path(&path).open().map_err(|e| match e {
+            sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
+                StoreError::Locked { path: dir.to_path_buf() }
+            }
+            other => StoreError::Sled(other),
+        })?;
+        let meta = db.open_tree("meta")?;
+        match meta.get(SCHEMA)? {
+            None => {
+                meta.insert(SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
+            }
+            Some(found) => {
+                let found = u32::from_be_bytes(found.as_ref().try_into().map_err(|_| StoreError::Corrupt { tree: "meta", message: "schema_version".into() })?);
+                if found != SCHEMA_VERSION {
+                    let hint = if found > SCHEMA_VERSION { "upgrade Kiln or restore a backup made by this version" } else { "run the Kiln version that wrote it, or start from an empty data dir (history is re-imported from git)" };
+                    return Err(StoreError::SchemaMismatch { path: dir.to_path_buf(), found, expected: SCHEMA_VERSION, hint });
+                }
+            }
+        }
+        let (events, _) = broadcast::channel(1024);
+        Ok(Store {
+            specs: db.open_tree("specs")?,
+            revisions: db.open_tree("revisions")?,
+            jobs: db.open_tree("jobs")?,
+            jobs_by_spec: db.open_tree("jobs_by_spec")?,
+            active: db.open_tree("active")?,
+            built: db.open_tree("built")?,
+            paths: db.open_tree("paths")?,
+            logs: db.open_tree("logs")?,
+            meta,
+            db,
+            events,
+        })
+    }
+
+    /// Live notifications of changes.
+    pub fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
+        self.events.subscribe()
+    }
+
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    pub fn last_commit(&self) -> Result<Option<String>, StoreError> {
+        Ok(self.meta.get(LAST_COMMIT)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    pub fn sync_status(&self) -> Result<SyncStatus, StoreError> {
+        Ok(match self.meta.get(SYNC)? {
+            Some(v) => decode("meta", &v)?,
+            None => SyncStatus::default(),
+        })
+    }
+
+    pub fn set_sync_status(&self, status: &SyncStatus) -> Result<(), StoreError> {
+        self.meta.insert(SYNC, encode(status)?)?;
+        Ok(())
+    }
+
+    // ---- reads ----
+
+    pub fn spec(&self, name: &str) -> Result<Option<SpecRecord>, StoreError> {
+        self.specs.get(name.as_bytes())?.map(|v| decode("specs", &v)).transpose()
+    }
+
+    /// Every spec record, ordered by name.
+    pub fn specs(&self) -> impl Iterator<Item = Result<SpecRecord, StoreError>> + '_ {
+        self.specs.iter().values().map(|v| decode("specs", &v?))
+    }
+
+    pub fn spec_count(&self) -> usize {
+        self.specs.len()
+    }
+
+    /// Revisions of a spec, oldest first.
+    pub fn revisions(&self, name: &str) -> Result<Vec<Revision>, StoreError> {
+        self.revisions.scan_prefix(name_prefix(name)).values().map(|v| decode("revisions", &v?)).collect()
+    }
+
+    pub fn revision(&self, name: &str, number: u64) -> Result<Option<Revision>, StoreError> {
+        self.revisions.get(name_key(name, &number.to_be_bytes()))?.map(|v| decode("revisions", &v)).transpose()
+    }
+
+    pub fn job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        self.jobs.get(id.to_be_bytes())?.map(|v| decode("jobs", &v)).transpose()
+    }
+
+    /// Jobs of a spec, newest first, `skip` then at most `limit`.
+    pub fn jobs_of_spec(&self, name: &str, skip: usize, limit: usize) -> Result<Vec<Job>, StoreError> {
+        let mut out = Vec::new();
+        for key in self.jobs_by_spec.scan_prefix(name_prefix(name)).keys().rev().skip(skip).take(limit) {
+            let key = key?;
+            let id = codec::id_suffix(&key).ok_or(StoreError::Corrupt { tree: "jobs_by_spec", message: "short key".into() })?;
+            if let Some(job) = self.job(id)? {
+                out.push(job);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn job_count_of_spec(&self, name: &str) -> usize {
+        self.jobs_by_spec.scan_prefix(name_prefix(name)).count()
+    }
+
+    /// Every queued or running job, oldest first (the build queue order).
+    pub fn active_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        let mut ids: Vec<JobId> = Vec::new();
+        for key in self.active.iter().keys() {
+            if let Some(id) = codec::id_suffix(&key?) {
+                ids.push(id);
+            }
+        }
+        ids.sort_unstable();
+        let mut jobs = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(job) = self.job(id)? {
+                jobs.push(job);
+            }
+        }
+        Ok(jobs)
+    }
+
+    /// Files currently claiming a name.
+    pub fn paths_of(&self, name: &str) -> Result<Vec<String>, StoreError> {
+        Ok(match self.paths.get(name.as_bytes())? {
+            Some(v) => decode("paths", &v)?,
+            None => Vec::new(),
+        })
+    }
+
+    /// All jobs, any order-independent aggregate (metrics): counts per status.
+    pub fn job_counts(&self) -> Result<Vec<(JobStatus, u64)>, StoreError> {
+        let mut counts = [0u64; 6];
+        for value in self.jobs.iter().values() {
+            let job: Job = decode("jobs", &value?)?;
+            counts[JobStatus::ALL.iter().position(|s| *s == job.status).unwrap_or(0)] += 1;
+        }
+        Ok(JobStatus::ALL.iter().copied().zip(counts).collect())
+    }
+
+    // ---- writes ----
+
+    /// Apply a reconcile plan and record `commit` as processed, atomically. Returns the ids of
+    /// the jobs created, in plan order.
+    pub async fn apply(&self, plan: &Plan, commit: &str) -> Result<Vec<JobId>, StoreError> {
+        let at = now();
+        let trees = (&self.specs, &self.revisions, &self.jobs, &self.jobs_by_spec, &self.active, &self.paths, &self.meta);
+        let created = trees.transaction(|(specs, revisions, jobs, jobs_by_spec, active, paths, meta)| {
+            let abort = ConflictableTransactionError::Abort;
+            let mut created = Vec::with_capacity(plan.jobs.len());
+            let mut records = plan.specs.clone();
+            for rev in &plan.revisions {
+                revisions.insert(name_key(&rev.spec, &rev.number.to_be_bytes()), encode(rev).map_err(abort)?)?;
+            }
+            for new in &plan.jobs {
+                let id = jobs.generate_id()? + 1;
+                let status = if new.cancelled.is_some() { JobStatus::Cancelled } else { JobStatus::Queued };
+                let job = Job {
+                    id,
+                    spec: new.spec.clone(),
+                    revision: new.revision,
+                    commit: new.commit.clone(),
+                    digest: new.digest.clone(),
+                    plan: new.plan.clone(),
+                    status,
+                    image: None,
+                    image_digest: None,
+                    created_at: at,
+                    updated_at: at,
+                    started_at: None,
+                    finished_at: if status.is_final() { Some(at) } else { None },
+                    error: new.cancelled.clone(),
+                    reused_from: None,
+                    attempts: 0,
+                    dockerfile: new.dockerfile.clone(),
+                };
+                jobs.insert(&id.to_be_bytes(), encode(&job).map_err(abort)?)?;
+                jobs_by_spec.insert(name_key(&new.spec, &id.to_be_bytes()), &[])?;
+                if !status.is_final() {
+                    active.insert(name_key(&new.spec, &id.to_be_bytes()), &[])?;
+                }
+                if let Some(record) = records.get_mut(&new.spec) {
+                    record.latest_job = Some(id);
+                }
+                created.push(id);
+            }
+            for cancel in &plan.cancellations {
+                let Some(bytes) = jobs.get(cancel.job.to_be_bytes())? else { continue };
+                let mut job: Job = decode("jobs", &bytes).map_err(abort)?;
+                if job.status.is_final() {
+                    continue;
+                }
+                job.status = JobStatus::Cancelled;
+                job.error = Some(cancel.reason.clone());
+                job.updated_at = at;
+                job.finished_at = Some(at);
+                jobs.insert(&cancel.job.to_be_bytes(), encode(&job).map_err(abort)?)?;
+                active.remove(name_key(&job.spec, &job.id.to_be_bytes()))?;
+            }
+            for (name, record) in &records {
+                specs.insert(name.as_bytes(), encode(record).map_err(abort)?)?;
+            }
+            for (name, new_paths) in &plan.spec_paths {
+                if new_paths.is_empty() {
+                    paths.remove(name.as_bytes())?;
+                } else {
+                    paths.insert(name.as_bytes(), encode(new_paths).map_err(abort)?)?;
+                }
+            }
+            meta.insert(LAST_COMMIT, commit.as_bytes())?;
+            Ok(created)
+        })?;
+        self.db.flush_async().await?;
+        for (id, new) in created.iter().zip(&plan.jobs) {
+            let status = if new.cancelled.is_some() { JobStatus::Cancelled } else { JobStatus::Queued };
+            let _ = self.events.send(StoreEvent::Job { job: *id, status });
+        }
+        for cancel in &plan.cancellations {
+            let _ = self.events.send(StoreEvent::Job { job: cancel.job, status: JobStatus::Cancelled });
+        }
+        let _ = self.events.send(StoreEvent::Synced);
+        Ok(created)
+    }
+
+    /// Record a job's new state (from the builder). Keeps the active set, the built-image
+    /// index and the spec's latest image in step, then flushes.
+    pub async fn update_job(&self, job: &Job) -> Result<(), StoreError> {
+        let trees = (&self.jobs, &self.active, &self.built, &self.specs);
+        trees.transaction(|(jobs, active, built, specs)| {
+            let abort = ConflictableTransactionError::Abort;
+            jobs.insert(&job.id.to_be_bytes(), encode(job).map_err(abort)?)?;
+            let key = name_key(&job.spec, &job.id.to_be_bytes());
+            if job.status.is_final() {
+                active.remove(key)?;
+            } else {
+                active.insert(key, &[])?;
+            }
+            if job.status.has_image() {
+                built.insert(name_key(&job.spec, job.digest.as_bytes()), &job.id.to_be_bytes())?;
+                if let Some(bytes) = specs.get(job.spec.as_bytes())? {
+                    let mut record: SpecRecord = decode("specs", &bytes).map_err(abort)?;
+                    // Only a job at least as new as the current image moves `latest`.
+                    if record.latest_job.is_none_or(|latest| job.id >= latest) || record.latest_image.is_none() {
+                        record.latest_image = job.image.clone();
+                        specs.insert(job.spec.as_bytes(), encode(&record).map_err(abort)?)?;
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        self.db.flush_async().await?;
+        let _ = self.events.send(StoreEvent::Job { job: job.id, status: job.status });
+        Ok(())
+    }
+
+    /// Forget a built image (it vanished from the Engine and the registry).
+    pub fn forget_built(&self, name: &str, digest: &str) -> Result<(), StoreError> {
+        self.built.remove(name_key(name, digest.as_bytes()))?;
+        Ok(())
+    }
+
+    fn view_built(&self, name: &str, digest: &str) -> Result<Option<JobId>, StoreError> {
+        Ok(self.built.get(name_key(name, digest.as_bytes()))?.and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)))
+    }
+
+    fn view_active(&self, name: &str) -> Result<Vec<(JobId, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for key in self.active.scan_prefix(name_prefix(name)).keys() {
+            if let Some(id) = codec::id_suffix(&key?)
+                && let Some(job) = self.job(id)?
+            {
+                out.push((id, job.revision));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The store as reconcile sees it. Read errors count as "nothing stored": the pass that
+/// follows goes through `apply`, which reports storage errors properly.
+impl StateView for Store {
+    fn spec(&self, name: &str) -> Option<SpecRecord> {
+        Store::spec(self, name).ok().flatten()
+    }
+    fn active_jobs(&self, name: &str) -> Vec<(JobId, u64)> {
+        self.view_active(name).unwrap_or_default()
+    }
+    fn built_job(&self, name: &str, digest: &str) -> Option<JobId> {
+        self.view_built(name, digest).ok().flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests;
