@@ -36,7 +36,10 @@ impl Report {
 }
 
 fn is_spec_file(path: &Path) -> bool {
-    matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    )
 }
 
 /// The spec files named by `paths`: files as given, folders searched recursively (hidden
@@ -44,15 +47,26 @@ fn is_spec_file(path: &Path) -> bool {
 pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, CheckError> {
     let mut files = Vec::new();
     for path in paths {
-        let meta = std::fs::metadata(path).map_err(|source| CheckError::Io { path: path.clone(), source })?;
+        let meta = std::fs::metadata(path).map_err(|source| CheckError::Io {
+            path: path.clone(),
+            source,
+        })?;
         if meta.is_dir() {
-            let walker = walkdir::WalkDir::new(path).sort_by_file_name().into_iter().filter_entry(|e| {
-                e.depth() == 0 || !e.file_name().to_str().is_some_and(|n| n.starts_with('.'))
-            });
+            let walker = walkdir::WalkDir::new(path)
+                .sort_by_file_name()
+                .into_iter()
+                .filter_entry(|e| {
+                    e.depth() == 0 || !e.file_name().to_str().is_some_and(|n| n.starts_with('.'))
+                });
             for entry in walker {
                 let entry = entry.map_err(|e| CheckError::Io {
-                    path: e.path().map(Path::to_path_buf).unwrap_or_else(|| path.clone()),
-                    source: e.into_io_error().unwrap_or_else(|| std::io::Error::other("file system loop")),
+                    path: e
+                        .path()
+                        .map(Path::to_path_buf)
+                        .unwrap_or_else(|| path.clone()),
+                    source: e
+                        .into_io_error()
+                        .unwrap_or_else(|| std::io::Error::other("file system loop")),
                 })?;
                 if entry.file_type().is_file() && is_spec_file(entry.path()) {
                     files.push(entry.into_path());
@@ -81,17 +95,26 @@ pub fn check_files(files: &[PathBuf], ctx: &SpecContext) -> Result<Report, Check
     }
     spec::check_duplicate_names(&mut parsed);
     let diagnostics = parsed.into_iter().flat_map(|p| p.diagnostics).collect();
-    Ok(Report { files: files.len(), diagnostics })
+    Ok(Report {
+        files: files.len(),
+        diagnostics,
+    })
 }
 
 /// Read at most one byte more than the spec limit: a huge file is refused without loading it.
 fn read_limited(path: &Path) -> Result<Vec<u8>, CheckError> {
     use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|source| CheckError::Io { path: path.to_path_buf(), source })?;
+    let file = std::fs::File::open(path).map_err(|source| CheckError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let mut bytes = Vec::new();
     file.take(spec::MAX_SPEC_BYTES as u64 + 1)
         .read_to_end(&mut bytes)
-        .map_err(|source| CheckError::Io { path: path.to_path_buf(), source })?;
+        .map_err(|source| CheckError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
     Ok(bytes)
 }
 
@@ -109,9 +132,16 @@ pub enum Format {
 pub fn render_report(report: &Report, format: Format) -> String {
     match format {
         Format::Text => {
-            let mut out: String = report.diagnostics.iter().map(|d| format!("{d}\n")).collect();
+            let mut out: String = report
+                .diagnostics
+                .iter()
+                .map(|d| format!("{d}\n"))
+                .collect();
             if report.diagnostics.is_empty() {
-                out.push_str(&format!("checked {} spec file(s): all valid\n", report.files));
+                out.push_str(&format!(
+                    "checked {} spec file(s): all valid\n",
+                    report.files
+                ));
             } else {
                 out.push_str(&format!(
                     "checked {} spec file(s): {} problem(s) in {} file(s)\n",
@@ -122,7 +152,9 @@ pub fn render_report(report: &Report, format: Format) -> String {
             }
             out
         }
-        Format::Json => serde_json::to_string_pretty(&report.diagnostics).unwrap_or_else(|_| "[]".into()) + "\n",
+        Format::Json => {
+            serde_json::to_string_pretty(&report.diagnostics).unwrap_or_else(|_| "[]".into()) + "\n"
+        }
         Format::Github => report
             .diagnostics
             .iter()
@@ -141,11 +173,15 @@ pub fn render_report(report: &Report, format: Format) -> String {
 }
 
 fn github_escape_data(s: &str) -> String {
-    s.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A")
+    s.replace('%', "%25")
+        .replace('\r', "%0D")
+        .replace('\n', "%0A")
 }
 
 fn github_escape_property(s: &str) -> String {
-    github_escape_data(s).replace(':', "%3A").replace(',', "%2C")
+    github_escape_data(s)
+        .replace(':', "%3A")
+        .replace(',', "%2C")
 }
 
 #[cfg(test)]
@@ -172,7 +208,8 @@ mod tests {
             render_report(&report, Format::Github),
             "::error file=specs/a%2Cb.yaml,line=3,col=5,title=one-package-per-line::100%25 wrong\n"
         );
-        let json: serde_json::Value = serde_json::from_str(&render_report(&report, Format::Json)).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&render_report(&report, Format::Json)).unwrap();
         assert_eq!(json[0]["rule"], "one-package-per-line");
         assert_eq!(json[0]["column"], 5);
     }

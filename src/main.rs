@@ -62,19 +62,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let files = check::collect_files(&paths)?;
             let report = check::check_files(&files, &SpecContext::default())?;
             print!("{}", check::render_report(&report, format));
-            Ok(if report.diagnostics.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if report.diagnostics.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
-        Command::Render { file, base_user, ca_bundle } => {
-            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let parsed = spec::parse_spec(&file.display().to_string(), &bytes, &SpecContext::default());
+        Command::Render {
+            file,
+            base_user,
+            ca_bundle,
+        } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let parsed =
+                spec::parse_spec(&file.display().to_string(), &bytes, &SpecContext::default());
             let (Some(spec), Some(digest)) = (parsed.spec, parsed.digest) else {
                 for d in &parsed.diagnostics {
                     eprintln!("{d}");
                 }
                 return Ok(ExitCode::from(1));
             };
-            let options = RenderOptions { base_user, ca_bundle };
-            print!("{}", dockerfile::render(&spec, &RevisionInfo::placeholder(&digest), &options));
+            let options = RenderOptions {
+                base_user,
+                ca_bundle,
+            };
+            print!(
+                "{}",
+                dockerfile::render(&spec, &RevisionInfo::placeholder(&digest), &options)
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Schema => {

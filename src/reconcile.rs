@@ -95,7 +95,10 @@ pub struct Plan {
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
-        self.revisions.is_empty() && self.specs.is_empty() && self.jobs.is_empty() && self.cancellations.is_empty()
+        self.revisions.is_empty()
+            && self.specs.is_empty()
+            && self.jobs.is_empty()
+            && self.cancellations.is_empty()
     }
 }
 
@@ -103,7 +106,9 @@ impl Plan {
 /// immutable, so the stem is the spec's identity even when the file is invalid).
 pub fn name_of_path(path: &str) -> Option<&str> {
     let file = path.rsplit('/').next()?;
-    let stem = file.strip_suffix(".yaml").or_else(|| file.strip_suffix(".yml"))?;
+    let stem = file
+        .strip_suffix(".yaml")
+        .or_else(|| file.strip_suffix(".yml"))?;
     (!stem.is_empty()).then_some(stem)
 }
 
@@ -119,8 +124,18 @@ pub fn reconcile(view: &impl StateView, steps: &[ObservedStep], settings: &Setti
     plan
 }
 
-fn observe(view: &impl StateView, plan: &mut Plan, commit: &CommitMeta, obs: &Observation, settings: &Settings) {
-    let current = plan.specs.get(&obs.name).cloned().or_else(|| view.spec(&obs.name));
+fn observe(
+    view: &impl StateView,
+    plan: &mut Plan,
+    commit: &CommitMeta,
+    obs: &Observation,
+    settings: &Settings,
+) {
+    let current = plan
+        .specs
+        .get(&obs.name)
+        .cloned()
+        .or_else(|| view.spec(&obs.name));
     let mut paths: Vec<String> = obs.files.iter().map(|f| f.path.clone()).collect();
     paths.sort();
     plan.spec_paths.insert(obs.name.clone(), paths);
@@ -137,7 +152,9 @@ fn observe(view: &impl StateView, plan: &mut Plan, commit: &CommitMeta, obs: &Ob
     }
 
     let (parsed, content_key, primary) = evaluate(obs, &settings.spec_context);
-    let unchanged = current.as_ref().is_some_and(|r| !r.deleted && r.content_key == content_key);
+    let unchanged = current
+        .as_ref()
+        .is_some_and(|r| !r.deleted && r.content_key == content_key);
     if unchanged {
         // Same meaning (e.g. a comment edit or a move within the folder): only the path may change.
         if let Some(mut record) = current.filter(|r| r.path != primary.path) {
@@ -148,8 +165,15 @@ fn observe(view: &impl StateView, plan: &mut Plan, commit: &CommitMeta, obs: &Ob
     }
 
     let number = current.as_ref().map_or(1, |r| r.revision + 1);
-    let errors: Vec<spec::Diagnostic> = parsed.iter().flat_map(|p| p.diagnostics.iter().cloned()).collect();
-    let valid_spec = if parsed.len() == 1 { parsed[0].spec.clone().zip(parsed[0].digest.clone()) } else { None };
+    let errors: Vec<spec::Diagnostic> = parsed
+        .iter()
+        .flat_map(|p| p.diagnostics.iter().cloned())
+        .collect();
+    let valid_spec = if parsed.len() == 1 {
+        parsed[0].spec.clone().zip(parsed[0].digest.clone())
+    } else {
+        None
+    };
     plan.revisions.push(Revision {
         spec: obs.name.clone(),
         number,
@@ -198,11 +222,17 @@ fn observe(view: &impl StateView, plan: &mut Plan, commit: &CommitMeta, obs: &Ob
 }
 
 /// Parse the files claiming one name; return them, the content key and the primary file.
-fn evaluate<'o>(obs: &'o Observation, ctx: &SpecContext) -> (Vec<ParsedSpec>, String, &'o ObservedFile) {
+fn evaluate<'o>(
+    obs: &'o Observation,
+    ctx: &SpecContext,
+) -> (Vec<ParsedSpec>, String, &'o ObservedFile) {
     let mut files: Vec<&ObservedFile> = obs.files.iter().collect();
     files.sort_by(|a, b| a.path.cmp(&b.path));
     let primary = files[0];
-    let mut parsed: Vec<ParsedSpec> = files.iter().map(|f| spec::parse_spec(&f.path, &f.bytes, ctx)).collect();
+    let mut parsed: Vec<ParsedSpec> = files
+        .iter()
+        .map(|f| spec::parse_spec(&f.path, &f.bytes, ctx))
+        .collect();
     if parsed.len() > 1 {
         spec::check_duplicate_names(&mut parsed);
         // Files whose `name` could not be read still collide by file name.
@@ -237,10 +267,17 @@ fn evaluate<'o>(obs: &'o Observation, ctx: &SpecContext) -> (Vec<ParsedSpec>, St
 fn cancel_active(view: &impl StateView, plan: &mut Plan, name: &str, reason: &str) {
     for (job, _) in view.active_jobs(name) {
         if !plan.cancellations.iter().any(|c| c.job == job) {
-            plan.cancellations.push(Cancellation { job, reason: reason.to_string() });
+            plan.cancellations.push(Cancellation {
+                job,
+                reason: reason.to_string(),
+            });
         }
     }
-    for job in plan.jobs.iter_mut().filter(|j| j.spec == name && j.cancelled.is_none()) {
+    for job in plan
+        .jobs
+        .iter_mut()
+        .filter(|j| j.spec == name && j.cancelled.is_none())
+    {
         job.cancelled = Some(reason.to_string());
     }
 }
@@ -253,12 +290,19 @@ fn supersede(view: &impl StateView, plan: &mut Plan) {
     }
     for (name, revision) in &newest {
         let reason = format!("superseded by r{revision}");
-        for job in plan.jobs.iter_mut().filter(|j| &j.spec == name && j.revision != *revision && j.cancelled.is_none()) {
+        for job in plan
+            .jobs
+            .iter_mut()
+            .filter(|j| &j.spec == name && j.revision != *revision && j.cancelled.is_none())
+        {
             job.cancelled = Some(reason.clone());
         }
         for (job, _) in view.active_jobs(name) {
             if !plan.cancellations.iter().any(|c| c.job == job) {
-                plan.cancellations.push(Cancellation { job, reason: reason.clone() });
+                plan.cancellations.push(Cancellation {
+                    job,
+                    reason: reason.clone(),
+                });
             }
         }
     }
@@ -285,7 +329,9 @@ mod tests {
             self.active.get(name).cloned().unwrap_or_default()
         }
         fn built_job(&self, name: &str, digest: &str) -> Option<JobId> {
-            self.built.get(&(name.to_string(), digest.to_string())).copied()
+            self.built
+                .get(&(name.to_string(), digest.to_string()))
+                .copied()
         }
     }
 
@@ -299,31 +345,72 @@ mod tests {
     }
 
     fn commit(n: u8) -> CommitMeta {
-        CommitMeta { sha: format!("{n:02x}").repeat(20), author: "A <a@x>".into(), committed_at: 1_700_000_000 + i64::from(n), subject: format!("commit {n}") }
+        CommitMeta {
+            sha: format!("{n:02x}").repeat(20),
+            author: "A <a@x>".into(),
+            committed_at: 1_700_000_000 + i64::from(n),
+            subject: format!("commit {n}"),
+        }
     }
 
     fn spec_yaml(name: &str, apt: &[&str]) -> Vec<u8> {
-        format!("name: {name}\nbaseImage: debian:bookworm\npackages:\n  apt: [{}]\n", apt.join(", ")).into_bytes()
+        format!(
+            "name: {name}\nbaseImage: debian:bookworm\npackages:\n  apt: [{}]\n",
+            apt.join(", ")
+        )
+        .into_bytes()
     }
 
     fn file(name: &str, bytes: Vec<u8>) -> Observation {
-        Observation { name: name.into(), files: vec![ObservedFile { path: format!("specs/{name}.yaml"), bytes }] }
+        Observation {
+            name: name.into(),
+            files: vec![ObservedFile {
+                path: format!("specs/{name}.yaml"),
+                bytes,
+            }],
+        }
     }
 
     fn gone(name: &str) -> Observation {
-        Observation { name: name.into(), files: vec![] }
+        Observation {
+            name: name.into(),
+            files: vec![],
+        }
     }
 
     fn step(n: u8, specs: Vec<Observation>) -> ObservedStep {
-        ObservedStep { commit: commit(n), specs }
+        ObservedStep {
+            commit: commit(n),
+            specs,
+        }
     }
 
     #[test]
     fn new_specs_get_revision_one_and_a_build() {
-        let plan = reconcile(&Memory::default(), &[step(1, vec![file("a", spec_yaml("a", &["curl"])), file("b", spec_yaml("b", &["jq"]))])], &Settings::default());
-        assert_eq!(plan.revisions.iter().map(|r| (r.spec.as_str(), r.number)).collect::<Vec<_>>(), vec![("a", 1), ("b", 1)]);
+        let plan = reconcile(
+            &Memory::default(),
+            &[step(
+                1,
+                vec![
+                    file("a", spec_yaml("a", &["curl"])),
+                    file("b", spec_yaml("b", &["jq"])),
+                ],
+            )],
+            &Settings::default(),
+        );
+        assert_eq!(
+            plan.revisions
+                .iter()
+                .map(|r| (r.spec.as_str(), r.number))
+                .collect::<Vec<_>>(),
+            vec![("a", 1), ("b", 1)]
+        );
         assert_eq!(plan.jobs.len(), 2);
-        assert!(plan.jobs.iter().all(|j| j.plan == JobPlan::Build && j.cancelled.is_none()));
+        assert!(
+            plan.jobs
+                .iter()
+                .all(|j| j.plan == JobPlan::Build && j.cancelled.is_none())
+        );
         assert!(plan.jobs[0].dockerfile.contains("FROM debian:bookworm"));
         assert!(plan.specs["a"].valid && !plan.specs["a"].deleted);
     }
@@ -331,30 +418,75 @@ mod tests {
     #[test]
     fn comment_only_edit_makes_no_revision() {
         let mut state = Memory::default();
-        let plan = reconcile(&state, &[step(1, vec![file("a", spec_yaml("a", &["curl", "jq"]))])], &Settings::default());
+        let plan = reconcile(
+            &state,
+            &[step(1, vec![file("a", spec_yaml("a", &["curl", "jq"]))])],
+            &Settings::default(),
+        );
         state.apply(&plan);
         let edited = b"# comment\nname: a\nbaseImage: debian:bookworm\npackages:\n  apt: |\n    jq\n    curl  # why\n".to_vec();
-        let plan = reconcile(&state, &[step(2, vec![file("a", edited)])], &Settings::default());
-        assert!(plan.revisions.is_empty() && plan.jobs.is_empty(), "{plan:#?}");
+        let plan = reconcile(
+            &state,
+            &[step(2, vec![file("a", edited)])],
+            &Settings::default(),
+        );
+        assert!(
+            plan.revisions.is_empty() && plan.jobs.is_empty(),
+            "{plan:#?}"
+        );
     }
 
     #[test]
     fn several_revisions_in_one_pass_build_only_the_newest() {
         let mut state = Memory::default();
         state.active.insert("a".into(), vec![(7, 1)]);
-        state.specs.insert("a".into(), reconcile(&Memory::default(), &[step(1, vec![file("a", spec_yaml("a", &["curl"]))])], &Settings::default()).specs["a"].clone());
-        let steps = [step(2, vec![file("a", spec_yaml("a", &["jq"]))]), step(3, vec![file("a", spec_yaml("a", &["git"]))]), step(4, vec![file("a", spec_yaml("a", &["less"]))])];
+        state.specs.insert(
+            "a".into(),
+            reconcile(
+                &Memory::default(),
+                &[step(1, vec![file("a", spec_yaml("a", &["curl"]))])],
+                &Settings::default(),
+            )
+            .specs["a"]
+                .clone(),
+        );
+        let steps = [
+            step(2, vec![file("a", spec_yaml("a", &["jq"]))]),
+            step(3, vec![file("a", spec_yaml("a", &["git"]))]),
+            step(4, vec![file("a", spec_yaml("a", &["less"]))]),
+        ];
         let plan = reconcile(&state, &steps, &Settings::default());
-        let jobs: Vec<_> = plan.jobs.iter().map(|j| (j.revision, j.cancelled.clone())).collect();
-        assert_eq!(jobs, vec![(2, Some("superseded by r4".into())), (3, Some("superseded by r4".into())), (4, None)]);
-        assert_eq!(plan.cancellations, vec![Cancellation { job: 7, reason: "superseded by r4".into() }]);
+        let jobs: Vec<_> = plan
+            .jobs
+            .iter()
+            .map(|j| (j.revision, j.cancelled.clone()))
+            .collect();
+        assert_eq!(
+            jobs,
+            vec![
+                (2, Some("superseded by r4".into())),
+                (3, Some("superseded by r4".into())),
+                (4, None)
+            ]
+        );
+        assert_eq!(
+            plan.cancellations,
+            vec![Cancellation {
+                job: 7,
+                reason: "superseded by r4".into()
+            }]
+        );
         assert_eq!(plan.specs["a"].revision, 4);
     }
 
     #[test]
     fn delete_and_recreate_continue_numbering_and_reuse() {
         let mut state = Memory::default();
-        let plan = reconcile(&state, &[step(1, vec![file("a", spec_yaml("a", &["curl"]))])], &Settings::default());
+        let plan = reconcile(
+            &state,
+            &[step(1, vec![file("a", spec_yaml("a", &["curl"]))])],
+            &Settings::default(),
+        );
         state.apply(&plan);
         let digest = plan.jobs[0].digest.clone();
         state.built.insert(("a".into(), digest.clone()), 1);
@@ -362,11 +494,18 @@ mod tests {
 
         let plan = reconcile(&state, &[step(2, vec![gone("a")])], &Settings::default());
         assert!(plan.specs["a"].deleted);
-        assert_eq!(plan.cancellations[0].reason, format!("spec deleted in {}", commit(2).short()));
+        assert_eq!(
+            plan.cancellations[0].reason,
+            format!("spec deleted in {}", commit(2).short())
+        );
         state.apply(&plan);
         state.active.clear();
 
-        let plan = reconcile(&state, &[step(3, vec![file("a", spec_yaml("a", &["curl"]))])], &Settings::default());
+        let plan = reconcile(
+            &state,
+            &[step(3, vec![file("a", spec_yaml("a", &["curl"]))])],
+            &Settings::default(),
+        );
         assert_eq!(plan.revisions[0].number, 2);
         assert_eq!(plan.jobs[0].plan, JobPlan::Reuse { from: 1 });
         assert!(!plan.specs["a"].deleted);
@@ -375,19 +514,49 @@ mod tests {
     #[test]
     fn invalid_revision_keeps_last_image_and_others_unaffected() {
         let mut state = Memory::default();
-        let plan = reconcile(&state, &[step(1, vec![file("a", spec_yaml("a", &["curl"])), file("b", spec_yaml("b", &["jq"]))])], &Settings::default());
+        let plan = reconcile(
+            &state,
+            &[step(
+                1,
+                vec![
+                    file("a", spec_yaml("a", &["curl"])),
+                    file("b", spec_yaml("b", &["jq"])),
+                ],
+            )],
+            &Settings::default(),
+        );
         state.apply(&plan);
         state.specs.get_mut("a").unwrap().latest_image = Some("reg/a:r1".into());
-        let plan = reconcile(&state, &[step(2, vec![file("a", spec_yaml("a", &["curl wget"])), file("b", spec_yaml("b", &["jq", "git"]))])], &Settings::default());
+        let plan = reconcile(
+            &state,
+            &[step(
+                2,
+                vec![
+                    file("a", spec_yaml("a", &["curl wget"])),
+                    file("b", spec_yaml("b", &["jq", "git"])),
+                ],
+            )],
+            &Settings::default(),
+        );
         let a = plan.revisions.iter().find(|r| r.spec == "a").unwrap();
         assert!(!a.valid());
         assert_eq!(a.errors[0].rule, Rule::OnePackagePerLine);
         assert_eq!(plan.specs["a"].latest_image.as_deref(), Some("reg/a:r1"));
         assert!(!plan.specs["a"].valid);
-        assert_eq!(plan.jobs.iter().map(|j| j.spec.as_str()).collect::<Vec<_>>(), vec!["b"]);
+        assert_eq!(
+            plan.jobs
+                .iter()
+                .map(|j| j.spec.as_str())
+                .collect::<Vec<_>>(),
+            vec!["b"]
+        );
         // The same invalid file again is no new revision.
         state.apply(&plan);
-        let again = reconcile(&state, &[step(3, vec![file("a", spec_yaml("a", &["curl wget"]))])], &Settings::default());
+        let again = reconcile(
+            &state,
+            &[step(3, vec![file("a", spec_yaml("a", &["curl wget"]))])],
+            &Settings::default(),
+        );
         assert!(again.revisions.is_empty());
     }
 
@@ -395,12 +564,30 @@ mod tests {
     fn duplicate_names_are_invalid_on_both_files() {
         let obs = Observation {
             name: "a".into(),
-            files: vec![ObservedFile { path: "x/a.yaml".into(), bytes: spec_yaml("a", &["curl"]) }, ObservedFile { path: "y/a.yml".into(), bytes: spec_yaml("a", &["jq"]) }],
+            files: vec![
+                ObservedFile {
+                    path: "x/a.yaml".into(),
+                    bytes: spec_yaml("a", &["curl"]),
+                },
+                ObservedFile {
+                    path: "y/a.yml".into(),
+                    bytes: spec_yaml("a", &["jq"]),
+                },
+            ],
         };
-        let plan = reconcile(&Memory::default(), &[step(1, vec![obs])], &Settings::default());
+        let plan = reconcile(
+            &Memory::default(),
+            &[step(1, vec![obs])],
+            &Settings::default(),
+        );
         let rev = &plan.revisions[0];
         assert!(!rev.valid());
-        let paths: Vec<_> = rev.errors.iter().filter(|d| d.rule == Rule::DuplicateName).map(|d| d.path.as_str()).collect();
+        let paths: Vec<_> = rev
+            .errors
+            .iter()
+            .filter(|d| d.rule == Rule::DuplicateName)
+            .map(|d| d.path.as_str())
+            .collect();
         assert_eq!(paths, vec!["x/a.yaml", "y/a.yml"]);
         assert!(plan.jobs.is_empty());
         assert_eq!(plan.spec_paths["a"], vec!["x/a.yaml", "y/a.yml"]);
@@ -409,12 +596,26 @@ mod tests {
     #[test]
     fn revert_to_built_content_is_a_reuse() {
         let mut state = Memory::default();
-        let p1 = reconcile(&state, &[step(1, vec![file("a", spec_yaml("a", &["curl"]))])], &Settings::default());
+        let p1 = reconcile(
+            &state,
+            &[step(1, vec![file("a", spec_yaml("a", &["curl"]))])],
+            &Settings::default(),
+        );
         state.apply(&p1);
-        state.built.insert(("a".into(), p1.jobs[0].digest.clone()), 1);
-        let p2 = reconcile(&state, &[step(2, vec![file("a", spec_yaml("a", &["jq"]))])], &Settings::default());
+        state
+            .built
+            .insert(("a".into(), p1.jobs[0].digest.clone()), 1);
+        let p2 = reconcile(
+            &state,
+            &[step(2, vec![file("a", spec_yaml("a", &["jq"]))])],
+            &Settings::default(),
+        );
         state.apply(&p2);
-        let p3 = reconcile(&state, &[step(3, vec![file("a", spec_yaml("a", &["curl"]))])], &Settings::default());
+        let p3 = reconcile(
+            &state,
+            &[step(3, vec![file("a", spec_yaml("a", &["curl"]))])],
+            &Settings::default(),
+        );
         assert_eq!(p3.revisions[0].number, 3);
         assert_eq!(p3.jobs[0].plan, JobPlan::Reuse { from: 1 });
     }

@@ -75,7 +75,11 @@ pub fn image_labels(spec: &ImageSpec, rev: &RevisionInfo) -> Vec<(&'static str, 
 /// Render the Dockerfile for `spec`.
 pub fn render(spec: &ImageSpec, rev: &RevisionInfo, options: &RenderOptions) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "# Rendered by Kiln for spec {:?}, revision {}.", spec.name, rev.revision);
+    let _ = writeln!(
+        out,
+        "# Rendered by Kiln for spec {:?}, revision {}.",
+        spec.name, rev.revision
+    );
     let _ = writeln!(out, "FROM {}", spec.base_image);
     let _ = writeln!(out, "USER root");
     let _ = writeln!(out, "ARG DEBIAN_FRONTEND=noninteractive");
@@ -97,7 +101,10 @@ pub fn render(spec: &ImageSpec, rev: &RevisionInfo, options: &RenderOptions) -> 
             String::new()
         };
         let _ = writeln!(out, "RUN {ca_env}apt-get{apt_ca} update \\");
-        let _ = writeln!(out, " && {ca_env}apt-get{apt_ca} install -y --no-install-recommends \\");
+        let _ = writeln!(
+            out,
+            " && {ca_env}apt-get{apt_ca} install -y --no-install-recommends \\"
+        );
         push_args(&mut out, &apt);
         let _ = writeln!(out, " && rm -rf /var/lib/apt/lists/*");
     }
@@ -105,12 +112,28 @@ pub fn render(spec: &ImageSpec, rev: &RevisionInfo, options: &RenderOptions) -> 
     let conda = spec.packages.normalized(Manager::Conda);
     if !conda.is_empty() {
         // Use whichever solver the base image ships; fail loudly when it has none.
-        let export = if options.ca_bundle { format!("export {}; ", ca_env.trim_end()) } else { String::new() };
+        let export = if options.ca_bundle {
+            format!("export {}; ", ca_env.trim_end())
+        } else {
+            String::new()
+        };
         let _ = writeln!(out, "RUN set -e; {export}\\");
-        let _ = writeln!(out, " if command -v micromamba >/dev/null; then CONDA='micromamba'; CONDA_INSTALL='micromamba install --yes --name base'; \\");
-        let _ = writeln!(out, " elif command -v mamba >/dev/null; then CONDA='mamba'; CONDA_INSTALL='mamba install --yes'; \\");
-        let _ = writeln!(out, " elif command -v conda >/dev/null; then CONDA='conda'; CONDA_INSTALL='conda install --yes'; \\");
-        let _ = writeln!(out, " else echo 'kiln: the base image has no conda, mamba or micromamba' >&2; exit 1; fi; \\");
+        let _ = writeln!(
+            out,
+            " if command -v micromamba >/dev/null; then CONDA='micromamba'; CONDA_INSTALL='micromamba install --yes --name base'; \\"
+        );
+        let _ = writeln!(
+            out,
+            " elif command -v mamba >/dev/null; then CONDA='mamba'; CONDA_INSTALL='mamba install --yes'; \\"
+        );
+        let _ = writeln!(
+            out,
+            " elif command -v conda >/dev/null; then CONDA='conda'; CONDA_INSTALL='conda install --yes'; \\"
+        );
+        let _ = writeln!(
+            out,
+            " else echo 'kiln: the base image has no conda, mamba or micromamba' >&2; exit 1; fi; \\"
+        );
         let _ = writeln!(out, " $CONDA_INSTALL \\");
         push_args(&mut out, &conda);
         let _ = writeln!(out, " && $CONDA clean --all --yes");
@@ -146,7 +169,9 @@ pub fn render(spec: &ImageSpec, rev: &RevisionInfo, options: &RenderOptions) -> 
 /// One shell-quoted argument per line, each continued.
 fn push_args(out: &mut String, args: &[&str]) {
     for arg in args {
-        let quoted = shlex::try_quote(arg).map(|q| q.into_owned()).unwrap_or_else(|_| format!("'{}'", arg.replace('\'', "'\\''")));
+        let quoted = shlex::try_quote(arg)
+            .map(|q| q.into_owned())
+            .unwrap_or_else(|_| format!("'{}'", arg.replace('\'', "'\\''")));
         let _ = writeln!(out, "      {quoted} \\");
     }
 }
@@ -232,7 +257,10 @@ USER jovyan
 
     #[test]
     fn golden_full() {
-        let options = RenderOptions { base_user: Some("jovyan".into()), ca_bundle: true };
+        let options = RenderOptions {
+            base_user: Some("jovyan".into()),
+            ca_bundle: true,
+        };
         assert_eq!(render(&spec(), &rev(), &options), GOLDEN_FULL);
     }
 
@@ -260,9 +288,15 @@ LABEL org.opencontainers.image.created="2026-11-23T12:00:00Z" \
             description: None,
             base_image: "debian:bookworm".into(),
             pull_secret: None,
-            packages: Packages { apt: vec!["jq".into(), "jq".into()], ..Packages::default() },
+            packages: Packages {
+                apt: vec!["jq".into(), "jq".into()],
+                ..Packages::default()
+            },
         };
-        let options = RenderOptions { base_user: Some("root".into()), ca_bundle: false };
+        let options = RenderOptions {
+            base_user: Some("root".into()),
+            ca_bundle: false,
+        };
         assert_eq!(render(&spec, &rev(), &options), GOLDEN_APT_ONLY);
     }
 
@@ -271,7 +305,10 @@ LABEL org.opencontainers.image.created="2026-11-23T12:00:00Z" \
         let mut r = rev();
         r.source = "https://x/\"$HOME\\\nrm".into();
         let out = render(&spec(), &r, &RenderOptions::default());
-        assert!(out.contains(r#"org.opencontainers.image.source="https://x/\"\$HOME\\ rm" \"#), "{out}");
+        assert!(
+            out.contains(r#"org.opencontainers.image.source="https://x/\"\$HOME\\ rm" \"#),
+            "{out}"
+        );
     }
 
     const INSTRUCTIONS: [&str; 6] = ["#", "FROM ", "LABEL ", "USER ", "ARG ", "RUN "];
@@ -279,12 +316,19 @@ LABEL org.opencontainers.image.created="2026-11-23T12:00:00Z" \
     fn every_line_is_an_instruction_or_continuation(text: &str) -> Result<(), String> {
         let mut continued = false;
         for line in text.lines() {
-            if !continued && !INSTRUCTIONS.iter().any(|i| line.starts_with(i)) && !line.starts_with("COPY ") {
+            if !continued
+                && !INSTRUCTIONS.iter().any(|i| line.starts_with(i))
+                && !line.starts_with("COPY ")
+            {
                 return Err(format!("stray line: {line:?}"));
             }
             continued = line.ends_with('\\');
         }
-        if continued { Err("last line continues".into()) } else { Ok(()) }
+        if continued {
+            Err("last line continues".into())
+        } else {
+            Ok(())
+        }
     }
 
     fn apt_name() -> impl Strategy<Value = String> {

@@ -77,7 +77,10 @@ impl TryFrom<String> for Rule {
     type Error = String;
 
     fn try_from(id: String) -> Result<Self, String> {
-        Rule::ALL.into_iter().find(|r| r.id() == id).ok_or_else(|| format!("unknown rule `{id}`"))
+        Rule::ALL
+            .into_iter()
+            .find(|r| r.id() == id)
+            .ok_or_else(|| format!("unknown rule `{id}`"))
     }
 }
 

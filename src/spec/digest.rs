@@ -14,7 +14,8 @@ const FORMAT: &str = "kiln-spec-digest/v1";
 
 /// `sha256:<hex>` of the spec's canonical form.
 pub fn canonical_digest(spec: &ImageSpec) -> String {
-    let base = rules::check_image_reference(&spec.base_image).unwrap_or_else(|_| spec.base_image.clone());
+    let base =
+        rules::check_image_reference(&spec.base_image).unwrap_or_else(|_| spec.base_image.clone());
     let canonical = serde_json::json!({
         "format": FORMAT,
         "baseImage": base,
@@ -31,7 +32,7 @@ pub fn canonical_digest(spec: &ImageSpec) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{Packages, parse_spec, SpecContext};
+    use crate::spec::{Packages, SpecContext, parse_spec};
     use proptest::prelude::*;
 
     fn spec(base: &str, apt: &[&str], pip: &[&str]) -> ImageSpec {
@@ -63,11 +64,23 @@ mod tests {
     #[test]
     fn content_changes_change_the_digest() {
         let base = canonical_digest(&spec("debian:bookworm", &["curl"], &["six"]));
-        assert_ne!(base, canonical_digest(&spec("debian:trixie", &["curl"], &["six"])));
-        assert_ne!(base, canonical_digest(&spec("debian:bookworm", &["curl", "jq"], &["six"])));
-        assert_ne!(base, canonical_digest(&spec("debian:bookworm", &["curl"], &["six==1.16.0"])));
+        assert_ne!(
+            base,
+            canonical_digest(&spec("debian:trixie", &["curl"], &["six"]))
+        );
+        assert_ne!(
+            base,
+            canonical_digest(&spec("debian:bookworm", &["curl", "jq"], &["six"]))
+        );
+        assert_ne!(
+            base,
+            canonical_digest(&spec("debian:bookworm", &["curl"], &["six==1.16.0"]))
+        );
         // The same text moved to another manager is another image.
-        assert_ne!(base, canonical_digest(&spec("debian:bookworm", &["curl", "six"], &[])));
+        assert_ne!(
+            base,
+            canonical_digest(&spec("debian:bookworm", &["curl", "six"], &[]))
+        );
         let mut with_secret = spec("debian:bookworm", &["curl"], &["six"]);
         with_secret.pull_secret = Some("corp".into());
         assert_ne!(base, canonical_digest(&with_secret));

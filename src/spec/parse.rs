@@ -48,12 +48,22 @@ impl ParsedSpec {
 
 /// Parse and validate one spec file. `path` is used in diagnostics and for the stem rule.
 pub fn parse_spec(path: &str, bytes: &[u8], ctx: &SpecContext) -> ParsedSpec {
-    let mut out = ParsedSpec { path: path.to_string(), name: None, spec: None, digest: None, diagnostics: vec![] };
+    let mut out = ParsedSpec {
+        path: path.to_string(),
+        name: None,
+        spec: None,
+        digest: None,
+        diagnostics: vec![],
+    };
     if bytes.len() > MAX_SPEC_BYTES {
         out.push(
             Pos::START,
             Rule::FileTooLarge,
-            format!("file is {} bytes; a spec may be at most {} KiB", bytes.len(), MAX_SPEC_BYTES / 1024),
+            format!(
+                "file is {} bytes; a spec may be at most {} KiB",
+                bytes.len(),
+                MAX_SPEC_BYTES / 1024
+            ),
         );
         return out;
     }
@@ -68,12 +78,21 @@ pub fn parse_spec(path: &str, bytes: &[u8], ctx: &SpecContext) -> ParsedSpec {
     let doc = match yaml::parse(text) {
         Ok(doc) => doc,
         Err(e) => {
-            let rule = if e.alias { Rule::YamlAlias } else { Rule::YamlSyntax };
+            let rule = if e.alias {
+                Rule::YamlAlias
+            } else {
+                Rule::YamlSyntax
+            };
             out.push(e.pos, rule, e.message);
             return out;
         }
     };
-    let spec = Walker { out: &mut out, source: text, ctx }.spec(&doc);
+    let spec = Walker {
+        out: &mut out,
+        source: text,
+        ctx,
+    }
+    .spec(&doc);
     if out.diagnostics.is_empty() {
         out.digest = spec.as_ref().map(canonical_digest);
         out.spec = spec;
@@ -92,9 +111,19 @@ pub fn check_duplicate_names(specs: &mut [ParsedSpec]) {
     }
     for indices in by_name.values().filter(|v| v.len() > 1) {
         for &i in indices {
-            let others: Vec<&str> = indices.iter().filter(|&&j| j != i).map(|&j| specs[j].path.as_str()).collect();
-            let Some((name, pos)) = specs[i].name.clone() else { continue };
-            specs[i].push(pos, Rule::DuplicateName, format!("name `{name}` is also used by {}", others.join(", ")));
+            let others: Vec<&str> = indices
+                .iter()
+                .filter(|&&j| j != i)
+                .map(|&j| specs[j].path.as_str())
+                .collect();
+            let Some((name, pos)) = specs[i].name.clone() else {
+                continue;
+            };
+            specs[i].push(
+                pos,
+                Rule::DuplicateName,
+                format!("name `{name}` is also used by {}", others.join(", ")),
+            );
             specs[i].spec = None;
             specs[i].digest = None;
             specs[i].diagnostics.sort();
@@ -105,8 +134,14 @@ pub fn check_duplicate_names(specs: &mut [ParsedSpec]) {
 fn position_of_byte(bytes: &[u8], offset: usize) -> Pos {
     let before = &bytes[..offset.min(bytes.len())];
     let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-    let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    let column = String::from_utf8_lossy(&before[line_start..]).chars().count() + 1;
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let column = String::from_utf8_lossy(&before[line_start..])
+        .chars()
+        .count()
+        + 1;
     Pos::new(line as u32, column as u32)
 }
 
@@ -121,18 +156,31 @@ impl Walker<'_> {
         let entries = match &doc.value {
             Value::Map(entries) => entries,
             Value::Null => {
-                self.out.push(doc.pos, Rule::MissingKey, "file is empty; a spec needs at least `name` and `baseImage`");
+                self.out.push(
+                    doc.pos,
+                    Rule::MissingKey,
+                    "file is empty; a spec needs at least `name` and `baseImage`",
+                );
                 return None;
             }
             other => {
-                self.out.push(doc.pos, Rule::WrongType, format!("a spec is a mapping with `name`, `baseImage` and `packages`, not {}", other.kind()));
+                self.out.push(
+                    doc.pos,
+                    Rule::WrongType,
+                    format!(
+                        "a spec is a mapping with `name`, `baseImage` and `packages`, not {}",
+                        other.kind()
+                    ),
+                );
                 return None;
             }
         };
         let (mut name, mut description, mut base_image, mut pull_secret) = (None, None, None, None);
         let mut packages = Some(Packages::default());
         for (key, value) in entries {
-            let Some(key_text) = self.key(key) else { continue };
+            let Some(key_text) = self.key(key) else {
+                continue;
+            };
             match key_text {
                 "name" => name = self.name(value),
                 "description" => description = self.scalar(value, "description"),
@@ -142,20 +190,38 @@ impl Walker<'_> {
                 other => self.unknown_key(key.pos, other, &TOP_KEYS, ""),
             }
         }
-        let present = |k: &str| entries.iter().any(|(key, _)| matches!(&key.value, Value::Scalar(s) if s == k));
+        let present = |k: &str| {
+            entries
+                .iter()
+                .any(|(key, _)| matches!(&key.value, Value::Scalar(s) if s == k))
+        };
         for required in ["name", "baseImage"] {
             if !present(required) {
-                self.out.push(doc.pos, Rule::MissingKey, format!("missing required key `{required}`"));
+                self.out.push(
+                    doc.pos,
+                    Rule::MissingKey,
+                    format!("missing required key `{required}`"),
+                );
             }
         }
-        Some(ImageSpec { name: name?, description: description.map(|(d, _)| d), base_image: base_image?, pull_secret, packages: packages? })
+        Some(ImageSpec {
+            name: name?,
+            description: description.map(|(d, _)| d),
+            base_image: base_image?,
+            pull_secret,
+            packages: packages?,
+        })
     }
 
     fn key<'n>(&mut self, key: &'n Node) -> Option<&'n str> {
         match &key.value {
             Value::Scalar(s) => Some(s),
             other => {
-                self.out.push(key.pos, Rule::WrongType, format!("keys must be plain words, not {}", other.kind()));
+                self.out.push(
+                    key.pos,
+                    Rule::WrongType,
+                    format!("keys must be plain words, not {}", other.kind()),
+                );
                 None
             }
         }
@@ -164,19 +230,32 @@ impl Walker<'_> {
     fn unknown_key(&mut self, pos: Pos, key: &str, known: &[&str], within: &str) {
         let suggestion = known
             .iter()
-            .map(|k| (strsim::jaro_winkler(&key.to_lowercase(), &k.to_lowercase()), *k))
+            .map(|k| {
+                (
+                    strsim::jaro_winkler(&key.to_lowercase(), &k.to_lowercase()),
+                    *k,
+                )
+            })
             .filter(|(score, _)| *score > 0.8)
             .max_by(|a, b| a.0.total_cmp(&b.0))
             .map(|(_, k)| format!("; did you mean `{k}`?"))
             .unwrap_or_else(|| format!("; known keys{within}: {}", known.join(", ")));
-        self.out.push(pos, Rule::UnknownKey, format!("unknown key `{key}`{suggestion}"));
+        self.out.push(
+            pos,
+            Rule::UnknownKey,
+            format!("unknown key `{key}`{suggestion}"),
+        );
     }
 
     fn scalar(&mut self, node: &Node, what: &str) -> Option<(String, Pos)> {
         match &node.value {
             Value::Scalar(s) => Some((s.clone(), node.pos)),
             other => {
-                self.out.push(node.pos, Rule::WrongType, format!("`{what}` must be a string, not {}", other.kind()));
+                self.out.push(
+                    node.pos,
+                    Rule::WrongType,
+                    format!("`{what}` must be a string, not {}", other.kind()),
+                );
                 None
             }
         }
@@ -189,7 +268,10 @@ impl Walker<'_> {
             self.out.push(pos, Rule::NameFormat, message);
             return None;
         }
-        let stem = Path::new(&self.out.path).file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+        let stem = Path::new(&self.out.path)
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default();
         if stem != name {
             self.out.push(pos, Rule::NameMismatch, format!("name `{name}` must equal the file name without extension (`{stem}`); rename the file or the spec"));
             return None;
@@ -213,7 +295,11 @@ impl Walker<'_> {
             return None;
         }
         let (name, pos) = self.scalar(node, "pullSecret")?;
-        let shape_ok = !name.is_empty() && name.len() <= 253 && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        let shape_ok = !name.is_empty()
+            && name.len() <= 253
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
         if !shape_ok {
             self.out.push(pos, Rule::PullSecret, "`pullSecret` names a credential configured in Kiln (letters, digits, `.`, `_`, `-`); it never holds the secret itself");
             return None;
@@ -221,8 +307,19 @@ impl Walker<'_> {
         if let Some(known) = &self.ctx.pull_secrets
             && !known.contains(&name)
         {
-            let list = if known.is_empty() { "none are configured".to_string() } else { format!("configured: {}", known.iter().cloned().collect::<Vec<_>>().join(", ")) };
-            self.out.push(pos, Rule::PullSecret, format!("pull secret `{name}` is not configured in Kiln ({list})"));
+            let list = if known.is_empty() {
+                "none are configured".to_string()
+            } else {
+                format!(
+                    "configured: {}",
+                    known.iter().cloned().collect::<Vec<_>>().join(", ")
+                )
+            };
+            self.out.push(
+                pos,
+                Rule::PullSecret,
+                format!("pull secret `{name}` is not configured in Kiln ({list})"),
+            );
             return None;
         }
         Some(name)
@@ -234,7 +331,14 @@ impl Walker<'_> {
             Value::Null => return Some(packages),
             Value::Map(entries) => entries,
             other => {
-                self.out.push(node.pos, Rule::WrongType, format!("`packages` must be a mapping with `apt`, `conda` and/or `pip`, not {}", other.kind()));
+                self.out.push(
+                    node.pos,
+                    Rule::WrongType,
+                    format!(
+                        "`packages` must be a mapping with `apt`, `conda` and/or `pip`, not {}",
+                        other.kind()
+                    ),
+                );
                 return None;
             }
         };
@@ -266,9 +370,19 @@ impl Walker<'_> {
                 let mut lines = Vec::with_capacity(items.len());
                 for item in items {
                     match &item.value {
-                        Value::Scalar(s) if !s.trim().is_empty() => lines.push((s.trim().to_string(), item.pos)),
-                        Value::Scalar(_) | Value::Null => self.out.push(item.pos, Rule::WrongType, format!("empty entry in the `{manager}` list")),
-                        other => self.out.push(item.pos, Rule::WrongType, format!("`{manager}` entries must be strings, not {}", other.kind())),
+                        Value::Scalar(s) if !s.trim().is_empty() => {
+                            lines.push((s.trim().to_string(), item.pos))
+                        }
+                        Value::Scalar(_) | Value::Null => self.out.push(
+                            item.pos,
+                            Rule::WrongType,
+                            format!("empty entry in the `{manager}` list"),
+                        ),
+                        other => self.out.push(
+                            item.pos,
+                            Rule::WrongType,
+                            format!("`{manager}` entries must be strings, not {}", other.kind()),
+                        ),
                     }
                 }
                 lines
@@ -291,7 +405,15 @@ impl Walker<'_> {
             match checked {
                 Ok(()) => {}
                 Err(LineError::SeveralPackages(tokens)) => {
-                    self.out.push(pos, Rule::OnePackagePerLine, format!("`{line}` holds {} packages ({}); write one package per line", tokens.len(), tokens.join(", ")));
+                    self.out.push(
+                        pos,
+                        Rule::OnePackagePerLine,
+                        format!(
+                            "`{line}` holds {} packages ({}); write one package per line",
+                            tokens.len(),
+                            tokens.join(", ")
+                        ),
+                    );
                     continue;
                 }
                 Err(LineError::Invalid(message)) => {
@@ -306,7 +428,14 @@ impl Walker<'_> {
             }
             let key = rules::package_key(manager, &line);
             if let Some(first) = seen.get(&key) {
-                self.out.push(pos, Rule::DuplicatePackage, format!("`{line}`: package `{key}` is already listed in `{manager}` at line {}", first.line));
+                self.out.push(
+                    pos,
+                    Rule::DuplicatePackage,
+                    format!(
+                        "`{line}`: package `{key}` is already listed in `{manager}` at line {}",
+                        first.line
+                    ),
+                );
                 continue;
             }
             seen.insert(key, pos);
@@ -317,7 +446,12 @@ impl Walker<'_> {
 
     /// Lines of a block string, each with its own position in the file. Blank lines and `#`
     /// comments are skipped; a trailing ` # comment` is removed.
-    fn block_lines(&mut self, manager: Manager, text: &str, pos: Pos) -> Option<Vec<(String, Pos)>> {
+    fn block_lines(
+        &mut self,
+        manager: Manager,
+        text: &str,
+        pos: Pos,
+    ) -> Option<Vec<(String, Pos)>> {
         if block_indicator(self.source, pos) == Some('>') {
             self.out.push(pos, Rule::BlockStyle, format!("`{manager}` uses a folded block (`>`), which joins lines; use a literal block (`|`) or a list so each package stays on its own line"));
             return None;
@@ -340,10 +474,22 @@ impl Walker<'_> {
         if needle.is_empty() {
             return None;
         }
-        for (index, line) in self.source.lines().enumerate().skip(cursor.0.saturating_sub(1) as usize) {
+        for (index, line) in self
+            .source
+            .lines()
+            .enumerate()
+            .skip(cursor.0.saturating_sub(1) as usize)
+        {
             let lineno = index as u32 + 1;
-            let from_char = if lineno == cursor.0 { cursor.1.saturating_sub(1) as usize } else { 0 };
-            let from_byte = line.char_indices().nth(from_char).map_or(line.len(), |(b, _)| b);
+            let from_char = if lineno == cursor.0 {
+                cursor.1.saturating_sub(1) as usize
+            } else {
+                0
+            };
+            let from_byte = line
+                .char_indices()
+                .nth(from_char)
+                .map_or(line.len(), |(b, _)| b);
             if let Some(found) = line[from_byte..].find(needle) {
                 let column = line[..from_byte + found].chars().count() as u32 + 1;
                 *cursor = (lineno, column + needle.chars().count() as u32);
@@ -359,7 +505,10 @@ impl Walker<'_> {
 fn block_indicator(source: &str, pos: Pos) -> Option<char> {
     let lines: Vec<&str> = source.lines().take(pos.line as usize).collect();
     let (last, earlier) = lines.split_last()?;
-    let head: String = last.chars().take(pos.column.saturating_sub(1) as usize).collect();
+    let head: String = last
+        .chars()
+        .take(pos.column.saturating_sub(1) as usize)
+        .collect();
     let candidates = std::iter::once(head.as_str()).chain(earlier.iter().rev().copied());
     for line in candidates {
         let code = strip_comment(line).trim_end();
@@ -420,7 +569,10 @@ mod tests {
     #[test]
     fn file_too_large() {
         let big = format!("{HEAD}description: \"{}\"\n", "x".repeat(MAX_SPEC_BYTES));
-        assert_eq!(only("demo.yaml", &big).0..=only("demo.yaml", &big).0, Rule::FileTooLarge..=Rule::FileTooLarge);
+        assert_eq!(
+            only("demo.yaml", &big).0..=only("demo.yaml", &big).0,
+            Rule::FileTooLarge..=Rule::FileTooLarge
+        );
         let (rule, line, col, _) = only("demo.yaml", &big);
         assert_eq!((rule, line, col), (Rule::FileTooLarge, 1, 1));
     }
@@ -436,7 +588,10 @@ mod tests {
 
     #[test]
     fn yaml_syntax() {
-        let (rule, line, _, _) = only("demo.yaml", "name: demo\nbaseImage: [debian\npackages: {}\n");
+        let (rule, line, _, _) = only(
+            "demo.yaml",
+            "name: demo\nbaseImage: [debian\npackages: {}\n",
+        );
         assert_eq!(rule, Rule::YamlSyntax);
         assert!(line >= 2);
     }
@@ -450,7 +605,8 @@ mod tests {
 
     #[test]
     fn missing_key() {
-        let (rule, line, col, message) = only("demo.yaml", "name: demo\npackages:\n  apt: [curl]\n");
+        let (rule, line, col, message) =
+            only("demo.yaml", "name: demo\npackages:\n  apt: [curl]\n");
         assert_eq!((rule, line, col), (Rule::MissingKey, 1, 1));
         assert!(message.contains("baseImage"), "{message}");
         let (rule, ..) = only("demo.yaml", "");
@@ -461,16 +617,23 @@ mod tests {
     fn wrong_type() {
         let (rule, line, col, _) = only("demo.yaml", "name: demo\nbaseImage:\n  - debian\n");
         assert_eq!((rule, line, col), (Rule::WrongType, 3, 3));
-        let (rule, line, col, _) = only("demo.yaml", &format!("{HEAD}packages:\n  apt:\n    - curl\n    - [a, b]\n"));
+        let (rule, line, col, _) = only(
+            "demo.yaml",
+            &format!("{HEAD}packages:\n  apt:\n    - curl\n    - [a, b]\n"),
+        );
         assert_eq!((rule, line, col), (Rule::WrongType, 6, 7));
     }
 
     #[test]
     fn unknown_key_suggests() {
-        let (rule, line, col, message) = only("demo.yaml", "name: demo\nbaseimage: debian\nbaseImage: debian\n");
+        let (rule, line, col, message) = only(
+            "demo.yaml",
+            "name: demo\nbaseimage: debian\nbaseImage: debian\n",
+        );
         assert_eq!((rule, line, col), (Rule::UnknownKey, 2, 1));
         assert!(message.contains("did you mean `baseImage`"), "{message}");
-        let (rule, line, col, message) = only("demo.yaml", &format!("{HEAD}packages:\n  pip3: [six]\n"));
+        let (rule, line, col, message) =
+            only("demo.yaml", &format!("{HEAD}packages:\n  pip3: [six]\n"));
         assert_eq!((rule, line, col), (Rule::UnknownKey, 4, 3));
         assert!(message.contains("did you mean `pip`"), "{message}");
         let (_, _, _, message) = only("demo.yaml", &format!("{HEAD}zzz: 1\n"));
@@ -516,7 +679,9 @@ mod tests {
     #[test]
     fn pull_secret() {
         let yaml = format!("{HEAD}pullSecret: corp\n");
-        let ctx = SpecContext { pull_secrets: Some(["other".to_string()].into()) };
+        let ctx = SpecContext {
+            pull_secrets: Some(["other".to_string()].into()),
+        };
         let parsed = parse_spec("demo.yaml", yaml.as_bytes(), &ctx);
         let d = &parsed.diagnostics[0];
         assert_eq!((d.rule, d.line, d.column), (Rule::PullSecret, 3, 13));
@@ -527,28 +692,46 @@ mod tests {
 
     #[test]
     fn apt_package_in_list_and_block() {
-        let (rule, line, col, _) = only("demo.yaml", &format!("{HEAD}packages:\n  apt:\n    - curl\n    - Bad_Name\n"));
+        let (rule, line, col, _) = only(
+            "demo.yaml",
+            &format!("{HEAD}packages:\n  apt:\n    - curl\n    - Bad_Name\n"),
+        );
         assert_eq!((rule, line, col), (Rule::AptPackage, 6, 7));
-        let (rule, line, col, _) = only("demo.yaml", &format!("{HEAD}packages:\n  apt: |\n    curl\n\n      Bad_Name\n"));
+        let (rule, line, col, _) = only(
+            "demo.yaml",
+            &format!("{HEAD}packages:\n  apt: |\n    curl\n\n      Bad_Name\n"),
+        );
         assert_eq!((rule, line, col), (Rule::AptPackage, 7, 7));
     }
 
     #[test]
     fn pip_requirement() {
-        let (rule, line, col, _) = only("demo.yaml", &format!("{HEAD}packages:\n  pip: |\n    six\n    pandas>=>2\n"));
+        let (rule, line, col, _) = only(
+            "demo.yaml",
+            &format!("{HEAD}packages:\n  pip: |\n    six\n    pandas>=>2\n"),
+        );
         assert_eq!((rule, line, col), (Rule::PipRequirement, 6, 5));
     }
 
     #[test]
     fn conda_matchspec() {
-        let (rule, line, col, _) = only("demo.yaml", &format!("{HEAD}packages:\n  conda:\n    - conda-forge::numpy==1.17*\n    - 'scipy >=1.17 py38 x y'\n"));
+        let (rule, line, col, _) = only(
+            "demo.yaml",
+            &format!(
+                "{HEAD}packages:\n  conda:\n    - conda-forge::numpy==1.17*\n    - 'scipy >=1.17 py38 x y'\n"
+            ),
+        );
         assert_eq!(rule, Rule::CondaMatchspec);
         assert_eq!((line, col), (6, 7));
     }
 
     #[test]
     fn one_package_per_line_everywhere() {
-        for (manager, line) in [("apt", "curl wget"), ("pip", "numpy pandas"), ("conda", "numpy scipy")] {
+        for (manager, line) in [
+            ("apt", "curl wget"),
+            ("pip", "numpy pandas"),
+            ("conda", "numpy scipy"),
+        ] {
             let yaml = format!("{HEAD}packages:\n  {manager}: |\n    six\n    {line}\n");
             let (rule, l, c, message) = only("demo.yaml", &yaml);
             assert_eq!((rule, l, c), (Rule::OnePackagePerLine, 6, 5), "{manager}");
@@ -560,14 +743,20 @@ mod tests {
 
     #[test]
     fn duplicate_package() {
-        let (rule, line, col, message) = only("demo.yaml", &format!("{HEAD}packages:\n  pip:\n    - numpy\n    - pandas\n    - NumPy==1.0\n"));
+        let (rule, line, col, message) = only(
+            "demo.yaml",
+            &format!("{HEAD}packages:\n  pip:\n    - numpy\n    - pandas\n    - NumPy==1.0\n"),
+        );
         assert_eq!((rule, line, col), (Rule::DuplicatePackage, 7, 7));
         assert!(message.contains("line 5"), "{message}");
     }
 
     #[test]
     fn folded_blocks_are_refused() {
-        let (rule, line, col, _) = only("demo.yaml", &format!("{HEAD}packages:\n  apt: >\n    curl\n    jq\n"));
+        let (rule, line, col, _) = only(
+            "demo.yaml",
+            &format!("{HEAD}packages:\n  apt: >\n    curl\n    jq\n"),
+        );
         assert_eq!((rule, line, col), (Rule::BlockStyle, 5, 5));
     }
 
@@ -576,6 +765,14 @@ mod tests {
         let yaml = "name: demo\nbaseImage: debian\nbaseimag: x\npackages:\n  apt: [curl wget, Bad]\n  pip: ['a b']\n";
         let parsed = check("demo.yaml", yaml);
         let rules: Vec<Rule> = parsed.diagnostics.iter().map(|d| d.rule).collect();
-        assert_eq!(rules, vec![Rule::UnknownKey, Rule::OnePackagePerLine, Rule::AptPackage, Rule::OnePackagePerLine]);
+        assert_eq!(
+            rules,
+            vec![
+                Rule::UnknownKey,
+                Rule::OnePackagePerLine,
+                Rule::AptPackage,
+                Rule::OnePackagePerLine
+            ]
+        );
     }
 }

@@ -51,10 +51,14 @@ pub fn check_name(name: &str) -> Result<(), String> {
 /// hashes so that spelling variants of one image count as the same image.
 pub fn check_image_reference(text: &str) -> Result<String, String> {
     if text.trim() != text || text.is_empty() {
-        return Err(format!("`{text}` is not an image reference (surrounding whitespace)"));
+        return Err(format!(
+            "`{text}` is not an image reference (surrounding whitespace)"
+        ));
     }
     if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("`{text}` is not an image reference: it contains whitespace"));
+        return Err(format!(
+            "`{text}` is not an image reference: it contains whitespace"
+        ));
     }
     let reference = Reference::from_str(text)
         .map_err(|e| format!("`{text}` is not a valid image reference: {e}"))?;
@@ -82,7 +86,9 @@ fn check_repository_path(text: &str) -> Result<(), String> {
         let ok = !component.is_empty()
             && component.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
             && component.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-            && component.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'));
+            && component.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')
+            });
         if !ok {
             return Err(format!(
                 "`{text}`: repository path component `{component}` must be lowercase letters and digits, \
@@ -122,7 +128,10 @@ fn check_apt_one(item: &str) -> Result<(), String> {
         ));
     }
     if let Some(arch) = arch
-        && (arch.is_empty() || !arch.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
+        && (arch.is_empty()
+            || !arch
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
     {
         return Err(format!("`{item}`: `{arch}` is not a Debian architecture"));
     }
@@ -141,13 +150,15 @@ fn check_apt_one(item: &str) -> Result<(), String> {
         }
         Some((_, release)) => {
             let ok = !release.is_empty()
-                && release
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.'));
+                && release.chars().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.')
+                });
             if ok {
                 Ok(())
             } else {
-                Err(format!("`{item}`: `{release}` is not a Debian release name"))
+                Err(format!(
+                    "`{item}`: `{release}` is not a Debian release name"
+                ))
             }
         }
     }
@@ -173,7 +184,9 @@ pub fn check_pip(line: &str) -> Result<(), LineError> {
             }
             let message = e.to_string();
             let first = message.lines().next().unwrap_or("invalid requirement");
-            Err(LineError::Invalid(format!("`{line}` is not a PEP 508 requirement: {first}")))
+            Err(LineError::Invalid(format!(
+                "`{line}` is not a PEP 508 requirement: {first}"
+            )))
         }
     }
 }
@@ -182,7 +195,8 @@ pub fn check_pip(line: &str) -> Result<(), LineError> {
 pub fn check_conda(line: &str) -> Result<(), LineError> {
     let tokens: Vec<&str> = line.split_whitespace().collect();
     // `name [version [build]]`: a second token must be a version, not another package.
-    let looks_like_package = |t: &str| t.contains("::") || t.starts_with(|c: char| c.is_ascii_alphabetic());
+    let looks_like_package =
+        |t: &str| t.contains("::") || t.starts_with(|c: char| c.is_ascii_alphabetic());
     let bracket = line.contains('[');
     if !bracket && tokens.len() > 3 && !tokens.iter().all(|t| conda_one(t).is_ok()) {
         return Err(LineError::Invalid(format!(
@@ -193,7 +207,9 @@ pub fn check_conda(line: &str) -> Result<(), LineError> {
     if !bracket && (tokens.len() > 3 || (tokens.len() >= 2 && looks_like_package(tokens[1]))) {
         let all_packages = tokens.iter().all(|t| conda_one(t).is_ok());
         if all_packages {
-            return Err(LineError::SeveralPackages(tokens.iter().map(|t| t.to_string()).collect()));
+            return Err(LineError::SeveralPackages(
+                tokens.iter().map(|t| t.to_string()).collect(),
+            ));
         }
         if tokens.len() >= 2 && looks_like_package(tokens[1]) {
             return Err(LineError::Invalid(format!(
@@ -210,7 +226,9 @@ fn conda_one(text: &str) -> Result<(), String> {
         .map_err(|e| format!("`{text}` is not a conda match spec: {e}"))?;
     match spec.name {
         PackageNameMatcher::Exact(_) => Ok(()),
-        _ => Err(format!("`{text}`: the package name must be exact, not a pattern")),
+        _ => Err(format!(
+            "`{text}`: the package name must be exact, not a pattern"
+        )),
     }
 }
 
@@ -261,29 +279,63 @@ mod tests {
 
     #[test]
     fn image_references() {
-        assert_eq!(check_image_reference("ubuntu").unwrap(), "docker.io/library/ubuntu:latest");
+        assert_eq!(
+            check_image_reference("ubuntu").unwrap(),
+            "docker.io/library/ubuntu:latest"
+        );
         assert_eq!(
             check_image_reference("127.0.0.1:5000/kiln/bookworm:minbase").unwrap(),
             "127.0.0.1:5000/kiln/bookworm:minbase"
         );
         let digest = format!("registry.example.com/base/nb@sha256:{}", "a".repeat(64));
         assert!(check_image_reference(&digest).is_ok());
-        for bad in ["", "UPPER/case", "a b", "repo:tag:extra", "registry.example.com/x@sha256:zz", " ubuntu"] {
+        for bad in [
+            "",
+            "UPPER/case",
+            "a b",
+            "repo:tag:extra",
+            "registry.example.com/x@sha256:zz",
+            " ubuntu",
+        ] {
             assert!(check_image_reference(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn apt_lines() {
-        for good in ["curl", "libgl1", "g++", "python3.11", "libc6:amd64", "curl=7.88.1-10+deb12u5", "git/bookworm-backports", "nginx=1:1.22.1-9"] {
+        for good in [
+            "curl",
+            "libgl1",
+            "g++",
+            "python3.11",
+            "libc6:amd64",
+            "curl=7.88.1-10+deb12u5",
+            "git/bookworm-backports",
+            "nginx=1:1.22.1-9",
+        ] {
             assert_eq!(check_apt(good), Ok(()), "{good}");
         }
-        for bad in ["Curl", "c", "curl=", "curl=abc", "curl/", "curl;rm -rf /", "$(id)", "-y"] {
-            assert!(matches!(check_apt(bad), Err(LineError::Invalid(_))), "{bad}");
+        for bad in [
+            "Curl",
+            "c",
+            "curl=",
+            "curl=abc",
+            "curl/",
+            "curl;rm -rf /",
+            "$(id)",
+            "-y",
+        ] {
+            assert!(
+                matches!(check_apt(bad), Err(LineError::Invalid(_))),
+                "{bad}"
+            );
         }
         assert_eq!(
             check_apt("curl wget"),
-            Err(LineError::SeveralPackages(vec!["curl".into(), "wget".into()]))
+            Err(LineError::SeveralPackages(vec![
+                "curl".into(),
+                "wget".into()
+            ]))
         );
     }
 
@@ -299,11 +351,26 @@ mod tests {
         ] {
             assert_eq!(check_pip(good), Ok(()), "{good}");
         }
-        for bad in ["-r requirements.txt", "--index-url=http://x", "pandas>=>2", "==1.0", "na me$"] {
-            assert!(matches!(check_pip(bad), Err(LineError::Invalid(_))), "{bad}");
+        for bad in [
+            "-r requirements.txt",
+            "--index-url=http://x",
+            "pandas>=>2",
+            "==1.0",
+            "na me$",
+        ] {
+            assert!(
+                matches!(check_pip(bad), Err(LineError::Invalid(_))),
+                "{bad}"
+            );
         }
-        assert!(matches!(check_pip("numpy pandas"), Err(LineError::SeveralPackages(_))));
-        assert!(matches!(check_pip("numpy==1.0 pandas"), Err(LineError::SeveralPackages(_))));
+        assert!(matches!(
+            check_pip("numpy pandas"),
+            Err(LineError::SeveralPackages(_))
+        ));
+        assert!(matches!(
+            check_pip("numpy==1.0 pandas"),
+            Err(LineError::SeveralPackages(_))
+        ));
     }
 
     #[test]
@@ -319,9 +386,18 @@ mod tests {
         ] {
             assert_eq!(check_conda(good), Ok(()), "{good}");
         }
-        assert!(matches!(check_conda("numpy scipy"), Err(LineError::SeveralPackages(_))));
-        assert!(matches!(check_conda("conda-forge::numpy pandas"), Err(LineError::SeveralPackages(_))));
-        assert!(matches!(check_conda("numpy==1.0 scipy"), Err(LineError::SeveralPackages(_))));
+        assert!(matches!(
+            check_conda("numpy scipy"),
+            Err(LineError::SeveralPackages(_))
+        ));
+        assert!(matches!(
+            check_conda("conda-forge::numpy pandas"),
+            Err(LineError::SeveralPackages(_))
+        ));
+        assert!(matches!(
+            check_conda("numpy==1.0 scipy"),
+            Err(LineError::SeveralPackages(_))
+        ));
         assert!(check_conda("numpy 1.0 py38 extra").is_err());
         assert!(check_conda("::").is_err());
     }

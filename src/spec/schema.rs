@@ -11,7 +11,10 @@ use schemars::JsonSchema;
 #[schemars(title = "Kiln image spec")]
 struct SpecFile {
     /// Unique, immutable name; equals the file name without extension.
-    #[schemars(regex(pattern = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"), length(max = 63))]
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"),
+        length(max = 63)
+    )]
     name: String,
     /// Free text shown on the dashboard; not part of the image.
     description: Option<String>,
@@ -55,7 +58,16 @@ mod tests {
     #[test]
     fn schema_names_every_key() {
         let json = super::spec_schema_json();
-        for key in ["name", "baseImage", "pullSecret", "packages", "apt", "conda", "pip", "additionalProperties"] {
+        for key in [
+            "name",
+            "baseImage",
+            "pullSecret",
+            "packages",
+            "apt",
+            "conda",
+            "pip",
+            "additionalProperties",
+        ] {
             assert!(json.contains(key), "{key} missing from schema");
         }
     }

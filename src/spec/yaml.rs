@@ -71,8 +71,7 @@ pub fn parse(source: &str) -> Result<Node, YamlError> {
     if let Some(pos) = find_alias_or_anchor(source) {
         return Err(YamlError {
             pos,
-            message: "anchors and aliases (`&name`, `*name`) are not allowed in image specs"
-                .into(),
+            message: "anchors and aliases (`&name`, `*name`) are not allowed in image specs".into(),
             alias: true,
         });
     }
@@ -91,7 +90,11 @@ pub fn parse(source: &str) -> Result<Node, YamlError> {
                 .location()
                 .map(|l| Pos::new(to_u32(l.line()), to_u32(l.column())))
                 .unwrap_or(Pos::START);
-            YamlError { pos, message: first_line(&e.without_snippet().to_string()), alias: false }
+            YamlError {
+                pos,
+                message: first_line(&e.without_snippet().to_string()),
+                alias: false,
+            }
         })?;
     Ok(to_node(raw, source))
 }
@@ -132,7 +135,10 @@ fn find_alias_or_anchor(source: &str) -> Option<Pos> {
                         let next = line[col + c.len_utf8()..].chars().next();
                         if next.is_some_and(|n| !n.is_whitespace()) {
                             let column = line[..col].chars().count() + 1;
-                            return Some(Pos::new(to_u32(lineno as u64 + 1), to_u32(column as u64)));
+                            return Some(Pos::new(
+                                to_u32(lineno as u64 + 1),
+                                to_u32(column as u64),
+                            ));
                         }
                     }
                     _ => {}
@@ -166,16 +172,22 @@ fn to_node(raw: Spanned<RawValue>, source: &str) -> Node {
         RawValue::Text(s) => Value::Scalar(s),
         RawValue::Typed(fallback) => {
             let span = loc.span();
-            let verbatim = span.byte_offset().zip(span.byte_len()).and_then(|(off, len)| {
-                let start = usize::try_from(off).ok()?;
-                let end = start.checked_add(usize::try_from(len).ok()?)?;
-                source.get(start..end)
-            });
+            let verbatim = span
+                .byte_offset()
+                .zip(span.byte_len())
+                .and_then(|(off, len)| {
+                    let start = usize::try_from(off).ok()?;
+                    let end = start.checked_add(usize::try_from(len).ok()?)?;
+                    source.get(start..end)
+                });
             Value::Scalar(verbatim.map(|s| s.trim().to_string()).unwrap_or(fallback))
         }
         RawValue::Seq(items) => Value::Seq(items.into_iter().map(|n| to_node(n, source)).collect()),
         RawValue::Map(entries) => Value::Map(
-            entries.into_iter().map(|(k, v)| (to_node(k, source), to_node(v, source))).collect(),
+            entries
+                .into_iter()
+                .map(|(k, v)| (to_node(k, source), to_node(v, source)))
+                .collect(),
         ),
     };
     Node { pos, value }
@@ -263,7 +275,9 @@ mod tests {
         assert_eq!(top[0].1.pos, Pos::new(1, 7));
         let packages = map(&top[1].1);
         assert_eq!(packages[0].0.pos, Pos::new(3, 3));
-        let Value::Seq(items) = &packages[0].1.value else { panic!() };
+        let Value::Seq(items) = &packages[0].1.value else {
+            panic!()
+        };
         assert_eq!(items[1].pos, Pos::new(5, 7));
         assert_eq!(items[1].value, Value::Scalar("jq".into()));
     }

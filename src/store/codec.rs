@@ -5,11 +5,17 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    postcard::to_stdvec(value).map_err(|e| StoreError::Corrupt { tree: "encode", message: e.to_string() })
+    postcard::to_stdvec(value).map_err(|e| StoreError::Corrupt {
+        tree: "encode",
+        message: e.to_string(),
+    })
 }
 
 pub fn decode<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
-    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt { tree, message: e.to_string() })
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt {
+        tree,
+        message: e.to_string(),
+    })
 }
 
 /// `name \0`: names never contain NUL, so prefixes of different names never overlap.

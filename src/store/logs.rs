@@ -27,7 +27,11 @@ impl Store {
         match self.logs.scan_prefix(job.to_be_bytes()).keys().next_back() {
             Some(k) => {
                 let k = k?;
-                let line = k.get(8..16).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
+                let line = k
+                    .get(8..16)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
                 Ok(line + 1)
             }
             None => Ok(0),
@@ -53,14 +57,23 @@ impl Store {
     }
 
     /// Lines `from..from+limit` of a job's log, with their numbers.
-    pub fn log_lines(&self, job: JobId, from: u64, limit: usize) -> Result<Vec<(u64, LogLine)>, StoreError> {
+    pub fn log_lines(
+        &self,
+        job: JobId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, LogLine)>, StoreError> {
         let end = key(job, u64::MAX);
         self.logs
             .range(key(job, from)..=end)
             .take(limit)
             .map(|entry| {
                 let (k, v) = entry?;
-                let line = k.get(8..16).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
+                let line = k
+                    .get(8..16)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
                 Ok((line, decode("logs", &v)?))
             })
             .collect()

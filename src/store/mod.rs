@@ -40,10 +40,17 @@ pub const SCHEMA_VERSION: u32 = 1;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
-    #[error("data dir {path} is in use by another Kiln process (sled holds an exclusive lock); stop it or use another --data-dir")]
+    #[error(
+        "data dir {path} is in use by another Kiln process (sled holds an exclusive lock); stop it or use another --data-dir"
+    )]
     Locked { path: PathBuf },
     #[error("data dir {path} has store schema version {found}, this Kiln uses {expected}; {hint}")]
-    SchemaMismatch { path: PathBuf, found: u32, expected: u32, hint: &'static str },
+    SchemaMismatch {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+        hint: &'static str,
+    },
     #[error("store error: {0}")]
     Sled(#[from] sled::Error),
     #[error("corrupt record in tree `{tree}`: {message}")]
@@ -103,22 +110,44 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
         let path = dir.join("db");
-        let db = sled::Config::new().path(&path).open().map_err(|e| match e {
-            sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
-                StoreError::Locked { path: dir.to_path_buf() }
-            }
-            other => StoreError::Sled(other),
-        })?;
+        let db = sled::Config::new()
+            .path(&path)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(ref io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("lock") =>
+                {
+                    StoreError::Locked {
+                        path: dir.to_path_buf(),
+                    }
+                }
+                other => StoreError::Sled(other),
+            })?;
         let meta = db.open_tree("meta")?;
         match meta.get(SCHEMA)? {
             None => {
                 meta.insert(SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
             }
             Some(found) => {
-                let found = u32::from_be_bytes(found.as_ref().try_into().map_err(|_| StoreError::Corrupt { tree: "meta", message: "schema_version".into() })?);
+                let found = u32::from_be_bytes(found.as_ref().try_into().map_err(|_| {
+                    StoreError::Corrupt {
+                        tree: "meta",
+                        message: "schema_version".into(),
+                    }
+                })?);
                 if found != SCHEMA_VERSION {
-                    let hint = if found > SCHEMA_VERSION { "upgrade Kiln or restore a backup made by this version" } else { "run the Kiln version that wrote it, or start from an empty data dir (history is re-imported from git)" };
-                    return Err(StoreError::SchemaMismatch { path: dir.to_path_buf(), found, expected: SCHEMA_VERSION, hint });
+                    let hint = if found > SCHEMA_VERSION {
+                        "upgrade Kiln or restore a backup made by this version"
+                    } else {
+                        "run the Kiln version that wrote it, or start from an empty data dir (history is re-imported from git)"
+                    };
+                    return Err(StoreError::SchemaMismatch {
+                        path: dir.to_path_buf(),
+                        found,
+                        expected: SCHEMA_VERSION,
+                        hint,
+                    });
                 }
             }
         }
@@ -149,7 +178,10 @@ impl Store {
     }
 
     pub fn last_commit(&self) -> Result<Option<String>, StoreError> {
-        Ok(self.meta.get(LAST_COMMIT)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+        Ok(self
+            .meta
+            .get(LAST_COMMIT)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     pub fn sync_status(&self) -> Result<SyncStatus, StoreError> {
@@ -167,7 +199,10 @@ impl Store {
     // ---- reads ----
 
     pub fn spec(&self, name: &str) -> Result<Option<SpecRecord>, StoreError> {
-        self.specs.get(name.as_bytes())?.map(|v| decode("specs", &v)).transpose()
+        self.specs
+            .get(name.as_bytes())?
+            .map(|v| decode("specs", &v))
+            .transpose()
     }
 
     /// Every spec record, ordered by name.
@@ -181,23 +216,48 @@ impl Store {
 
     /// Revisions of a spec, oldest first.
     pub fn revisions(&self, name: &str) -> Result<Vec<Revision>, StoreError> {
-        self.revisions.scan_prefix(name_prefix(name)).values().map(|v| decode("revisions", &v?)).collect()
+        self.revisions
+            .scan_prefix(name_prefix(name))
+            .values()
+            .map(|v| decode("revisions", &v?))
+            .collect()
     }
 
     pub fn revision(&self, name: &str, number: u64) -> Result<Option<Revision>, StoreError> {
-        self.revisions.get(name_key(name, &number.to_be_bytes()))?.map(|v| decode("revisions", &v)).transpose()
+        self.revisions
+            .get(name_key(name, &number.to_be_bytes()))?
+            .map(|v| decode("revisions", &v))
+            .transpose()
     }
 
     pub fn job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
-        self.jobs.get(id.to_be_bytes())?.map(|v| decode("jobs", &v)).transpose()
+        self.jobs
+            .get(id.to_be_bytes())?
+            .map(|v| decode("jobs", &v))
+            .transpose()
     }
 
     /// Jobs of a spec, newest first, `skip` then at most `limit`.
-    pub fn jobs_of_spec(&self, name: &str, skip: usize, limit: usize) -> Result<Vec<Job>, StoreError> {
+    pub fn jobs_of_spec(
+        &self,
+        name: &str,
+        skip: usize,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
         let mut out = Vec::new();
-        for key in self.jobs_by_spec.scan_prefix(name_prefix(name)).keys().rev().skip(skip).take(limit) {
+        for key in self
+            .jobs_by_spec
+            .scan_prefix(name_prefix(name))
+            .keys()
+            .rev()
+            .skip(skip)
+            .take(limit)
+        {
             let key = key?;
-            let id = codec::id_suffix(&key).ok_or(StoreError::Corrupt { tree: "jobs_by_spec", message: "short key".into() })?;
+            let id = codec::id_suffix(&key).ok_or(StoreError::Corrupt {
+                tree: "jobs_by_spec",
+                message: "short key".into(),
+            })?;
             if let Some(job) = self.job(id)? {
                 out.push(job);
             }
@@ -240,7 +300,10 @@ impl Store {
         let mut counts = [0u64; 6];
         for value in self.jobs.iter().values() {
             let job: Job = decode("jobs", &value?)?;
-            counts[JobStatus::ALL.iter().position(|s| *s == job.status).unwrap_or(0)] += 1;
+            counts[JobStatus::ALL
+                .iter()
+                .position(|s| *s == job.status)
+                .unwrap_or(0)] += 1;
         }
         Ok(JobStatus::ALL.iter().copied().zip(counts).collect())
     }
@@ -251,79 +314,105 @@ impl Store {
     /// the jobs created, in plan order.
     pub async fn apply(&self, plan: &Plan, commit: &str) -> Result<Vec<JobId>, StoreError> {
         let at = now();
-        let trees = (&self.specs, &self.revisions, &self.jobs, &self.jobs_by_spec, &self.active, &self.paths, &self.meta);
-        let created = trees.transaction(|(specs, revisions, jobs, jobs_by_spec, active, paths, meta)| {
-            let abort = ConflictableTransactionError::Abort;
-            let mut created = Vec::with_capacity(plan.jobs.len());
-            let mut records = plan.specs.clone();
-            for rev in &plan.revisions {
-                revisions.insert(name_key(&rev.spec, &rev.number.to_be_bytes()), encode(rev).map_err(abort)?)?;
-            }
-            for new in &plan.jobs {
-                let id = jobs.generate_id()? + 1;
-                let status = if new.cancelled.is_some() { JobStatus::Cancelled } else { JobStatus::Queued };
-                let job = Job {
-                    id,
-                    spec: new.spec.clone(),
-                    revision: new.revision,
-                    commit: new.commit.clone(),
-                    digest: new.digest.clone(),
-                    plan: new.plan.clone(),
-                    status,
-                    image: None,
-                    image_digest: None,
-                    created_at: at,
-                    updated_at: at,
-                    started_at: None,
-                    finished_at: if status.is_final() { Some(at) } else { None },
-                    error: new.cancelled.clone(),
-                    reused_from: None,
-                    attempts: 0,
-                    dockerfile: new.dockerfile.clone(),
-                };
-                jobs.insert(&id.to_be_bytes(), encode(&job).map_err(abort)?)?;
-                jobs_by_spec.insert(name_key(&new.spec, &id.to_be_bytes()), &[])?;
-                if !status.is_final() {
-                    active.insert(name_key(&new.spec, &id.to_be_bytes()), &[])?;
+        let trees = (
+            &self.specs,
+            &self.revisions,
+            &self.jobs,
+            &self.jobs_by_spec,
+            &self.active,
+            &self.paths,
+            &self.meta,
+        );
+        let created = trees.transaction(
+            |(specs, revisions, jobs, jobs_by_spec, active, paths, meta)| {
+                let abort = ConflictableTransactionError::Abort;
+                let mut created = Vec::with_capacity(plan.jobs.len());
+                let mut records = plan.specs.clone();
+                for rev in &plan.revisions {
+                    revisions.insert(
+                        name_key(&rev.spec, &rev.number.to_be_bytes()),
+                        encode(rev).map_err(abort)?,
+                    )?;
                 }
-                if let Some(record) = records.get_mut(&new.spec) {
-                    record.latest_job = Some(id);
+                for new in &plan.jobs {
+                    let id = jobs.generate_id()? + 1;
+                    let status = if new.cancelled.is_some() {
+                        JobStatus::Cancelled
+                    } else {
+                        JobStatus::Queued
+                    };
+                    let job = Job {
+                        id,
+                        spec: new.spec.clone(),
+                        revision: new.revision,
+                        commit: new.commit.clone(),
+                        digest: new.digest.clone(),
+                        plan: new.plan.clone(),
+                        status,
+                        image: None,
+                        image_digest: None,
+                        created_at: at,
+                        updated_at: at,
+                        started_at: None,
+                        finished_at: if status.is_final() { Some(at) } else { None },
+                        error: new.cancelled.clone(),
+                        reused_from: None,
+                        attempts: 0,
+                        dockerfile: new.dockerfile.clone(),
+                    };
+                    jobs.insert(&id.to_be_bytes(), encode(&job).map_err(abort)?)?;
+                    jobs_by_spec.insert(name_key(&new.spec, &id.to_be_bytes()), &[])?;
+                    if !status.is_final() {
+                        active.insert(name_key(&new.spec, &id.to_be_bytes()), &[])?;
+                    }
+                    if let Some(record) = records.get_mut(&new.spec) {
+                        record.latest_job = Some(id);
+                    }
+                    created.push(id);
                 }
-                created.push(id);
-            }
-            for cancel in &plan.cancellations {
-                let Some(bytes) = jobs.get(cancel.job.to_be_bytes())? else { continue };
-                let mut job: Job = decode("jobs", &bytes).map_err(abort)?;
-                if job.status.is_final() {
-                    continue;
+                for cancel in &plan.cancellations {
+                    let Some(bytes) = jobs.get(cancel.job.to_be_bytes())? else {
+                        continue;
+                    };
+                    let mut job: Job = decode("jobs", &bytes).map_err(abort)?;
+                    if job.status.is_final() {
+                        continue;
+                    }
+                    job.status = JobStatus::Cancelled;
+                    job.error = Some(cancel.reason.clone());
+                    job.updated_at = at;
+                    job.finished_at = Some(at);
+                    jobs.insert(&cancel.job.to_be_bytes(), encode(&job).map_err(abort)?)?;
+                    active.remove(name_key(&job.spec, &job.id.to_be_bytes()))?;
                 }
-                job.status = JobStatus::Cancelled;
-                job.error = Some(cancel.reason.clone());
-                job.updated_at = at;
-                job.finished_at = Some(at);
-                jobs.insert(&cancel.job.to_be_bytes(), encode(&job).map_err(abort)?)?;
-                active.remove(name_key(&job.spec, &job.id.to_be_bytes()))?;
-            }
-            for (name, record) in &records {
-                specs.insert(name.as_bytes(), encode(record).map_err(abort)?)?;
-            }
-            for (name, new_paths) in &plan.spec_paths {
-                if new_paths.is_empty() {
-                    paths.remove(name.as_bytes())?;
-                } else {
-                    paths.insert(name.as_bytes(), encode(new_paths).map_err(abort)?)?;
+                for (name, record) in &records {
+                    specs.insert(name.as_bytes(), encode(record).map_err(abort)?)?;
                 }
-            }
-            meta.insert(LAST_COMMIT, commit.as_bytes())?;
-            Ok(created)
-        })?;
+                for (name, new_paths) in &plan.spec_paths {
+                    if new_paths.is_empty() {
+                        paths.remove(name.as_bytes())?;
+                    } else {
+                        paths.insert(name.as_bytes(), encode(new_paths).map_err(abort)?)?;
+                    }
+                }
+                meta.insert(LAST_COMMIT, commit.as_bytes())?;
+                Ok(created)
+            },
+        )?;
         self.db.flush_async().await?;
         for (id, new) in created.iter().zip(&plan.jobs) {
-            let status = if new.cancelled.is_some() { JobStatus::Cancelled } else { JobStatus::Queued };
+            let status = if new.cancelled.is_some() {
+                JobStatus::Cancelled
+            } else {
+                JobStatus::Queued
+            };
             let _ = self.events.send(StoreEvent::Job { job: *id, status });
         }
         for cancel in &plan.cancellations {
-            let _ = self.events.send(StoreEvent::Job { job: cancel.job, status: JobStatus::Cancelled });
+            let _ = self.events.send(StoreEvent::Job {
+                job: cancel.job,
+                status: JobStatus::Cancelled,
+            });
         }
         let _ = self.events.send(StoreEvent::Synced);
         Ok(created)
@@ -343,11 +432,16 @@ impl Store {
                 active.insert(key, &[])?;
             }
             if job.status.has_image() {
-                built.insert(name_key(&job.spec, job.digest.as_bytes()), &job.id.to_be_bytes())?;
+                built.insert(
+                    name_key(&job.spec, job.digest.as_bytes()),
+                    &job.id.to_be_bytes(),
+                )?;
                 if let Some(bytes) = specs.get(job.spec.as_bytes())? {
                     let mut record: SpecRecord = decode("specs", &bytes).map_err(abort)?;
                     // Only a job at least as new as the current image moves `latest`.
-                    if record.latest_job.is_none_or(|latest| job.id >= latest) || record.latest_image.is_none() {
+                    if record.latest_job.is_none_or(|latest| job.id >= latest)
+                        || record.latest_image.is_none()
+                    {
                         record.latest_image = job.image.clone();
                         specs.insert(job.spec.as_bytes(), encode(&record).map_err(abort)?)?;
                     }
@@ -356,7 +450,10 @@ impl Store {
             Ok(())
         })?;
         self.db.flush_async().await?;
-        let _ = self.events.send(StoreEvent::Job { job: job.id, status: job.status });
+        let _ = self.events.send(StoreEvent::Job {
+            job: job.id,
+            status: job.status,
+        });
         Ok(())
     }
 
@@ -367,7 +464,10 @@ impl Store {
     }
 
     fn view_built(&self, name: &str, digest: &str) -> Result<Option<JobId>, StoreError> {
-        Ok(self.built.get(name_key(name, digest.as_bytes()))?.and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)))
+        Ok(self
+            .built
+            .get(name_key(name, digest.as_bytes()))?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)))
     }
 
     fn view_active(&self, name: &str) -> Result<Vec<(JobId, u64)>, StoreError> {

@@ -3,17 +3,35 @@ use crate::model::{CommitMeta, JobPlan};
 use crate::reconcile::{self, Observation, ObservedFile, ObservedStep, Settings};
 
 fn commit(n: u8) -> CommitMeta {
-    CommitMeta { sha: format!("{n:02x}").repeat(20), author: "A <a@x>".into(), committed_at: 1_700_000_000 + i64::from(n), subject: format!("c{n}") }
+    CommitMeta {
+        sha: format!("{n:02x}").repeat(20),
+        author: "A <a@x>".into(),
+        committed_at: 1_700_000_000 + i64::from(n),
+        subject: format!("c{n}"),
+    }
 }
 
 fn step(n: u8, name: &str, apt: &str) -> ObservedStep {
-    let bytes = format!("name: {name}\nbaseImage: debian:bookworm\npackages:\n  apt: [{apt}]\n").into_bytes();
-    ObservedStep { commit: commit(n), specs: vec![Observation { name: name.into(), files: vec![ObservedFile { path: format!("{name}.yaml"), bytes }] }] }
+    let bytes = format!("name: {name}\nbaseImage: debian:bookworm\npackages:\n  apt: [{apt}]\n")
+        .into_bytes();
+    ObservedStep {
+        commit: commit(n),
+        specs: vec![Observation {
+            name: name.into(),
+            files: vec![ObservedFile {
+                path: format!("{name}.yaml"),
+                bytes,
+            }],
+        }],
+    }
 }
 
 async fn pass(store: &Store, steps: &[ObservedStep]) -> Vec<JobId> {
     let plan = reconcile::reconcile(store, steps, &Settings::default());
-    let last = steps.last().map(|s| s.commit.sha.clone()).unwrap_or_default();
+    let last = steps
+        .last()
+        .map(|s| s.commit.sha.clone())
+        .unwrap_or_default();
     store.apply(&plan, &last).await.unwrap()
 }
 
@@ -25,7 +43,12 @@ async fn apply_records_everything_and_survives_reopen() {
         let ids = pass(&store, &[step(1, "a", "curl"), step(2, "a", "jq")]).await;
         assert_eq!(ids.len(), 2);
         let jobs = store.jobs_of_spec("a", 0, 10).unwrap();
-        assert_eq!(jobs.iter().map(|j| (j.revision, j.status)).collect::<Vec<_>>(), vec![(2, JobStatus::Queued), (1, JobStatus::Cancelled)]);
+        assert_eq!(
+            jobs.iter()
+                .map(|j| (j.revision, j.status))
+                .collect::<Vec<_>>(),
+            vec![(2, JobStatus::Queued), (1, JobStatus::Cancelled)]
+        );
         assert_eq!(jobs[1].error.as_deref(), Some("superseded by r2"));
         assert_eq!(store.active_jobs().unwrap().len(), 1);
         assert_eq!(store.spec("a").unwrap().unwrap().latest_job, Some(ids[1]));
@@ -44,7 +67,9 @@ async fn a_second_open_fails_fast_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let _first = Store::open(dir.path()).unwrap();
     let started = std::time::Instant::now();
-    let err = Store::open(dir.path()).err().expect("second open must fail");
+    let err = Store::open(dir.path())
+        .err()
+        .expect("second open must fail");
     assert!(matches!(err, StoreError::Locked { .. }), "{err}");
     assert!(err.to_string().contains("in use by another Kiln process"));
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
@@ -59,14 +84,20 @@ async fn new_job_supersedes_the_active_one_and_built_images_are_reused() {
     job.status = JobStatus::Succeeded;
     job.image = Some("reg/a:r1-0101010".into());
     store.update_job(&job).await.unwrap();
-    assert_eq!(store.spec("a").unwrap().unwrap().latest_image.as_deref(), Some("reg/a:r1-0101010"));
+    assert_eq!(
+        store.spec("a").unwrap().unwrap().latest_image.as_deref(),
+        Some("reg/a:r1-0101010")
+    );
 
     let second = pass(&store, &[step(2, "a", "jq")]).await[0];
     let third_plan = reconcile::reconcile(&store, &[step(3, "a", "curl")], &Settings::default());
     assert_eq!(third_plan.jobs[0].plan, JobPlan::Reuse { from: first });
     assert_eq!(third_plan.cancellations[0].job, second);
     store.apply(&third_plan, &commit(3).sha).await.unwrap();
-    assert_eq!(store.job(second).unwrap().unwrap().status, JobStatus::Cancelled);
+    assert_eq!(
+        store.job(second).unwrap().unwrap().status,
+        JobStatus::Cancelled
+    );
 }
 
 #[tokio::test]
@@ -74,15 +105,35 @@ async fn logs_append_in_order_and_page() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let mut events = store.subscribe();
-    let lines: Vec<LogLine> = (0..250).map(|i| LogLine { at_ms: i, text: format!("line {i}") }).collect();
+    let lines: Vec<LogLine> = (0..250)
+        .map(|i| LogLine {
+            at_ms: i,
+            text: format!("line {i}"),
+        })
+        .collect();
     assert_eq!(store.append_log(7, &lines[..100]).await.unwrap(), 100);
     assert_eq!(store.append_log(7, &lines[100..]).await.unwrap(), 250);
     store.append_log(8, &lines[..3]).await.unwrap();
     assert_eq!(store.log_len(7).unwrap(), 250);
     let page = store.log_lines(7, 240, 100).unwrap();
     assert_eq!(page.len(), 10);
-    assert_eq!(page[0], (240, LogLine { at_ms: 240, text: "line 240".into() }));
-    assert_eq!(events.recv().await.unwrap(), StoreEvent::Log { job: 7, next_line: 100 });
+    assert_eq!(
+        page[0],
+        (
+            240,
+            LogLine {
+                at_ms: 240,
+                text: "line 240".into()
+            }
+        )
+    );
+    assert_eq!(
+        events.recv().await.unwrap(),
+        StoreEvent::Log {
+            job: 7,
+            next_line: 100
+        }
+    );
     store.delete_log(7).unwrap();
     assert_eq!(store.log_len(7).unwrap(), 0);
     assert_eq!(store.log_len(8).unwrap(), 3);

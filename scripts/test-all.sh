@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian machine (as root): prepares the local Docker
+# Engine, registries and base images (scripts/dev-env.sh), then checks formatting, lints and
+# runs every test. `.ci/run` calls exactly this.
+set -Eeuo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "environment (Docker Engine, registries, base images)"
+bash scripts/dev-env.sh up
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+step "cargo test (unit, integration against the real Engine, registries and git)"
+# CI=true makes Docker-dependent tests fail loudly instead of skipping.
+export CI="${CI:-true}"
+cargo test --all-targets -- --test-threads=2
