@@ -4,7 +4,11 @@
 
 pub mod build;
 pub mod check;
+pub mod config;
 pub mod model;
 pub mod reconcile;
+pub mod repo;
 pub mod spec;
 pub mod store;
+pub mod sync;
+pub mod web;

@@ -4,9 +4,15 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use kiln::build::dockerfile::{self, RenderOptions, RevisionInfo};
 use kiln::check::{self, Format};
+use kiln::config::{Config, ConfigArgs};
 use kiln::spec::{self, SpecContext};
+use kiln::store::Store;
+use kiln::sync::Syncer;
+use kiln::web::{AppInfo, AppState};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 /// Kiln: a GitOps image builder. Image specs committed to git become built, pushed images.
 #[derive(Parser)]
@@ -43,10 +49,30 @@ enum Command {
     },
     /// Print the JSON Schema of the spec format, for editors.
     Schema,
+    /// Run the controller: follow the repository, record revisions and jobs, serve the API.
+    Serve {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Address to listen on [default: 127.0.0.1:8080].
+        #[arg(long, env = "KILN_LISTEN")]
+        listen: Option<String>,
+    },
+    /// One pass: fetch, reconcile every new commit, exit. Exit status 1 if any job failed.
+    Sync {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match run(cli) {
         Ok(code) => code,
         Err(error) => {
@@ -97,5 +123,107 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", spec::schema::spec_schema_json());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Serve { config, listen } => {
+            let config = Config::resolve(&config, listen)?;
+            runtime()?.block_on(serve(config))
+        }
+        Command::Sync { config } => {
+            let config = Config::resolve(&config, None)?;
+            runtime()?.block_on(sync(config))
+        }
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn open(config: &Config) -> anyhow::Result<Syncer> {
+    let store = Store::open(&config.data_dir)?;
+    Ok(Syncer::new(config, store)?)
+}
+
+async fn sync(config: Config) -> anyhow::Result<ExitCode> {
+    let syncer = open(&config)?;
+    let outcome = syncer.sync_once().await?;
+    println!(
+        "synced {}: {} step(s), {} revision(s), {} job(s), {} cancelled",
+        outcome.head.as_deref().unwrap_or("(no branch)"),
+        outcome.steps,
+        outcome.revisions,
+        outcome.jobs.len(),
+        outcome.cancelled
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(config: Config) -> anyhow::Result<ExitCode> {
+    let syncer = Arc::new(open(&config)?);
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let shutdown = CancellationToken::new();
+    let state = AppState {
+        store: syncer.store().clone(),
+        inner: Arc::new(AppInfo {
+            repo: config.repo.clone(),
+            branch: config.branch.clone(),
+            no_build: config.no_build,
+        }),
+    };
+    tracing::info!(listen = %config.listen, repo = %kiln::repo::redact(&config.repo), "kiln serving");
+    println!("Kiln dashboard and API: http://{}/", listener.local_addr()?);
+
+    let poller = {
+        let (syncer, shutdown, interval) =
+            (Arc::clone(&syncer), shutdown.clone(), config.poll_interval);
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = syncer.sync_once().await {
+                    tracing::error!(error = %e, "sync failed; keeping the last state");
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(interval) => {}
+                }
+            }
+        })
+    };
+    let signals = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down");
+            shutdown.cancel();
+        })
+    };
+    kiln::web::serve(listener, state, shutdown.clone()).await?;
+    shutdown.cancel();
+    let _ = poller.await;
+    signals.abort();
+    syncer.store().flush().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
 }

@@ -1,0 +1,222 @@
+//! One [`Config`] from three layers: built-in defaults < `kiln.toml` < `KILN_*` environment
+//! variables and command-line flags (clap reads both; a flag beats its variable).
+//!
+//! The file never holds secrets: registry credentials live in a docker `config.json`
+//! (`docker_config`), and `pull_secrets` only maps credential names used by specs to the
+//! registry entries in that file.
+
+use clap::Args;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("no repository given: pass --repo PATH|URL, set KILN_REPO, or set `repo` in kiln.toml")]
+    NoRepo,
+    #[error("invalid listen address `{0}`")]
+    Listen(String),
+}
+
+/// Flags shared by `kiln serve` and `kiln sync`; each also settable as `KILN_*` and in the file.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ConfigArgs {
+    /// Config file (TOML). Default: ./kiln.toml when it exists.
+    #[arg(long, env = "KILN_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The specs repository: a local path (bare repo or work tree), or a file://, https:// or ssh:// URL.
+    #[arg(long, env = "KILN_REPO")]
+    pub repo: Option<String>,
+    /// Branch to follow [default: main].
+    #[arg(long, env = "KILN_BRANCH")]
+    pub branch: Option<String>,
+    /// Folder of the repository holding the specs [default: .].
+    #[arg(long, env = "KILN_SPECS_DIR")]
+    pub specs_dir: Option<String>,
+    /// Where Kiln keeps its store and mirror [default: ./.kiln].
+    #[arg(long, env = "KILN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Registry to push to, e.g. 127.0.0.1:5000 (without one, images stay in the local Engine).
+    #[arg(long, env = "KILN_REGISTRY")]
+    pub registry: Option<String>,
+    /// Observe only: record revisions and jobs, build nothing.
+    #[arg(long, env = "KILN_NO_BUILD")]
+    pub no_build: bool,
+    /// Seconds between looks at the repository [default: 60].
+    #[arg(long, env = "KILN_POLL_INTERVAL")]
+    pub poll_interval: Option<u64>,
+}
+
+/// The file layer. Unknown keys are errors, so a typo never silently falls back to a default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    repo: Option<String>,
+    branch: Option<String>,
+    specs_dir: Option<String>,
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    registry: Option<String>,
+    no_build: Option<bool>,
+    poll_interval: Option<u64>,
+    docker_host: Option<String>,
+    docker_config: Option<PathBuf>,
+    #[serde(default)]
+    pull_secrets: BTreeMap<String, String>,
+    ca_bundle: Option<PathBuf>,
+    max_parallel_builds: Option<usize>,
+    build_timeout: Option<u64>,
+    source_url: Option<String>,
+    commit_url: Option<String>,
+}
+
+/// Everything a Kiln process needs to know, resolved.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub repo: String,
+    pub branch: String,
+    pub specs_dir: String,
+    pub data_dir: PathBuf,
+    pub listen: String,
+    pub registry: Option<String>,
+    pub no_build: bool,
+    pub poll_interval: Duration,
+    /// Engine endpoint; `None` = `DOCKER_HOST` or the local socket.
+    pub docker_host: Option<String>,
+    /// docker `config.json` with registry credentials.
+    pub docker_config: Option<PathBuf>,
+    /// Credential names usable as `pullSecret` → registry host in `docker_config`.
+    pub pull_secrets: BTreeMap<String, String>,
+    pub ca_bundle: Option<PathBuf>,
+    pub max_parallel_builds: usize,
+    pub build_timeout: Duration,
+    /// Repository URL written into image labels.
+    pub source_url: String,
+    /// Link template for commits on the dashboard, `{sha}` replaced.
+    pub commit_url: Option<String>,
+}
+
+impl Config {
+    /// Resolve flags/env over the file over defaults. `listen` comes from `serve` only.
+    pub fn resolve(args: &ConfigArgs, listen: Option<String>) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None if Path::new("kiln.toml").exists() => read_file(Path::new("kiln.toml"))?,
+            None => ConfigFile::default(),
+        };
+        Self::merge(args, listen, file)
+    }
+
+    /// Parse a config file's text (used by tests of the documented example).
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Self::merge(&ConfigArgs::default(), None, file)
+    }
+
+    fn merge(
+        args: &ConfigArgs,
+        listen: Option<String>,
+        file: ConfigFile,
+    ) -> Result<Config, ConfigError> {
+        let repo = args.repo.clone().or(file.repo).ok_or(ConfigError::NoRepo)?;
+        let listen = listen
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        if listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::Listen(listen));
+        }
+        Ok(Config {
+            source_url: file.source_url.unwrap_or_else(|| repo.clone()),
+            repo,
+            branch: args
+                .branch
+                .clone()
+                .or(file.branch)
+                .unwrap_or_else(|| "main".into()),
+            specs_dir: args
+                .specs_dir
+                .clone()
+                .or(file.specs_dir)
+                .unwrap_or_else(|| ".".into()),
+            data_dir: args
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from(".kiln")),
+            listen,
+            registry: args
+                .registry
+                .clone()
+                .or(file.registry)
+                .filter(|r| !r.is_empty()),
+            no_build: args.no_build || file.no_build.unwrap_or(false),
+            poll_interval: Duration::from_secs(
+                args.poll_interval
+                    .or(file.poll_interval)
+                    .unwrap_or(60)
+                    .max(1),
+            ),
+            docker_host: file.docker_host,
+            docker_config: file.docker_config,
+            pull_secrets: file.pull_secrets,
+            ca_bundle: file.ca_bundle,
+            max_parallel_builds: file.max_parallel_builds.unwrap_or(2).max(1),
+            build_timeout: Duration::from_secs(file.build_timeout.unwrap_or(3600)),
+            commit_url: file.commit_url,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<ConfigFile, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_file_beats_defaults() {
+        let file: ConfigFile =
+            toml::from_str("repo = '/srv/a.git'\nbranch = 'prod'\npoll_interval = 5\n").unwrap();
+        let args = ConfigArgs {
+            branch: Some("main".into()),
+            ..ConfigArgs::default()
+        };
+        let config = Config::merge(&args, None, file).unwrap();
+        assert_eq!(config.repo, "/srv/a.git");
+        assert_eq!(config.branch, "main");
+        assert_eq!(config.poll_interval, Duration::from_secs(5));
+        assert_eq!(config.listen, "127.0.0.1:8080");
+        assert_eq!(config.max_parallel_builds, 2);
+    }
+
+    #[test]
+    fn unknown_keys_and_missing_repo_are_errors() {
+        let err =
+            Config::from_toml("repo = 'x'\nbrnach = 'main'\n", Path::new("kiln.toml")).unwrap_err();
+        assert!(err.to_string().contains("brnach"), "{err}");
+        let err = Config::from_toml("branch = 'main'\n", Path::new("kiln.toml")).unwrap_err();
+        assert!(matches!(err, ConfigError::NoRepo));
+    }
+}

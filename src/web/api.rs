@@ -1,0 +1,310 @@
+//! `/api/v1/…` (JSON) and `/healthz`. Times are RFC 3339 UTC; unknown names and ids are 404
+//! with a JSON error body.
+
+use super::AppState;
+use crate::model::{Job, JobId, JobStatus, Revision, SpecRecord, rfc3339};
+use crate::spec::Diagnostic;
+use crate::store::StoreError;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/api/v1/specs", get(list_specs))
+        .route("/api/v1/specs/{name}", get(get_spec))
+        .route("/api/v1/specs/{name}/jobs", get(spec_jobs))
+        .route("/api/v1/jobs/{id}", get(get_job))
+        .route("/api/v1/jobs/{id}/log", get(job_log))
+}
+
+/// An API error: status plus `{"error": …}`.
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store read failed");
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "store read failed".into(),
+        )
+    }
+}
+
+fn not_found(what: String) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, format!("{what} not found"))
+}
+
+#[derive(Serialize)]
+struct SpecSummary {
+    name: String,
+    path: String,
+    /// Status of the newest job, or `invalid` when the current revision is invalid.
+    status: String,
+    /// Newest successful image.
+    image: Option<String>,
+    revision: u64,
+    updated_at: String,
+    deleted: bool,
+    errors: Vec<Diagnostic>,
+}
+
+fn summary(state: &AppState, record: SpecRecord) -> Result<SpecSummary, ApiError> {
+    let errors = if record.valid {
+        Vec::new()
+    } else {
+        state
+            .store
+            .revision(&record.name, record.revision)?
+            .map(|r| r.errors)
+            .unwrap_or_default()
+    };
+    let status = if !record.valid {
+        "invalid".to_string()
+    } else {
+        match record.latest_job {
+            Some(id) => state
+                .store
+                .job(id)?
+                .map_or("unknown".into(), |j| j.status.to_string()),
+            None => "none".into(),
+        }
+    };
+    Ok(SpecSummary {
+        status,
+        image: record.latest_image,
+        revision: record.revision,
+        updated_at: rfc3339(record.updated_at),
+        deleted: record.deleted,
+        errors,
+        name: record.name,
+        path: record.path,
+    })
+}
+
+async fn healthz(State(state): State<AppState>) -> Response {
+    let sync = state.store.sync_status().unwrap_or_default();
+    let healthy = sync.error.is_none();
+    let body = serde_json::json!({
+        "status": if healthy { "ok" } else { "degraded" },
+        "repo": crate::repo::redact(&state.inner.repo),
+        "branch": state.inner.branch,
+        "last_commit": state.store.last_commit().ok().flatten(),
+        "last_sync_attempt": sync.last_attempt.map(rfc3339),
+        "last_sync_success": sync.last_success.map(rfc3339),
+        "sync_error": sync.error,
+        "builds": if state.inner.no_build { "disabled (observe only)" } else { "enabled" },
+    });
+    // Degraded sync keeps serving: the process is alive, the data may be stale.
+    (StatusCode::OK, Json(body)).into_response()
+}
+
+async fn list_specs(State(state): State<AppState>) -> Result<Json<Vec<SpecSummary>>, ApiError> {
+    let mut out = Vec::with_capacity(state.store.spec_count());
+    for record in state.store.specs() {
+        out.push(summary(&state, record?)?);
+    }
+    Ok(Json(out))
+}
+
+#[derive(Serialize)]
+struct RevisionView {
+    number: u64,
+    commit: String,
+    author: String,
+    committed_at: String,
+    subject: String,
+    path: String,
+    digest: Option<String>,
+    valid: bool,
+    errors: Vec<Diagnostic>,
+}
+
+impl From<Revision> for RevisionView {
+    fn from(r: Revision) -> Self {
+        RevisionView {
+            valid: r.valid(),
+            number: r.number,
+            commit: r.commit.sha,
+            author: r.commit.author,
+            committed_at: rfc3339(r.commit.committed_at),
+            subject: r.commit.subject,
+            path: r.path,
+            digest: r.digest,
+            errors: r.errors,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct SpecDetail {
+    #[serde(flatten)]
+    summary: SpecSummary,
+    /// The file as committed at the current revision.
+    yaml: Option<String>,
+    revisions: Vec<RevisionView>,
+}
+
+async fn get_spec(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<SpecDetail>, ApiError> {
+    let record = state
+        .store
+        .spec(&name)?
+        .ok_or_else(|| not_found(format!("spec `{name}`")))?;
+    let revisions = state.store.revisions(&name)?;
+    let yaml = revisions
+        .iter()
+        .find(|r| r.number == record.revision)
+        .map(|r| r.yaml.clone());
+    Ok(Json(SpecDetail {
+        summary: summary(&state, record)?,
+        yaml,
+        revisions: revisions.into_iter().map(RevisionView::from).collect(),
+    }))
+}
+
+#[derive(Serialize)]
+struct JobView {
+    id: JobId,
+    spec: String,
+    revision: u64,
+    commit: String,
+    status: JobStatus,
+    image: Option<String>,
+    /// Digest of the pushed (or locally built) image.
+    digest: Option<String>,
+    /// Canonical digest of the spec the job builds.
+    spec_digest: String,
+    created_at: String,
+    updated_at: String,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+    error: Option<String>,
+    reused_from: Option<JobId>,
+    attempts: u32,
+}
+
+impl From<&Job> for JobView {
+    fn from(j: &Job) -> Self {
+        JobView {
+            id: j.id,
+            spec: j.spec.clone(),
+            revision: j.revision,
+            commit: j.commit.clone(),
+            status: j.status,
+            image: j.image.clone(),
+            digest: j.image_digest.clone(),
+            spec_digest: j.digest.clone(),
+            created_at: rfc3339(j.created_at),
+            updated_at: rfc3339(j.updated_at),
+            started_at: j.started_at.map(rfc3339),
+            finished_at: j.finished_at.map(rfc3339),
+            error: j.error.clone(),
+            reused_from: j.reused_from,
+            attempts: j.attempts,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Page {
+    #[serde(default)]
+    offset: usize,
+    limit: Option<usize>,
+}
+
+async fn spec_jobs(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(page): Query<Page>,
+) -> Result<Json<Vec<JobView>>, ApiError> {
+    if state.store.spec(&name)?.is_none() {
+        return Err(not_found(format!("spec `{name}`")));
+    }
+    let limit = page.limit.unwrap_or(1000).min(10_000);
+    let jobs = state.store.jobs_of_spec(&name, page.offset, limit)?;
+    Ok(Json(jobs.iter().map(JobView::from).collect()))
+}
+
+#[derive(Serialize)]
+struct JobDetail {
+    #[serde(flatten)]
+    job: JobView,
+    spec_yaml: Option<String>,
+    dockerfile: String,
+    log_lines: u64,
+}
+
+fn parse_id(id: &str) -> Result<JobId, ApiError> {
+    id.parse().map_err(|_| not_found(format!("job `{id}`")))
+}
+
+async fn get_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobDetail>, ApiError> {
+    let id = parse_id(&id)?;
+    let job = state
+        .store
+        .job(id)?
+        .ok_or_else(|| not_found(format!("job {id}")))?;
+    let spec_yaml = state
+        .store
+        .revision(&job.spec, job.revision)?
+        .map(|r| r.yaml);
+    Ok(Json(JobDetail {
+        log_lines: state.store.log_len(id)?,
+        spec_yaml,
+        dockerfile: job.dockerfile.clone(),
+        job: JobView::from(&job),
+    }))
+}
+
+/// The whole log as text, streamed page by page so a 200 MB log is never held in memory.
+async fn job_log(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    if state.store.job(id)?.is_none() {
+        return Err(not_found(format!("job {id}")));
+    }
+    const PAGE: usize = 2000;
+    let store = state.store.clone();
+    let stream = futures_util::stream::try_unfold(0u64, move |from| {
+        let store = store.clone();
+        async move {
+            let lines = store
+                .log_lines(id, from, PAGE)
+                .map_err(std::io::Error::other)?;
+            let Some((last, _)) = lines.last() else {
+                return Ok::<_, std::io::Error>(None);
+            };
+            let next = last + 1;
+            let mut chunk = String::new();
+            for (_, line) in &lines {
+                chunk.push_str(&line.text);
+                chunk.push('\n');
+            }
+            Ok(Some((chunk, next)))
+        }
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}

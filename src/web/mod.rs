@@ -1,0 +1,44 @@
+//! The read-only HTTP side: JSON API and health.
+//!
+//! Handlers read the store and nothing else; nothing here can change state (the only POST
+//! routes will be signed webhooks, which merely ask for a fetch). Servers bind where the
+//! config says, 127.0.0.1:8080 by default.
+
+mod api;
+
+use crate::store::Store;
+use axum::Router;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub inner: Arc<AppInfo>,
+}
+
+/// Static facts about this Kiln process.
+#[derive(Debug, Default)]
+pub struct AppInfo {
+    pub repo: String,
+    pub branch: String,
+    pub no_build: bool,
+}
+
+pub fn router(state: AppState) -> Router {
+    api::routes()
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Serve until `shutdown` is cancelled.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
