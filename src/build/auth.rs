@@ -103,7 +103,10 @@ impl fmt::Debug for Credential {
             .field("registry", &self.registry)
             .field("username", &self.username)
             .field("password", &"<redacted>")
-            .field("identity_token", &self.identity_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "identity_token",
+                &self.identity_token.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -161,10 +164,16 @@ impl RegistryAuths {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::empty()),
             Err(e) => {
-                return Err(AuthError::Read { path: path.to_path_buf(), message: io_message(&e) });
+                return Err(AuthError::Read {
+                    path: path.to_path_buf(),
+                    message: io_message(&e),
+                });
             }
         };
-        Self::parse(&text).map_err(|message| AuthError::Malformed { path: path.to_path_buf(), message })
+        Self::parse(&text).map_err(|message| AuthError::Malformed {
+            path: path.to_path_buf(),
+            message,
+        })
     }
 
     /// Parses the contents of a `config.json`. The error text never includes the input.
@@ -175,7 +184,9 @@ impl RegistryAuths {
             let what = match e.classify() {
                 serde_json::error::Category::Io => "read error",
                 serde_json::error::Category::Syntax => "not valid JSON",
-                serde_json::error::Category::Data => "unexpected structure (\"auths\" must map registry names to objects of strings)",
+                serde_json::error::Category::Data => {
+                    "unexpected structure (\"auths\" must map registry names to objects of strings)"
+                }
                 serde_json::error::Category::Eof => "unexpected end of file",
             };
             format!("{what} at line {} column {}", e.line(), e.column())
@@ -220,7 +231,8 @@ impl RegistryAuths {
 
     /// Adds or replaces a credential (keyed by its registry).
     pub fn insert(&mut self, credential: Credential) {
-        self.by_registry.insert(credential.registry.clone(), credential);
+        self.by_registry
+            .insert(credential.registry.clone(), credential);
     }
 }
 
@@ -235,15 +247,20 @@ fn io_message(e: &std::io::Error) -> String {
 fn entry_credential(registry: &str, entry: &AuthEntry) -> Result<Option<Credential>, String> {
     let mut username = entry.username.clone().filter(|u| !u.is_empty());
     let mut password = entry.password.clone().filter(|p| !p.is_empty());
-    if let Some(auth) = entry.auth.as_deref().map(str::trim).filter(|a| !a.is_empty()) {
+    if let Some(auth) = entry
+        .auth
+        .as_deref()
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+    {
         let decoded = lenient_base64()
             .decode(auth)
             .map_err(|_| format!("\"auth\" of registry {registry} is not valid base64"))?;
         let decoded = String::from_utf8(decoded)
             .map_err(|_| format!("\"auth\" of registry {registry} is not UTF-8 text"))?;
-        let (user, pass) = decoded
-            .split_once(':')
-            .ok_or_else(|| format!("\"auth\" of registry {registry} is not base64 of \"user:password\""))?;
+        let (user, pass) = decoded.split_once(':').ok_or_else(|| {
+            format!("\"auth\" of registry {registry} is not base64 of \"user:password\"")
+        })?;
         username = Some(user.to_string());
         password = Some(pass.to_string());
     }
@@ -251,7 +268,11 @@ fn entry_credential(registry: &str, entry: &AuthEntry) -> Result<Option<Credenti
     if username.is_none() && password.is_none() && token.is_none() {
         return Ok(None);
     }
-    let mut credential = Credential::new(registry, username.unwrap_or_default(), password.unwrap_or_default());
+    let mut credential = Credential::new(
+        registry,
+        username.unwrap_or_default(),
+        password.unwrap_or_default(),
+    );
     credential.identity_token = token;
     credential.email = entry.email.clone().filter(|e| !e.is_empty());
     Ok(Some(credential))
@@ -277,14 +298,20 @@ pub fn normalize_registry(name: &str) -> String {
     }
     let host = host.split('/').next().unwrap_or("").to_ascii_lowercase();
     match host.as_str() {
-        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => DOCKER_HUB.to_string(),
+        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
+            DOCKER_HUB.to_string()
+        }
         _ => host,
     }
 }
 
 /// The key the Engine expects for a normalized registry host.
 pub(crate) fn engine_auth_key(registry: &str) -> &str {
-    if registry == DOCKER_HUB { DOCKER_HUB_AUTH_KEY } else { registry }
+    if registry == DOCKER_HUB {
+        DOCKER_HUB_AUTH_KEY
+    } else {
+        registry
+    }
 }
 
 /// The registry an image reference pulls from, normalized:
@@ -321,7 +348,10 @@ mod tests {
     #[test]
     fn auth_field_is_decoded() {
         let auth = STANDARD.encode(format!("kiln:{SECRET}"));
-        let auths = parse(&format!(r#"{{"auths": {{"127.0.0.1:5001": {{"auth": "{auth}"}}}}}}"#)).unwrap();
+        let auths = parse(&format!(
+            r#"{{"auths": {{"127.0.0.1:5001": {{"auth": "{auth}"}}}}}}"#
+        ))
+        .unwrap();
         let c = auths.for_registry("127.0.0.1:5001").unwrap();
         assert_eq!(c.username(), "kiln");
         assert_eq!(c.password(), SECRET);
@@ -331,8 +361,14 @@ mod tests {
 
     #[test]
     fn password_may_contain_colons_and_padding_is_optional() {
-        let auth = STANDARD.encode("user:pa:ss").trim_end_matches('=').to_string();
-        let auths = parse(&format!(r#"{{"auths": {{"r.example.com": {{"auth": "{auth}"}}}}}}"#)).unwrap();
+        let auth = STANDARD
+            .encode("user:pa:ss")
+            .trim_end_matches('=')
+            .to_string();
+        let auths = parse(&format!(
+            r#"{{"auths": {{"r.example.com": {{"auth": "{auth}"}}}}}}"#
+        ))
+        .unwrap();
         let c = auths.for_registry("r.example.com").unwrap();
         assert_eq!((c.username(), c.password()), ("user", "pa:ss"));
     }
@@ -354,7 +390,8 @@ mod tests {
 
     #[test]
     fn helper_only_entries_are_skipped() {
-        let auths = parse(r#"{"auths": {"gcr.io": {}}, "credHelpers": {"gcr.io": "gcloud"}}"#).unwrap();
+        let auths =
+            parse(r#"{"auths": {"gcr.io": {}}, "credHelpers": {"gcr.io": "gcloud"}}"#).unwrap();
         assert!(auths.is_empty());
         assert!(auths.for_registry("gcr.io").is_none());
     }
@@ -362,12 +399,28 @@ mod tests {
     #[test]
     fn docker_hub_spellings_are_equivalent() {
         let auth = STANDARD.encode("hub:pw");
-        let auths = parse(&format!(r#"{{"auths": {{"https://index.docker.io/v1/": {{"auth": "{auth}"}}}}}}"#)).unwrap();
-        for name in ["docker.io", "index.docker.io", "https://index.docker.io/v1/", "registry-1.docker.io", "DOCKER.IO"] {
-            assert_eq!(auths.for_registry(name).map(Credential::username), Some("hub"), "{name}");
+        let auths = parse(&format!(
+            r#"{{"auths": {{"https://index.docker.io/v1/": {{"auth": "{auth}"}}}}}}"#
+        ))
+        .unwrap();
+        for name in [
+            "docker.io",
+            "index.docker.io",
+            "https://index.docker.io/v1/",
+            "registry-1.docker.io",
+            "DOCKER.IO",
+        ] {
+            assert_eq!(
+                auths.for_registry(name).map(Credential::username),
+                Some("hub"),
+                "{name}"
+            );
         }
         assert_eq!(auths.names().collect::<Vec<_>>(), ["docker.io"]);
-        assert_eq!(auths.for_registry("docker.io").unwrap().server_address(), DOCKER_HUB_AUTH_KEY);
+        assert_eq!(
+            auths.for_registry("docker.io").unwrap().server_address(),
+            DOCKER_HUB_AUTH_KEY
+        );
     }
 
     #[test]
@@ -378,13 +431,19 @@ mod tests {
             r#"{{"auths": {{"docker.io": {{"auth": "{b}"}}, "https://index.docker.io/v1/": {{"auth": "{a}"}}}}}}"#
         ))
         .unwrap();
-        assert_eq!(auths.for_registry("docker.io").unwrap().username(), "canonical");
+        assert_eq!(
+            auths.for_registry("docker.io").unwrap().username(),
+            "canonical"
+        );
     }
 
     #[test]
     fn scheme_and_path_of_keys_are_ignored() {
         let auth = STANDARD.encode("u:p");
-        let auths = parse(&format!(r#"{{"auths": {{"http://127.0.0.1:5001/v2/": {{"auth": "{auth}"}}}}}}"#)).unwrap();
+        let auths = parse(&format!(
+            r#"{{"auths": {{"http://127.0.0.1:5001/v2/": {{"auth": "{auth}"}}}}}}"#
+        ))
+        .unwrap();
         assert!(auths.for_registry("127.0.0.1:5001").is_some());
     }
 
@@ -394,14 +453,20 @@ mod tests {
             format!(r#"{{"auths": {{"r": {{"auth": 12}}}}, "x": "{SECRET}"}}"#),
             format!(r#"{{"auths": {{"r": {{"password": ["{SECRET}"]}}}}}}"#),
             format!(r#"{{"auths": {{"r": {{"auth": "{SECRET}"}}}}}}"#),
-            format!(r#"{{"auths": {{"r": {{"auth": "{}"}}}}}}"#, STANDARD.encode(SECRET)),
+            format!(
+                r#"{{"auths": {{"r": {{"auth": "{}"}}}}}}"#,
+                STANDARD.encode(SECRET)
+            ),
             format!(r#"{{"auths": "{SECRET}"}}"#),
             format!(r#"{{"auths": {{"r": {{"auth": "{SECRET}"#),
         ];
         for case in &cases {
             let err = parse(case).expect_err(case);
             assert!(!err.contains(SECRET) && !err.contains("s3cr3t"), "{err}");
-            let file_err = AuthError::Malformed { path: "/x/config.json".into(), message: err };
+            let file_err = AuthError::Malformed {
+                path: "/x/config.json".into(),
+                message: err,
+            };
             assert!(file_err.to_string().contains("/x/config.json"));
             assert!(!format!("{file_err} {file_err:?}").contains("s3cr3t"));
         }
@@ -413,7 +478,11 @@ mod tests {
         let missing = dir.path().join("nope.json");
         assert!(RegistryAuths::load(&missing).unwrap().is_empty());
         let bad = dir.path().join("config.json");
-        std::fs::write(&bad, format!("{{\"auths\": {{\"r\": {{\"auth\": \"{SECRET}\"")).unwrap();
+        std::fs::write(
+            &bad,
+            format!("{{\"auths\": {{\"r\": {{\"auth\": \"{SECRET}\""),
+        )
+        .unwrap();
         let err = RegistryAuths::load(&bad).unwrap_err();
         let text = err.to_string();
         assert!(text.contains(&bad.display().to_string()), "{text}");
@@ -426,7 +495,10 @@ mod tests {
         let mut auths = RegistryAuths::empty();
         auths.insert(c.clone());
         let text = format!("{c:?} {c:#?} {auths:?}");
-        assert!(!text.contains("s3cr3t") && !text.contains("tok-secret"), "{text}");
+        assert!(
+            !text.contains("s3cr3t") && !text.contains("tok-secret"),
+            "{text}"
+        );
         assert!(text.contains("kiln") && text.contains("<redacted>"));
     }
 

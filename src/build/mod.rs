@@ -3,4 +3,6 @@
 //! The Docker Engine client, build contexts and the job workers live here too as they are
 //! added; nothing in this module knows about git.
 
+pub mod auth;
 pub mod dockerfile;
+pub mod engine;

@@ -21,7 +21,7 @@
 //! compares only the specs folder's subtree of the two commits, skips identical subtrees by id
 //! and reads only the changed blobs, so the cost of a step follows the size of the change,
 //! not the size of the repository. Listing whole trees per commit would make the first import
-//! of a long history quadratic. (See [`diff`] for why this is done by hand rather than with
+//! of a long history quadratic. (See the `diff` submodule for why this is done by hand rather than with
 //! libgit2's `diff_tree_to_tree`.)
 //!
 //! # Why no rename detection
@@ -371,34 +371,34 @@ impl Repo {
 
         let differ = self.differ()?;
         let mut steps = Vec::new();
-        let mut parent: Option<Commit<'_>> = from.cloned();
+        // The previous commit of the walk and its specs subtree. The walk yields each commit's
+        // first parent right before it, so this is the parent, and its tree is carried over
+        // instead of being read again (libgit2 does not cache trees over 4 KiB, and a folder
+        // of 10,000 specs is a ~400 KB tree object).
+        let mut previous: Option<(Oid, Option<Tree<'_>>)> = None;
         for (index, oid) in oids.iter().enumerate() {
             let commit = self.find_commit(*oid)?;
             let first_parent = commit.parent_ids().next();
             if index == 0
                 && let Some(from) = from
-                && first_parent != Some(from.id())
             {
-                tracing::warn!(
-                    repo = %self.location,
-                    from = %from.id(),
-                    to = %to.id(),
-                    "last processed commit is not on the first-parent history of the head \
-                     (e.g. a merge pushed with it as second parent); diffing the two trees \
-                     as one step"
-                );
-                return Ok(vec![self.rewrite_step(Some(from), to, dir)?]);
+                if first_parent != Some(from.id()) {
+                    tracing::warn!(
+                        repo = %self.location,
+                        from = %from.id(),
+                        to = %to.id(),
+                        "last processed commit is not on the first-parent history of the head \
+                         (e.g. a merge pushed with it as second parent); diffing the two trees \
+                         as one step"
+                    );
+                    return Ok(vec![self.rewrite_step(Some(from), to, dir)?]);
+                }
+                previous = Some((from.id(), self.specs_tree(from, dir)?));
             }
-            // The walk yields each commit's first parent right before it, so the previous
-            // commit is the parent; look it up only if that ever does not hold.
-            let parent_commit = match (first_parent, parent.take()) {
+            let old = match (first_parent, previous.take()) {
                 (None, _) => None,
-                (Some(id), Some(prev)) if prev.id() == id => Some(prev),
-                (Some(id), _) => Some(self.find_commit(id)?),
-            };
-            let old = match &parent_commit {
-                Some(p) => self.specs_tree(p, dir)?,
-                None => None,
+                (Some(id), Some((prev, tree))) if prev == id => tree,
+                (Some(id), _) => self.specs_tree(&self.find_commit(id)?, dir)?,
             };
             let new = self.specs_tree(&commit, dir)?;
             let changes = differ
@@ -411,7 +411,7 @@ impl Repo {
                     changes,
                 });
             }
-            parent = Some(commit);
+            previous = Some((*oid, new));
         }
         Ok(steps)
     }

@@ -917,3 +917,11 @@ fn file_at_reads_one_regular_file() {
         Err(RepoError::CommitNotFound { .. })
     ));
 }
+
+#[test]
+fn repo_can_move_to_a_blocking_thread() {
+    fn assert_send<T: Send + 'static>() {}
+    assert_send::<Repo>();
+    assert_send::<RepoError>();
+    assert_send::<Step>();
+}

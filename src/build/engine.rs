@@ -1,0 +1,1528 @@
+//! The Docker Engine layer: pull a base image, build a Dockerfile, tag, push, and run a
+//! command in a throw-away container.
+//!
+//! This module knows nothing of git, specs or the store: it takes a Dockerfile and a few
+//! parameters and reports what the Engine says through a `log` callback, one whole line at a
+//! time.
+//!
+//! Things about bollard 0.21.1 this module works around (see DESIGN §8):
+//!
+//! - `build_image` panics without a body: the context is always an in-memory tar.
+//! - Build output `stream` chunks are not line aligned: [`LineBuffer`] re-assembles lines.
+//! - A build fails on three channels (HTTP error before the stream, `errorDetail` inside it, a
+//!   stream that ends without an image id); all three become [`EngineError`]s.
+//! - bollard encodes `X-Registry-Auth` / `X-Registry-Config` with the *standard* base64
+//!   alphabet while the Engine decodes them as base64url (`base64.URLEncoding` in moby); a
+//!   payload whose encoding holds `+` or `/` is silently dropped by the Engine (an anonymous
+//!   pull/push follows). Every request passes through [`url_safe_registry_headers`], which
+//!   turns those headers into base64url.
+//! - `push_image` decodes the Engine's messages into a type without the layer `id`, so a
+//!   condensed per-layer log is impossible with it. The push is sent through `create_image`
+//!   (whose message type keeps `id`) with the request path rewritten to the push endpoint;
+//!   see [`Engine::push`].
+//! - Paths are sent without an API version prefix (bollard joins an absolute path onto the
+//!   versioned URL), so the Engine answers in its own newest API version; the models are
+//!   lenient enough for 20.10 and newer.
+//!
+//! TLS endpoints (`https://`, or `tcp://` with `DOCKER_TLS_VERIFY`) need bollard's `ssl`
+//! feature, which Kiln does not enable yet; [`Engine::connect`] says so instead of silently
+//! talking plain HTTP.
+
+use crate::build::auth::{Credential, registry_of};
+use crate::build::dockerfile::CA_BUNDLE_CONTEXT_NAME;
+use bollard::auth::DockerCredentials;
+use bollard::errors::Error as BollardError;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    AttachContainerOptionsBuilder, BuildImageOptionsBuilder, BuilderVersion,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, RemoveContainerOptionsBuilder,
+    RemoveImageOptionsBuilder, TagImageOptionsBuilder, WaitContainerOptionsBuilder,
+};
+use bollard::{API_DEFAULT_VERSION, BollardRequest, Docker};
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The Engine endpoint used when neither the caller nor `DOCKER_HOST` names one.
+pub const DEFAULT_ENDPOINT: &str = "unix:///var/run/docker.sock";
+/// How much of a command's stdout [`Engine::run_capture`] keeps.
+pub const RUN_CAPTURE_LIMIT: usize = 4 << 20;
+/// How long [`Engine::run_capture`] lets a command run.
+pub const RUN_CAPTURE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Seconds bollard waits for response headers (not for a whole streamed build or push).
+const REQUEST_TIMEOUT_SECS: u64 = 120;
+/// A line longer than this without a newline is emitted in pieces.
+const MAX_LINE: usize = 64 * 1024;
+
+/// What can go wrong talking to the Engine. Messages never contain registry passwords.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The Engine did not answer (socket missing, connection refused or reset, timeout).
+    #[error("Docker Engine unreachable at {endpoint}: {message}")]
+    Unreachable { endpoint: String, message: String },
+    /// The build failed: a bad Dockerfile, a failed `RUN` (the Engine's text, e.g. "The command
+    /// '/bin/sh -c …' returned a non-zero code: 100"), or a base image that could not be pulled.
+    #[error("build failed: {0}")]
+    BuildFailed(String),
+    #[error("pull of {image} failed: {message}")]
+    PullFailed { image: String, message: String },
+    #[error("push of {image} failed: {message}")]
+    PushFailed { image: String, message: String },
+    /// The registry refused access (no or wrong credentials, or no permission).
+    #[error("registry {registry} refused access: {message}")]
+    Auth { registry: String, message: String },
+    /// The operation was cancelled through its token.
+    #[error("cancelled")]
+    Cancelled,
+    /// The image is not in the Engine.
+    #[error("no such image: {0}")]
+    NoImage(String),
+    /// Any other error status from the Engine.
+    #[error("Docker Engine error (HTTP {status}) during {operation}: {message}")]
+    Api {
+        operation: String,
+        status: u16,
+        message: String,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl EngineError {
+    /// Whether trying again later may succeed: the Engine or a registry was unreachable, a
+    /// connection broke, a registry answered 5xx or "too many requests". A failed `RUN`, a bad
+    /// Dockerfile, a refused credential, a missing image or a cancellation are not transient.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            EngineError::Unreachable { .. } => true,
+            EngineError::BuildFailed(message) => {
+                !message.contains("returned a non-zero code") && looks_transient(message)
+            }
+            EngineError::PullFailed { message, .. } | EngineError::PushFailed { message, .. } => {
+                looks_transient(message)
+            }
+            EngineError::Api {
+                status, message, ..
+            } => *status >= 500 || looks_transient(message),
+            EngineError::Other(message) => looks_transient(message),
+            EngineError::Auth { .. } | EngineError::Cancelled | EngineError::NoImage(_) => false,
+        }
+    }
+}
+
+/// Network trouble and overloaded registries, as the Engine words them.
+fn looks_transient(message: &str) -> bool {
+    const PATTERNS: &[&str] = &[
+        "connection refused",
+        "connection reset",
+        "broken pipe",
+        "i/o timeout",
+        "timeout exceeded",
+        "tls handshake timeout",
+        "context deadline exceeded",
+        "no such host",
+        "server misbehaving",
+        "temporary failure in name resolution",
+        "network is unreachable",
+        "no route to host",
+        "unexpected eof",
+        "500 internal server error",
+        "502 bad gateway",
+        "503 service unavailable",
+        "504 gateway",
+        "toomanyrequests",
+        "too many requests",
+    ];
+    let lower = message.to_ascii_lowercase();
+    PATTERNS.iter().any(|p| lower.contains(p)) || lower.trim_end().ends_with(": eof")
+}
+
+/// A registry's refusal, as the Engine words it.
+fn looks_like_auth_failure(message: &str) -> bool {
+    const PATTERNS: &[&str] = &[
+        "unauthorized",
+        "authentication required",
+        "no basic auth credentials",
+        "access denied",
+        "requested access to the resource is denied",
+        "denied:",
+        "incorrect username or password",
+        "401 unauthorized",
+        "403 forbidden",
+    ];
+    let lower = message.to_ascii_lowercase();
+    PATTERNS.iter().any(|p| lower.contains(p))
+}
+
+/// A built image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuiltImage {
+    /// The image id, `sha256:…`.
+    pub image_id: String,
+}
+
+/// What to build. `Default` gives an empty request, so callers can write
+/// `BuildRequest { dockerfile, tags, ..Default::default() }`.
+#[derive(Clone, Copy, Default)]
+pub struct BuildRequest<'a> {
+    /// The Dockerfile text (the context holds it as `Dockerfile`).
+    pub dockerfile: &'a str,
+    /// A CA bundle, put into the context as [`CA_BUNDLE_CONTEXT_NAME`].
+    pub ca_bundle: Option<&'a [u8]>,
+    /// Every tag to apply; the first is the build's `t`, the others are added after success.
+    pub tags: &'a [String],
+    /// Credential for the registry of the `FROM` image (sent as `X-Registry-Config`).
+    pub pull_auth: Option<&'a Credential>,
+    /// Network mode for `RUN` steps (`None`: the Engine's default bridge; `host` on machines
+    /// where the bridge has no route out).
+    pub network: Option<&'a str>,
+}
+
+impl std::fmt::Debug for BuildRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuildRequest")
+            .field("dockerfile_bytes", &self.dockerfile.len())
+            .field("ca_bundle_bytes", &self.ca_bundle.map(<[u8]>::len))
+            .field("tags", &self.tags)
+            .field("pull_auth", &self.pull_auth)
+            .field("network", &self.network)
+            .finish()
+    }
+}
+
+/// A connection to one Docker Engine.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    docker: Docker,
+    endpoint: String,
+}
+
+/// Which Engine operation an error came from, to name it well.
+#[derive(Clone, Copy)]
+enum Op<'a> {
+    Build { registry: &'a str },
+    Pull { image: &'a str },
+    Push { image: &'a str },
+    Other(&'a str),
+}
+
+impl Engine {
+    /// Connects to `endpoint`, else `DOCKER_HOST`, else [`DEFAULT_ENDPOINT`], and negotiates
+    /// the API version. Accepted: `unix:///path`, a bare `/path` to a socket, `tcp://host:port`
+    /// and `http://host:port`. TLS (`https://`, or `DOCKER_TLS_VERIFY` set for a `tcp://`
+    /// endpoint) is refused with an explanation: bollard's `ssl` feature is not enabled.
+    pub async fn connect(endpoint: Option<&str>) -> Result<Engine, EngineError> {
+        let endpoint = endpoint
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(str::to_owned)
+            .or_else(|| {
+                std::env::var("DOCKER_HOST")
+                    .ok()
+                    .filter(|h| !h.trim().is_empty())
+            })
+            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
+        let tls_env = std::env::var("DOCKER_TLS_VERIFY").is_ok_and(|v| !v.is_empty() && v != "0");
+        let unreachable = |message: String| EngineError::Unreachable {
+            endpoint: endpoint.clone(),
+            message,
+        };
+
+        let docker = if let Some(path) = endpoint
+            .strip_prefix("unix://")
+            .or(endpoint.starts_with('/').then_some(endpoint.as_str()))
+        {
+            Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
+                .map_err(|e| unreachable(bollard_message(&e)))?
+        } else if endpoint.starts_with("https://") || (tls_env && endpoint.starts_with("tcp://")) {
+            return Err(EngineError::Other(format!(
+                "Docker endpoint {endpoint} needs TLS (https:// or DOCKER_TLS_VERIFY), but this Kiln build has no TLS \
+                 support for the Engine API (bollard's \"ssl\" feature is off); use a unix socket, plain tcp://, or an \
+                 ssh/stunnel tunnel"
+            )));
+        } else if endpoint.starts_with("tcp://") || endpoint.starts_with("http://") {
+            Docker::connect_with_http(&endpoint, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
+                .map_err(|e| unreachable(bollard_message(&e)))?
+        } else {
+            return Err(EngineError::Other(format!(
+                "unsupported Docker endpoint {endpoint:?} (expected unix:///path, tcp://host:port or http://host:port)"
+            )));
+        };
+        let docker = docker
+            .with_request_modifier(url_safe_registry_headers)
+            .negotiate_version()
+            .await
+            .map_err(|e| unreachable(bollard_message(&e)))?;
+        Ok(Engine { docker, endpoint })
+    }
+
+    /// The endpoint text, for messages.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Checks that the Engine answers.
+    pub async fn ping(&self) -> Result<(), EngineError> {
+        self.docker
+            .ping()
+            .await
+            .map(|_| ())
+            .map_err(|e| EngineError::Unreachable {
+                endpoint: self.endpoint.clone(),
+                message: bollard_message(&e),
+            })
+    }
+
+    /// The Engine's version text (e.g. `20.10.24+dfsg1`), for diagnostics.
+    pub async fn server_version(&self) -> Result<String, EngineError> {
+        let v = self
+            .docker
+            .version()
+            .await
+            .map_err(|e| self.map_err(e, Op::Other("version"), None))?;
+        Ok(v.version.unwrap_or_default())
+    }
+
+    /// Makes sure `image` is present (pulling it with `auth` when it is not), then returns its
+    /// `Config.User` (`None` when empty: the image runs as root).
+    pub async fn prepare_base(
+        &self,
+        image: &str,
+        auth: Option<&Credential>,
+        log: &mut (dyn FnMut(String) + Send),
+    ) -> Result<Option<String>, EngineError> {
+        if self.image_id(image).await?.is_some() {
+            log(format!("base image {image} is present"));
+        } else {
+            self.pull(image, auth, log).await?;
+        }
+        let inspect = self
+            .docker
+            .inspect_image(image)
+            .await
+            .map_err(|e| self.map_err(e, Op::Pull { image }, auth))?;
+        Ok(inspect
+            .config
+            .and_then(|c| c.user)
+            .filter(|u| !u.trim().is_empty()))
+    }
+
+    /// Pulls `image` (a missing tag means `latest`, never "all tags") with `auth`.
+    pub async fn pull(
+        &self,
+        image: &str,
+        auth: Option<&Credential>,
+        log: &mut (dyn FnMut(String) + Send),
+    ) -> Result<(), EngineError> {
+        let (repo, tag) = split_reference(image);
+        log(format!("pulling {image}"));
+        let options = CreateImageOptionsBuilder::default()
+            .from_image(repo)
+            .tag(tag)
+            .build();
+        let credentials = auth.map(docker_credentials);
+        let mut stream = self.docker.create_image(Some(options), None, credentials);
+        let mut progress = ProgressCondenser::default();
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(status) = info.status.as_deref() {
+                        let total = info.progress_detail.as_ref().and_then(|d| d.total);
+                        if let Some(line) = progress.update(info.id.as_deref(), status, total) {
+                            log(redact(line, auth));
+                        }
+                    }
+                }
+                Err(e) => return Err(self.map_err(e, Op::Pull { image }, auth)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds `req` with the classic builder (no BuildKit) from an in-memory context.
+    ///
+    /// Every whole line of the build output goes to `log` (trailing `\r\n` removed, ANSI kept),
+    /// pull progress of the `FROM` image condensed to one line per layer. Fails with the
+    /// Engine's text on an HTTP error, on an `errorDetail` in the stream, and when the stream
+    /// ends without an image id. When `cancel` fires the request is dropped, which closes the
+    /// connection and makes the Engine stop the build; [`EngineError::Cancelled`] follows.
+    pub async fn build(
+        &self,
+        req: &BuildRequest<'_>,
+        log: &mut (dyn FnMut(String) + Send),
+        cancel: &CancellationToken,
+    ) -> Result<BuiltImage, EngineError> {
+        let Some(first_tag) = req.tags.first() else {
+            return Err(EngineError::Other("a build needs at least one tag".into()));
+        };
+        if cancel.is_cancelled() {
+            return Err(EngineError::Cancelled);
+        }
+        let context = build_context(req.dockerfile, req.ca_bundle)
+            .map_err(|e| EngineError::Other(format!("cannot assemble the build context: {e}")))?;
+        let mut options = BuildImageOptionsBuilder::default()
+            .dockerfile("Dockerfile")
+            .t(first_tag)
+            .rm(true)
+            .forcerm(true)
+            .version(BuilderVersion::BuilderV1);
+        if let Some(network) = req.network.filter(|n| !n.is_empty()) {
+            options = options.networkmode(network);
+        }
+        let credentials = req
+            .pull_auth
+            .map(|c| HashMap::from([(c.server_address().to_string(), docker_credentials(c))]));
+        let from_registry = first_from_image(req.dockerfile)
+            .map(registry_of)
+            .unwrap_or_default();
+        let op = Op::Build {
+            registry: &from_registry,
+        };
+
+        let mut stream = Box::pin(self.docker.build_image(
+            options.build(),
+            credentials,
+            Some(bollard::body_full(context.into())),
+        ));
+        let mut lines = LineBuffer::default();
+        let mut progress = ProgressCondenser::default();
+        let mut aux_id: Option<String> = None;
+        let mut built_line_id: Option<String> = None;
+        let auth = req.pull_auth;
+        let mut emit = |line: String, built_line_id: &mut Option<String>| {
+            if let Some(id) = line.strip_prefix("Successfully built ") {
+                *built_line_id = Some(id.trim().to_string());
+            }
+            log(redact(line, auth));
+        };
+        loop {
+            let item = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {
+                    // Dropping the response closes the connection: the classic builder sees
+                    // the client go away, kills the running step and tags nothing.
+                    drop(stream);
+                    if let Some(rest) = lines.finish() {
+                        emit(rest, &mut built_line_id);
+                    }
+                    return Err(EngineError::Cancelled);
+                }
+                item = stream.next() => item,
+            };
+            match item {
+                None => break,
+                Some(Ok(info)) => {
+                    if let Some(text) = info.stream.as_deref() {
+                        for line in lines.push(text) {
+                            emit(line, &mut built_line_id);
+                        }
+                    }
+                    if let Some(status) = info.status.as_deref() {
+                        let total = info.progress_detail.as_ref().and_then(|d| d.total);
+                        if let Some(line) = progress.update(info.id.as_deref(), status, total) {
+                            emit(line, &mut built_line_id);
+                        }
+                    }
+                    if let Some(id) = info.aux.and_then(|a| a.id).filter(|id| !id.is_empty()) {
+                        aux_id = Some(id);
+                    }
+                }
+                Some(Err(e)) => {
+                    if let Some(rest) = lines.finish() {
+                        emit(rest, &mut built_line_id);
+                    }
+                    return Err(self.map_err(e, op, auth));
+                }
+            }
+        }
+        if let Some(rest) = lines.finish() {
+            emit(rest, &mut built_line_id);
+        }
+        if cancel.is_cancelled() {
+            return Err(EngineError::Cancelled);
+        }
+        let image_id = match (aux_id, built_line_id) {
+            (Some(id), _) => id,
+            (None, Some(short)) => self.image_id(&short).await?.unwrap_or(short),
+            (None, None) => {
+                return Err(EngineError::BuildFailed(
+                    "the build output ended without an image id (the Engine reported no error)"
+                        .into(),
+                ));
+            }
+        };
+        // The first tag was applied by the build; check it really points at the image.
+        match self.image_id(first_tag).await? {
+            Some(id) if id == image_id => {}
+            Some(id) => {
+                return Err(EngineError::BuildFailed(format!(
+                    "the build reported image {image_id} but {first_tag} points at {id}"
+                )));
+            }
+            None => {
+                return Err(EngineError::BuildFailed(format!(
+                    "the build did not tag {first_tag}"
+                )));
+            }
+        }
+        for tag in &req.tags[1..] {
+            self.tag(&image_id, tag).await?;
+        }
+        Ok(BuiltImage { image_id })
+    }
+
+    /// Tags the image `source` (id or reference) as `target` (`repo[:tag]`, default `latest`).
+    pub async fn tag(&self, source: &str, target: &str) -> Result<(), EngineError> {
+        let (repo, tag) = split_reference(target);
+        if target.contains('@') {
+            return Err(EngineError::Other(format!(
+                "cannot tag with a digest reference: {target}"
+            )));
+        }
+        let options = TagImageOptionsBuilder::default()
+            .repo(repo)
+            .tag(&tag)
+            .build();
+        self.docker
+            .tag_image(source, Some(options))
+            .await
+            .map_err(|e| match e {
+                BollardError::DockerResponseServerError {
+                    status_code: 404, ..
+                } => EngineError::NoImage(source.to_string()),
+                e => self.map_err(e, Op::Other("tag"), None),
+            })
+    }
+
+    /// Pushes `image_ref` (`repo[:tag]`, default `latest`) with `auth`, and returns the
+    /// manifest digest `sha256:…` the registry stored.
+    ///
+    /// The log gets "The push refers to repository […]", one line per layer when it is pushed,
+    /// already exists, or is mounted (e.g. "pushed layer 1a2b3c4d5e6f (12.3 MB)"), and the
+    /// final "tag: digest: sha256:… size: N" line.
+    pub async fn push(
+        &self,
+        image_ref: &str,
+        auth: Option<&Credential>,
+        log: &mut (dyn FnMut(String) + Send),
+        cancel: &CancellationToken,
+    ) -> Result<String, EngineError> {
+        let failed = |message: String| EngineError::PushFailed {
+            image: image_ref.to_string(),
+            message,
+        };
+        if image_ref.contains('@') {
+            return Err(failed(
+                "a digest reference cannot be pushed; give repo:tag".into(),
+            ));
+        }
+        let (repo, tag) = split_reference(image_ref);
+        if !valid_push_repo(repo) || !valid_tag(&tag) {
+            return Err(failed("not a valid image reference".into()));
+        }
+        if cancel.is_cancelled() {
+            return Err(EngineError::Cancelled);
+        }
+        // bollard's push_image drops each message's layer `id`; create_image's message type
+        // keeps it. So the push goes out as a create_image call whose path is rewritten to
+        // the push endpoint. Should the rewrite ever not apply, the Engine gets a pull of an
+        // invalid reference, which it rejects before any network access.
+        let push_path = format!("/images/{repo}/push?tag={tag}");
+        let docker = self.docker.clone().with_request_modifier(move |req| {
+            url_safe_registry_headers(rewrite_path(req, "/images/create", &push_path))
+        });
+        let options = CreateImageOptionsBuilder::default()
+            .from_image(PUSH_PLACEHOLDER)
+            .tag("kiln")
+            .build();
+        // The Engine wants an X-Registry-Auth header on every push, even an empty one.
+        let credentials = Some(auth.map(docker_credentials).unwrap_or_default());
+        let stream = docker.create_image(Some(options), None, credentials);
+        let mut stream = std::pin::pin!(stream);
+        let mut progress = ProgressCondenser::default();
+        let mut digest: Option<String> = None;
+        loop {
+            let item = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Err(EngineError::Cancelled),
+                item = stream.next() => item,
+            };
+            match item {
+                None => break,
+                Some(Ok(info)) => {
+                    let Some(status) = info.status.as_deref() else {
+                        continue;
+                    };
+                    if info.id.is_none()
+                        && let Some(d) = parse_push_digest(status)
+                    {
+                        digest = Some(d);
+                    }
+                    let total = info.progress_detail.as_ref().and_then(|d| d.total);
+                    if let Some(line) = progress.update(info.id.as_deref(), status, total) {
+                        log(redact(line, auth));
+                    }
+                }
+                Some(Err(e)) => return Err(self.map_err(e, Op::Push { image: image_ref }, auth)),
+            }
+        }
+        digest.ok_or_else(|| {
+            failed("the push ended without a manifest digest (the Engine reported no error)".into())
+        })
+    }
+
+    /// The id of `image_ref` (reference or id) if the Engine has it.
+    pub async fn image_id(&self, image_ref: &str) -> Result<Option<String>, EngineError> {
+        match self.docker.inspect_image(image_ref).await {
+            Ok(inspect) => Ok(inspect.id),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            // An unparsable reference cannot exist locally.
+            Err(BollardError::DockerResponseServerError {
+                status_code: 400, ..
+            }) => Ok(None),
+            Err(e) => Err(self.map_err(e, Op::Other("image inspect"), None)),
+        }
+    }
+
+    /// Removes the tag or image `image_ref` (not forced: an image a container uses stays).
+    /// `Ok(false)` when it did not exist.
+    pub async fn remove_image(&self, image_ref: &str) -> Result<bool, EngineError> {
+        let options = RemoveImageOptionsBuilder::default()
+            .force(false)
+            .noprune(false)
+            .build();
+        match self
+            .docker
+            .remove_image(image_ref, Some(options), None)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(false),
+            Err(e) => Err(self.map_err(e, Op::Other("image remove"), None)),
+        }
+    }
+
+    /// Runs `cmd` (exactly: the image's entrypoint is replaced) in a fresh container from
+    /// `image`, without network, and returns its exit code and stdout (at most
+    /// [`RUN_CAPTURE_LIMIT`] bytes, lossily decoded as UTF-8). The container is removed
+    /// afterwards in every case. A command the image does not have gives exit code 127.
+    pub async fn run_capture(
+        &self,
+        image: &str,
+        cmd: &[&str],
+    ) -> Result<(i64, String), EngineError> {
+        let Some((program, args)) = cmd.split_first() else {
+            return Err(EngineError::Other("run_capture needs a command".into()));
+        };
+        let body = ContainerCreateBody {
+            image: Some(image.to_string()),
+            entrypoint: Some(vec![program.to_string()]),
+            cmd: Some(args.iter().map(|a| a.to_string()).collect()),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(false),
+            open_stdin: Some(false),
+            labels: Some(HashMap::from([(
+                "io.kiln.run-capture".to_string(),
+                "1".to_string(),
+            )])),
+            host_config: Some(HostConfig {
+                network_mode: Some("none".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(Some(CreateContainerOptionsBuilder::default().build()), body)
+            .await
+            .map_err(|e| match e {
+                BollardError::DockerResponseServerError {
+                    status_code: 404, ..
+                } => EngineError::NoImage(image.to_string()),
+                e => self.map_err(e, Op::Other("container create"), None),
+            })?;
+        let id = created.id;
+        let result = tokio::time::timeout(RUN_CAPTURE_TIMEOUT, self.run_created(&id)).await;
+        let remove = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        if let Err(e) = self.docker.remove_container(&id, Some(remove)).await {
+            tracing::warn!(container = %id, error = %bollard_message(&e), "could not remove run_capture container");
+        }
+        match result {
+            Ok(result) => result,
+            Err(_) => Err(EngineError::Other(format!(
+                "{cmd:?} in {image} did not finish within {} s",
+                RUN_CAPTURE_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    async fn run_created(&self, id: &str) -> Result<(i64, String), EngineError> {
+        let attach = AttachContainerOptionsBuilder::default()
+            .stream(true)
+            .logs(true)
+            .stdout(true)
+            .stderr(true)
+            .build();
+        let mut attached = self
+            .docker
+            .attach_container(id, Some(attach))
+            .await
+            .map_err(|e| self.map_err(e, Op::Other("container attach"), None))?;
+        if let Err(e) = self
+            .docker
+            .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
+            .await
+        {
+            let message = bollard_message(&e);
+            if matches!(e, BollardError::DockerResponseServerError { .. })
+                && (message.contains("executable file not found")
+                    || message.contains("no such file or directory"))
+            {
+                return Ok((127, String::new()));
+            }
+            return Err(self.map_err(e, Op::Other("container start"), None));
+        }
+        let mut stdout: Vec<u8> = Vec::new();
+        let mut stderr_tail: Vec<u8> = Vec::new();
+        let mut truncated = false;
+        while let Some(item) = attached.output.next().await {
+            match item {
+                Ok(bollard::container::LogOutput::StdOut { message }) => {
+                    let room = RUN_CAPTURE_LIMIT.saturating_sub(stdout.len());
+                    if message.len() > room {
+                        truncated = true;
+                    }
+                    stdout.extend_from_slice(&message[..message.len().min(room)]);
+                }
+                Ok(bollard::container::LogOutput::StdErr { message }) => {
+                    stderr_tail.extend_from_slice(&message);
+                    if stderr_tail.len() > 4096 {
+                        stderr_tail.drain(..stderr_tail.len() - 4096);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => return Err(self.map_err(e, Op::Other("container output"), None)),
+            }
+        }
+        if truncated {
+            tracing::warn!(container = %id, limit = RUN_CAPTURE_LIMIT, "run_capture output truncated");
+        }
+        let wait = WaitContainerOptionsBuilder::default()
+            .condition("not-running")
+            .build();
+        let mut waits = self.docker.wait_container(id, Some(wait));
+        let code = match waits.next().await {
+            Some(Ok(response)) => response.status_code,
+            Some(Err(BollardError::DockerContainerWaitError { code, .. })) => code,
+            Some(Err(e)) => return Err(self.map_err(e, Op::Other("container wait"), None)),
+            None => {
+                return Err(EngineError::Other(
+                    "the Engine did not report the exit code".into(),
+                ));
+            }
+        };
+        if code != 0 && !stderr_tail.is_empty() {
+            tracing::debug!(container = %id, code, stderr = %String::from_utf8_lossy(&stderr_tail), "run_capture command failed");
+        }
+        Ok((code, String::from_utf8_lossy(&stdout).into_owned()))
+    }
+
+    /// Turns a bollard error into an [`EngineError`] for operation `op`.
+    fn map_err(&self, e: BollardError, op: Op<'_>, auth: Option<&Credential>) -> EngineError {
+        let (status, message) = match e {
+            BollardError::DockerResponseServerError {
+                status_code,
+                message,
+            } => (Some(status_code), message),
+            BollardError::DockerStreamError { error } => (None, error),
+            BollardError::HyperResponseError { .. }
+            | BollardError::HyperLegacyError { .. }
+            | BollardError::IOError { .. }
+            | BollardError::RequestTimeoutError
+            | BollardError::SocketNotFoundError(_)
+            | BollardError::HttpClientError { .. } => {
+                return EngineError::Unreachable {
+                    endpoint: self.endpoint.clone(),
+                    message: redact(bollard_message(&e), auth),
+                };
+            }
+            e => (None, bollard_message(&e)),
+        };
+        let message = redact(message.trim().to_string(), auth);
+        match op {
+            Op::Build { registry } => {
+                if !message.contains("returned a non-zero code")
+                    && looks_like_auth_failure(&message)
+                {
+                    let registry = if registry.is_empty() {
+                        "of the base image"
+                    } else {
+                        registry
+                    };
+                    EngineError::Auth {
+                        registry: registry.to_string(),
+                        message,
+                    }
+                } else if status.is_some_and(|s| s >= 500) && looks_transient(&message) {
+                    EngineError::Api {
+                        operation: "build".into(),
+                        status: status.unwrap_or(500),
+                        message,
+                    }
+                } else {
+                    EngineError::BuildFailed(message)
+                }
+            }
+            Op::Pull { image } => {
+                if looks_like_auth_failure(&message) {
+                    EngineError::Auth {
+                        registry: registry_of(image),
+                        message,
+                    }
+                } else {
+                    EngineError::PullFailed {
+                        image: image.to_string(),
+                        message,
+                    }
+                }
+            }
+            Op::Push { image } => {
+                if looks_like_auth_failure(&message) {
+                    EngineError::Auth {
+                        registry: registry_of(image),
+                        message,
+                    }
+                } else {
+                    EngineError::PushFailed {
+                        image: image.to_string(),
+                        message,
+                    }
+                }
+            }
+            Op::Other(operation) => match status {
+                Some(status) => EngineError::Api {
+                    operation: operation.to_string(),
+                    status,
+                    message,
+                },
+                None => EngineError::Other(format!("{operation}: {message}")),
+            },
+        }
+    }
+}
+
+/// The `fromImage` sent when a push travels as a create_image call: an invalid reference,
+/// rejected by the Engine before any registry is contacted, should the path rewrite not apply.
+const PUSH_PLACEHOLDER: &str = "kiln-push-path-rewrite-failed//invalid";
+
+/// bollard's error text, without secrets (bollard's errors never hold headers).
+fn bollard_message(e: &BollardError) -> String {
+    match e {
+        BollardError::DockerResponseServerError {
+            status_code,
+            message,
+        } => format!("HTTP {status_code}: {message}"),
+        BollardError::SocketNotFoundError(path) => format!("socket {path} not found"),
+        BollardError::RequestTimeoutError => format!("no answer within {REQUEST_TIMEOUT_SECS} s"),
+        e => {
+            // hyper's Display is terse ("client error (Connect)"); the source says why.
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                let s_text = s.to_string();
+                if !text.contains(&s_text) {
+                    text.push_str(": ");
+                    text.push_str(&s_text);
+                }
+                source = s.source();
+            }
+            text
+        }
+    }
+}
+
+/// Removes a credential's secrets from a text (defence in depth: Engine messages do not
+/// normally contain them).
+fn redact(text: String, auth: Option<&Credential>) -> String {
+    let Some(auth) = auth else { return text };
+    let mut text = text;
+    for secret in [Some(auth.password()), auth.identity_token()]
+        .into_iter()
+        .flatten()
+    {
+        if secret.len() >= 4 && text.contains(secret) {
+            text = text.replace(secret, "<redacted>");
+        }
+    }
+    text
+}
+
+/// bollard's credential type for `c`.
+fn docker_credentials(c: &Credential) -> DockerCredentials {
+    DockerCredentials {
+        username: Some(c.username().to_string()).filter(|u| !u.is_empty()),
+        password: Some(c.password().to_string()).filter(|p| !p.is_empty()),
+        identitytoken: c.identity_token().map(str::to_owned),
+        email: c.email().map(str::to_owned),
+        serveraddress: Some(c.server_address().to_string()),
+        ..Default::default()
+    }
+}
+
+/// Standard base64 → base64url (same padding): what the Engine's `base64.URLEncoding`
+/// decoder needs. Idempotent, so it stays correct should bollard ever encode base64url itself.
+pub(crate) fn to_base64url(standard: &str) -> String {
+    standard.replace('+', "-").replace('/', "_")
+}
+
+/// Request modifier: rewrites bollard's standard-base64 registry headers into base64url.
+fn url_safe_registry_headers(mut req: BollardRequest) -> BollardRequest {
+    for name in ["x-registry-auth", "x-registry-config"] {
+        let fixed = match req.headers().get(name).and_then(|v| v.to_str().ok()) {
+            Some(value) if value.contains(['+', '/']) => to_base64url(value),
+            _ => continue,
+        };
+        if let Ok(value) = fixed.parse() {
+            req.headers_mut().insert(name, value);
+        }
+    }
+    req
+}
+
+/// Replaces the request's path (and query) from `from` on with `to`; unchanged when `from`
+/// is not in the URI.
+fn rewrite_path(mut req: BollardRequest, from: &str, to: &str) -> BollardRequest {
+    if let Some(uri) = rewrite_uri(&req.uri().to_string(), from, to)
+        && let Ok(uri) = uri.parse()
+    {
+        *req.uri_mut() = uri;
+    }
+    req
+}
+
+fn rewrite_uri(uri: &str, from: &str, to: &str) -> Option<String> {
+    let authority_end = uri.find("://").map(|i| i + 3)?;
+    let path_start = authority_end + uri[authority_end..].find('/')?;
+    let at = path_start + uri[path_start..].find(from)?;
+    Some(format!("{}{}", &uri[..at], to))
+}
+
+fn valid_push_repo(repo: &str) -> bool {
+    !repo.is_empty()
+        && !repo.starts_with('/')
+        && !repo.contains("//")
+        && repo
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-/:".contains(&b))
+}
+
+fn valid_tag(tag: &str) -> bool {
+    !tag.is_empty()
+        && tag.len() <= 128
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// `repo[:tag][@digest]` → (repo, tag or digest); no tag means `latest`.
+fn split_reference(image: &str) -> (&str, String) {
+    let (name, digest) = match image.split_once('@') {
+        Some((name, digest)) => (name, Some(digest)),
+        None => (image, None),
+    };
+    let last_slash = name.rfind('/').map_or(0, |i| i + 1);
+    let (repo, tag) = match name[last_slash..].rfind(':') {
+        Some(i) => (&name[..last_slash + i], Some(&name[last_slash + i + 1..])),
+        None => (name, None),
+    };
+    let tag = match (digest, tag) {
+        (Some(digest), _) => digest.to_string(),
+        (None, Some(tag)) if !tag.is_empty() => tag.to_string(),
+        _ => "latest".to_string(),
+    };
+    (repo, tag)
+}
+
+/// The image of the first `FROM` line, for naming its registry in messages.
+fn first_from_image(dockerfile: &str) -> Option<&str> {
+    dockerfile.lines().find_map(|line| {
+        let mut words = line.split_whitespace();
+        let keyword = words.next()?;
+        if !keyword.eq_ignore_ascii_case("FROM") {
+            return None;
+        }
+        words.find(|w| !w.starts_with("--"))
+    })
+}
+
+/// The build context: `Dockerfile` and, when given, the CA bundle.
+fn build_context(dockerfile: &str, ca_bundle: Option<&[u8]>) -> std::io::Result<Vec<u8>> {
+    let mut tar = tar::Builder::new(Vec::new());
+    append_file(&mut tar, "Dockerfile", dockerfile.as_bytes())?;
+    if let Some(ca) = ca_bundle {
+        append_file(&mut tar, CA_BUNDLE_CONTEXT_NAME, ca)?;
+    }
+    tar.into_inner()
+}
+
+fn append_file(tar: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8]) -> std::io::Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_path(name)?;
+    header.set_size(data.len() as u64);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    // A fixed time: the context of an unchanged Dockerfile is byte-for-byte the same.
+    header.set_mtime(946_684_800);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_cksum();
+    tar.append(&header, data)
+}
+
+/// Re-assembles whole lines from the build output's unaligned `stream` chunks.
+#[derive(Debug, Default)]
+pub(crate) struct LineBuffer {
+    partial: String,
+}
+
+impl LineBuffer {
+    /// Adds a chunk; returns the lines it completed, without their `\n` / `\r\n`.
+    pub(crate) fn push(&mut self, chunk: &str) -> Vec<String> {
+        let mut lines = Vec::new();
+        let mut rest = chunk;
+        while let Some(i) = rest.find('\n') {
+            self.partial.push_str(&rest[..i]);
+            let mut line = std::mem::take(&mut self.partial);
+            if line.ends_with('\r') {
+                line.pop();
+            }
+            lines.push(line);
+            rest = &rest[i + 1..];
+        }
+        self.partial.push_str(rest);
+        // A runaway line without newline (a progress bar drawn with \r) is cut into pieces.
+        while self.partial.len() > MAX_LINE {
+            let mut cut = MAX_LINE;
+            while !self.partial.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let tail = self.partial.split_off(cut);
+            lines.push(std::mem::replace(&mut self.partial, tail));
+        }
+        lines
+    }
+
+    /// What is left after the last newline, if anything.
+    pub(crate) fn finish(&mut self) -> Option<String> {
+        let mut rest = std::mem::take(&mut self.partial);
+        if rest.ends_with('\r') {
+            rest.pop();
+        }
+        (!rest.is_empty()).then_some(rest)
+    }
+}
+
+/// Condenses pull/push progress messages: per layer, one line when it is done (or already
+/// there), nothing for the thousands of progress updates in between.
+#[derive(Debug, Default)]
+pub(crate) struct ProgressCondenser {
+    sizes: HashMap<String, i64>,
+    last: HashMap<String, String>,
+}
+
+impl ProgressCondenser {
+    /// One message (`id` = layer or tag, `status`, `total` bytes from progressDetail); the
+    /// line to log, if any.
+    pub(crate) fn update(
+        &mut self,
+        id: Option<&str>,
+        status: &str,
+        total: Option<i64>,
+    ) -> Option<String> {
+        let status = status.trim();
+        let Some(id) = id.map(str::trim).filter(|i| !i.is_empty()) else {
+            return (!status.is_empty()).then(|| status.to_string());
+        };
+        if let Some(total) = total.filter(|t| *t > 0)
+            && matches!(status, "Pushing" | "Downloading")
+        {
+            self.sizes.insert(id.to_string(), total);
+        }
+        let previous = self.last.insert(id.to_string(), status.to_string());
+        let size = || {
+            self.sizes
+                .get(id)
+                .map(|s| format!(" ({})", human_size(*s)))
+                .unwrap_or_default()
+        };
+        match status {
+            "Preparing" | "Waiting" | "Pushing" | "Downloading" | "Pulling fs layer"
+            | "Verifying Checksum" | "Download complete" | "Extracting" => None,
+            "Pushed" => Some(format!("pushed layer {id}{}", size())),
+            "Pull complete" => Some(format!("pulled layer {id}{}", size())),
+            "Layer already exists" => Some(format!("layer {id} already exists in the registry")),
+            "Already exists" => Some(format!("layer {id} already exists locally")),
+            s if s.starts_with("Mounted from") => {
+                Some(format!("layer {id} {}", lowercase_first(s)))
+            }
+            s if s.starts_with("Retrying in") => {
+                // "Retrying in 5 seconds", "… 4 seconds", …: once per round.
+                let repeat = previous.is_some_and(|p| p.starts_with("Retrying in"));
+                (!repeat).then(|| format!("layer {id}: {s}"))
+            }
+            s if previous.as_deref() == Some(s) => None,
+            s => Some(format!("{id}: {s}")),
+        }
+    }
+}
+
+fn lowercase_first(s: &str) -> String {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) => c.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// Decimal size as Docker prints it: `512 B`, `3.4 kB`, `12.3 MB`, `1.2 GB`.
+pub(crate) fn human_size(bytes: i64) -> String {
+    const UNITS: [&str; 4] = ["kB", "MB", "GB", "TB"];
+    if bytes < 1000 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1000.0;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < UNITS.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// The manifest digest in a push's final status, `"<tag>: digest: sha256:<64 hex> size: N"`.
+pub(crate) fn parse_push_digest(status: &str) -> Option<String> {
+    let at = status.find("digest: ")? + "digest: ".len();
+    let candidate = status[at..].split_whitespace().next()?;
+    let hex = candidate.strip_prefix("sha256:")?;
+    (hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+    .then(|| candidate.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+
+    #[test]
+    fn line_buffer_reassembles_unaligned_chunks() {
+        let mut b = LineBuffer::default();
+        assert!(b.push("Step 1/3 : FR").is_empty());
+        assert_eq!(
+            b.push("OM x\n ---> abc\nStep"),
+            ["Step 1/3 : FROM x", " ---> abc"]
+        );
+        assert_eq!(b.push(" 2/3\r\n\n"), ["Step 2/3", ""]);
+        assert_eq!(
+            b.push("\u{1b}[31mred\u{1b}[0m\n"),
+            ["\u{1b}[31mred\u{1b}[0m"]
+        );
+        assert_eq!(b.push("50%\r100%\n"), ["50%\r100%"]);
+        assert_eq!(b.push("tail"), Vec::<String>::new());
+        assert_eq!(b.finish().as_deref(), Some("tail"));
+        assert_eq!(b.finish(), None);
+    }
+
+    #[test]
+    fn line_buffer_splits_multibyte_text_anywhere() {
+        let text = "größe: 1 → 2\nnächste\n";
+        for split in 0..=text.len() {
+            if !text.is_char_boundary(split) {
+                continue;
+            }
+            let mut b = LineBuffer::default();
+            let mut lines = b.push(&text[..split]);
+            lines.extend(b.push(&text[split..]));
+            assert_eq!(lines, ["größe: 1 → 2", "nächste"], "split at {split}");
+        }
+    }
+
+    #[test]
+    fn line_buffer_bounds_runaway_lines() {
+        let mut b = LineBuffer::default();
+        let lines = b.push(&"é".repeat(MAX_LINE));
+        assert!(!lines.is_empty());
+        assert!(lines.iter().all(|l| l.len() <= MAX_LINE));
+        let total: usize =
+            lines.iter().map(String::len).sum::<usize>() + b.finish().map_or(0, |r| r.len());
+        assert_eq!(total, "é".len() * MAX_LINE);
+    }
+
+    #[test]
+    fn push_progress_is_condensed_to_one_line_per_layer() {
+        let mut c = ProgressCondenser::default();
+        let mut out = Vec::new();
+        let mut feed = |id: Option<&str>, status: &str, total: Option<i64>| {
+            if let Some(line) = c.update(id, status, total) {
+                out.push(line);
+            }
+        };
+        feed(
+            None,
+            "The push refers to repository [127.0.0.1:5000/kiln/x]",
+            None,
+        );
+        for layer in ["1a2b3c4d5e6f", "aaaaaaaaaaaa", "bbbbbbbbbbbb"] {
+            feed(Some(layer), "Preparing", None);
+            feed(Some(layer), "Waiting", None);
+        }
+        for i in 0..1000 {
+            feed(Some("1a2b3c4d5e6f"), "Pushing", Some(12_300_000));
+            feed(
+                Some("bbbbbbbbbbbb"),
+                "Pushing",
+                if i == 0 { None } else { Some(512) },
+            );
+        }
+        feed(Some("aaaaaaaaaaaa"), "Layer already exists", None);
+        feed(Some("1a2b3c4d5e6f"), "Pushed", None);
+        feed(Some("bbbbbbbbbbbb"), "Retrying in 5 seconds", None);
+        feed(Some("bbbbbbbbbbbb"), "Retrying in 4 seconds", None);
+        feed(Some("bbbbbbbbbbbb"), "Pushing", Some(512));
+        feed(Some("bbbbbbbbbbbb"), "Pushed", None);
+        feed(Some("cccccccccccc"), "Mounted from kiln/base", None);
+        feed(None, "r1-abc1234: digest: sha256:aa size: 1234", None);
+        assert_eq!(
+            out,
+            [
+                "The push refers to repository [127.0.0.1:5000/kiln/x]",
+                "layer aaaaaaaaaaaa already exists in the registry",
+                "pushed layer 1a2b3c4d5e6f (12.3 MB)",
+                "layer bbbbbbbbbbbb: Retrying in 5 seconds",
+                "pushed layer bbbbbbbbbbbb (512 B)",
+                "layer cccccccccccc mounted from kiln/base",
+                "r1-abc1234: digest: sha256:aa size: 1234",
+            ]
+        );
+    }
+
+    #[test]
+    fn pull_progress_is_condensed() {
+        let mut c = ProgressCondenser::default();
+        let lines: Vec<String> = [
+            (Some("minbase"), "Pulling from kiln/bookworm", None),
+            (Some("abc"), "Pulling fs layer", None),
+            (Some("abc"), "Downloading", Some(45_600_000)),
+            (Some("abc"), "Downloading", Some(45_600_000)),
+            (Some("abc"), "Verifying Checksum", None),
+            (Some("abc"), "Download complete", None),
+            (Some("abc"), "Extracting", Some(45_600_000)),
+            (Some("abc"), "Pull complete", None),
+            (Some("def"), "Already exists", None),
+            (None, "Digest: sha256:0123", None),
+            (
+                None,
+                "Status: Downloaded newer image for 127.0.0.1:5000/kiln/bookworm:minbase",
+                None,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(id, status, total)| c.update(id, status, total))
+        .collect();
+        assert_eq!(
+            lines,
+            [
+                "minbase: Pulling from kiln/bookworm",
+                "pulled layer abc (45.6 MB)",
+                "layer def already exists locally",
+                "Digest: sha256:0123",
+                "Status: Downloaded newer image for 127.0.0.1:5000/kiln/bookworm:minbase",
+            ]
+        );
+    }
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human_size(0), "0 B");
+        assert_eq!(human_size(999), "999 B");
+        assert_eq!(human_size(1000), "1.0 kB");
+        assert_eq!(human_size(12_345_678), "12.3 MB");
+        assert_eq!(human_size(3_200_000_000), "3.2 GB");
+    }
+
+    #[test]
+    fn push_digest_is_parsed_from_the_final_status() {
+        let hex = "0123456789abcdef".repeat(4);
+        assert_eq!(
+            parse_push_digest(&format!("r1-abc1234: digest: sha256:{hex} size: 528")),
+            Some(format!("sha256:{hex}"))
+        );
+        assert_eq!(
+            parse_push_digest(&format!("latest: digest: sha256:{hex}")),
+            Some(format!("sha256:{hex}"))
+        );
+        assert_eq!(parse_push_digest("Digest: sha256:abc"), None);
+        assert_eq!(parse_push_digest("The push refers to repository [x]"), None);
+        assert_eq!(
+            parse_push_digest(&format!("t: digest: sha256:{} size: 1", &hex[1..])),
+            None
+        );
+        assert_eq!(
+            parse_push_digest(&format!("t: digest: sha512:{hex} size: 1")),
+            None
+        );
+    }
+
+    /// A JSON payload whose standard base64 holds both `+` and `/`: bytes `>` `?` `~` at
+    /// positions 2 mod 3 give sextets 62/63.
+    fn awkward_payload() -> String {
+        let cred = DockerCredentials {
+            username: Some("kiln".into()),
+            password: Some("p>?~>?~>?~".into()),
+            serveraddress: Some("127.0.0.1:5001".into()),
+            ..Default::default()
+        };
+        for pad in 0..3 {
+            let mut c = cred.clone();
+            c.email = Some("x".repeat(pad));
+            let json = serde_json::to_string(&c).unwrap();
+            let std = STANDARD.encode(&json);
+            if std.contains('+') && std.contains('/') {
+                return json;
+            }
+        }
+        panic!("no padding gives both + and /");
+    }
+
+    #[test]
+    fn registry_headers_become_base64url() {
+        let json = awkward_payload();
+        let standard = STANDARD.encode(&json);
+        assert!(standard.contains('+') && standard.contains('/'));
+        let url = to_base64url(&standard);
+        assert_eq!(url, URL_SAFE.encode(&json));
+        // What the Engine does: base64.URLEncoding (padded) decode.
+        assert_eq!(URL_SAFE.decode(&url).unwrap(), json.as_bytes());
+        assert!(
+            URL_SAFE.decode(&standard).is_err(),
+            "the Engine could not read bollard's encoding"
+        );
+        assert_eq!(to_base64url(&url), url, "idempotent");
+    }
+
+    #[test]
+    fn request_modifier_rewrites_both_headers() {
+        let json = awkward_payload();
+        let standard = STANDARD.encode(&json);
+        let req = BollardRequest::builder()
+            .uri("http://localhost/images/create?fromImage=x")
+            .header("X-Registry-Auth", standard.as_str())
+            .header("X-Registry-Config", standard.as_str())
+            .body(bollard::body_full(Vec::new().into()))
+            .unwrap();
+        let req = url_safe_registry_headers(req);
+        for name in ["X-Registry-Auth", "X-Registry-Config"] {
+            let value = req.headers().get(name).unwrap().to_str().unwrap();
+            assert_eq!(URL_SAFE.decode(value).unwrap(), json.as_bytes());
+        }
+    }
+
+    #[test]
+    fn push_path_rewrite() {
+        let hex_host = "unix://2f7661722f72756e2f646f636b65722e736f636b";
+        assert_eq!(
+            rewrite_uri(
+                &format!("{hex_host}/images/create?fromImage=p&tag=kiln"),
+                "/images/create",
+                "/images/127.0.0.1:5000/kiln/x/push?tag=r1"
+            )
+            .as_deref(),
+            Some(format!("{hex_host}/images/127.0.0.1:5000/kiln/x/push?tag=r1").as_str())
+        );
+        assert_eq!(
+            rewrite_uri(
+                "http://127.0.0.1:2375/v1.41/images/create?fromImage=p",
+                "/images/create",
+                "/images/a/push?tag=b"
+            )
+            .as_deref(),
+            Some("http://127.0.0.1:2375/v1.41/images/a/push?tag=b")
+        );
+        assert_eq!(
+            rewrite_uri("http://h/containers/create", "/images/create", "/x"),
+            None
+        );
+        let req = BollardRequest::builder()
+            .uri(format!("{hex_host}/images/create?fromImage=p"))
+            .body(bollard::body_full(Vec::new().into()))
+            .unwrap();
+        let req = rewrite_path(
+            req,
+            "/images/create",
+            "/images/127.0.0.1:5000/kiln/x/push?tag=r1",
+        );
+        assert_eq!(req.uri().path(), "/images/127.0.0.1:5000/kiln/x/push");
+        assert_eq!(req.uri().query(), Some("tag=r1"));
+    }
+
+    #[test]
+    fn references_split_into_repo_and_tag() {
+        assert_eq!(
+            split_reference("127.0.0.1:5000/kiln/x:r1-abc"),
+            ("127.0.0.1:5000/kiln/x", "r1-abc".into())
+        );
+        assert_eq!(
+            split_reference("127.0.0.1:5000/kiln/x"),
+            ("127.0.0.1:5000/kiln/x", "latest".into())
+        );
+        assert_eq!(split_reference("debian"), ("debian", "latest".into()));
+        assert_eq!(
+            split_reference("debian:bookworm"),
+            ("debian", "bookworm".into())
+        );
+        assert_eq!(
+            split_reference("ghcr.io/a/b:1@sha256:ab"),
+            ("ghcr.io/a/b", "sha256:ab".into())
+        );
+        assert!(valid_push_repo("127.0.0.1:5000/kiln/x") && valid_tag("r1-abc1234"));
+        assert!(!valid_push_repo("a b") && !valid_tag("x?y") && !valid_push_repo("a//b"));
+    }
+
+    #[test]
+    fn build_context_holds_dockerfile_and_ca_bundle() {
+        let tar = build_context("FROM x\n", Some(b"PEM")).unwrap();
+        let mut archive = tar::Archive::new(tar.as_slice());
+        let mut files = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut entry, &mut text).unwrap();
+            files.push((entry.path().unwrap().display().to_string(), text));
+        }
+        assert_eq!(
+            files,
+            [
+                ("Dockerfile".to_string(), "FROM x\n".to_string()),
+                (CA_BUNDLE_CONTEXT_NAME.to_string(), "PEM".to_string())
+            ]
+        );
+        assert_eq!(
+            build_context("FROM x\n", None).unwrap(),
+            build_context("FROM x\n", None).unwrap()
+        );
+    }
+
+    #[test]
+    fn first_from_line() {
+        assert_eq!(
+            first_from_image("# c\nFROM --platform=linux/amd64 127.0.0.1:5001/a:b AS x\nRUN y"),
+            Some("127.0.0.1:5001/a:b")
+        );
+        assert_eq!(first_from_image("from debian\n"), Some("debian"));
+        assert_eq!(first_from_image("RUN x\n"), None);
+    }
+
+    #[test]
+    fn transient_classification() {
+        let run = EngineError::BuildFailed(
+            "The command '/bin/sh -c apt-get install -y x' returned a non-zero code: 100".into(),
+        );
+        assert!(!run.is_transient());
+        assert!(
+            !EngineError::BuildFailed(
+                "dockerfile parse error line 1: unknown instruction: FOO".into()
+            )
+            .is_transient()
+        );
+        assert!(
+            EngineError::Unreachable {
+                endpoint: "unix:///x".into(),
+                message: "connection refused".into()
+            }
+            .is_transient()
+        );
+        assert!(
+            EngineError::PushFailed {
+                image: "a".into(),
+                message: "Get \"http://127.0.0.1:5999/v2/\": dial tcp 127.0.0.1:5999: connect: connection refused".into()
+            }
+            .is_transient()
+        );
+        assert!(
+            EngineError::PullFailed {
+                image: "a".into(),
+                message: "received unexpected HTTP status: 503 Service Unavailable".into()
+            }
+            .is_transient()
+        );
+        assert!(
+            EngineError::Api {
+                operation: "tag".into(),
+                status: 500,
+                message: "x".into()
+            }
+            .is_transient()
+        );
+        assert!(
+            !EngineError::Api {
+                operation: "tag".into(),
+                status: 409,
+                message: "x".into()
+            }
+            .is_transient()
+        );
+        assert!(
+            !EngineError::Auth {
+                registry: "r".into(),
+                message: "unauthorized".into()
+            }
+            .is_transient()
+        );
+        assert!(!EngineError::Cancelled.is_transient());
+        assert!(!EngineError::NoImage("x".into()).is_transient());
+    }
+
+    #[test]
+    fn secrets_never_reach_messages_or_debug() {
+        let secret = "Sup3r+Secret/Pw?";
+        let cred =
+            Credential::new("127.0.0.1:5001", "kiln", secret).with_identity_token("tok-Secret-123");
+        let leaked = format!("unauthorized: bad password {secret} token tok-Secret-123");
+        let errors = [
+            EngineError::Auth {
+                registry: "127.0.0.1:5001".into(),
+                message: redact(leaked.clone(), Some(&cred)),
+            },
+            EngineError::PushFailed {
+                image: "x".into(),
+                message: redact(leaked.clone(), Some(&cred)),
+            },
+            EngineError::BuildFailed(redact(leaked, Some(&cred))),
+        ];
+        for e in &errors {
+            let text = format!(
+                "{e} {e:?} {cred:?} {:?}",
+                BuildRequest {
+                    pull_auth: Some(&cred),
+                    ..Default::default()
+                }
+            );
+            assert!(
+                !text.contains(secret) && !text.contains("tok-Secret-123"),
+                "{text}"
+            );
+        }
+    }
+}
