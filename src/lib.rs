@@ -5,6 +5,7 @@
 pub mod build;
 pub mod check;
 pub mod config;
+pub mod jobs;
 pub mod model;
 pub mod reconcile;
 pub mod repo;

@@ -2,9 +2,12 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use kiln::build::auth::RegistryAuths;
 use kiln::build::dockerfile::{self, RenderOptions, RevisionInfo};
+use kiln::build::engine::Engine;
 use kiln::check::{self, Format};
 use kiln::config::{Config, ConfigArgs};
+use kiln::jobs::{BuildSettings, Workers};
 use kiln::spec::{self, SpecContext};
 use kiln::store::Store;
 use kiln::sync::Syncer;
@@ -145,8 +148,50 @@ fn open(config: &Config) -> anyhow::Result<Syncer> {
     Ok(Syncer::new(config, store)?)
 }
 
+/// The worker pool, unless builds are off.
+async fn workers(config: &Config, store: &Store) -> anyhow::Result<Option<Workers>> {
+    if config.no_build {
+        return Ok(None);
+    }
+    let engine = Engine::connect(config.docker_host.as_deref()).await?;
+    let auths = match config
+        .docker_config
+        .clone()
+        .or_else(RegistryAuths::default_path)
+    {
+        Some(path) => RegistryAuths::load(&path)?,
+        None => RegistryAuths::empty(),
+    };
+    let ca_bundle = match &config.ca_bundle {
+        Some(path) => Some(
+            std::fs::read(path)
+                .with_context(|| format!("cannot read ca_bundle {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let settings = BuildSettings {
+        registry: config.registry.clone(),
+        auths,
+        pull_secrets: config.pull_secrets.clone(),
+        ca_bundle,
+        max_parallel: config.max_parallel_builds,
+        timeout: config.build_timeout,
+        source_url: config.source_url.clone(),
+    };
+    let workers = Workers::new(store.clone(), engine, settings);
+    let recovered = workers.recover().await?;
+    if recovered > 0 {
+        tracing::warn!(
+            recovered,
+            "re-queued jobs left running by a previous process"
+        );
+    }
+    Ok(Some(workers))
+}
+
 async fn sync(config: Config) -> anyhow::Result<ExitCode> {
     let syncer = open(&config)?;
+    let workers = workers(&config, syncer.store()).await?;
     let outcome = syncer.sync_once().await?;
     println!(
         "synced {}: {} step(s), {} revision(s), {} job(s), {} cancelled",
@@ -156,6 +201,13 @@ async fn sync(config: Config) -> anyhow::Result<ExitCode> {
         outcome.jobs.len(),
         outcome.cancelled
     );
+    if let Some(workers) = workers {
+        let failed = workers.drain().await?;
+        if !failed.is_empty() {
+            println!("{} job(s) failed: {failed:?}", failed.len());
+            return Ok(ExitCode::from(1));
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -176,6 +228,15 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     tracing::info!(listen = %config.listen, repo = %kiln::repo::redact(&config.repo), "kiln serving");
     println!("Kiln dashboard and API: http://{}/", listener.local_addr()?);
 
+    let builder = match workers(&config, syncer.store()).await? {
+        Some(workers) => {
+            let shutdown = shutdown.clone();
+            Some(tokio::spawn(
+                async move { workers.run_forever(shutdown).await },
+            ))
+        }
+        None => None,
+    };
     let poller = {
         let (syncer, shutdown, interval) =
             (Arc::clone(&syncer), shutdown.clone(), config.poll_interval);
@@ -202,6 +263,9 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     kiln::web::serve(listener, state, shutdown.clone()).await?;
     shutdown.cancel();
     let _ = poller.await;
+    if let Some(builder) = builder {
+        let _ = builder.await;
+    }
     signals.abort();
     syncer.store().flush().await?;
     Ok(ExitCode::SUCCESS)

@@ -319,7 +319,7 @@ impl Engine {
         log(format!("pulling {image}"));
         let options = CreateImageOptionsBuilder::default()
             .from_image(repo)
-            .tag(tag)
+            .tag(&tag)
             .build();
         let credentials = auth.map(docker_credentials);
         let mut stream = self.docker.create_image(Some(options), None, credentials);
@@ -1285,12 +1285,13 @@ mod tests {
         );
     }
 
-    /// A JSON payload whose standard base64 holds both `+` and `/`: bytes `>` `?` `~` at
-    /// positions 2 mod 3 give sextets 62/63.
+    /// A JSON payload whose standard base64 holds both `+` and `/`: a `>` (0x3E) or `?`
+    /// (0x3F) as the third byte of a 3-byte group gives sextet 62 (`+`) or 63 (`/`); three of
+    /// each in a row put one at every offset.
     fn awkward_payload() -> String {
         let cred = DockerCredentials {
             username: Some("kiln".into()),
-            password: Some("p>?~>?~>?~".into()),
+            password: Some("p>>>???".into()),
             serveraddress: Some("127.0.0.1:5001".into()),
             ..Default::default()
         };
@@ -1322,16 +1323,20 @@ mod tests {
         assert_eq!(to_base64url(&url), url, "idempotent");
     }
 
+    fn request(uri: &str) -> BollardRequest {
+        let mut req = BollardRequest::new(bollard::body_full(Vec::new().into()));
+        *req.uri_mut() = uri.parse().unwrap();
+        req
+    }
+
     #[test]
     fn request_modifier_rewrites_both_headers() {
         let json = awkward_payload();
         let standard = STANDARD.encode(&json);
-        let req = BollardRequest::builder()
-            .uri("http://localhost/images/create?fromImage=x")
-            .header("X-Registry-Auth", standard.as_str())
-            .header("X-Registry-Config", standard.as_str())
-            .body(bollard::body_full(Vec::new().into()))
-            .unwrap();
+        let mut req = request("http://localhost/images/create?fromImage=x");
+        for name in ["x-registry-auth", "x-registry-config"] {
+            req.headers_mut().insert(name, standard.parse().unwrap());
+        }
         let req = url_safe_registry_headers(req);
         for name in ["X-Registry-Auth", "X-Registry-Config"] {
             let value = req.headers().get(name).unwrap().to_str().unwrap();
@@ -1364,10 +1369,7 @@ mod tests {
             rewrite_uri("http://h/containers/create", "/images/create", "/x"),
             None
         );
-        let req = BollardRequest::builder()
-            .uri(format!("{hex_host}/images/create?fromImage=p"))
-            .body(bollard::body_full(Vec::new().into()))
-            .unwrap();
+        let req = request(&format!("{hex_host}/images/create?fromImage=p"));
         let req = rewrite_path(
             req,
             "/images/create",

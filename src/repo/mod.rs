@@ -41,7 +41,9 @@
 //!
 //! When history was rewritten (`from` is not on `to`'s first-parent history, or is gone), the
 //! intermediate commits cannot be replayed onto what the caller knows; a single
-//! [`StepKind::Rewrite`] step carries the net difference instead.
+//! [`StepKind::Rewrite`] step carries the net difference instead. When `from` is gone there is
+//! nothing to diff against: the step lists every spec file at `to` and is marked
+//! [`Step::snapshot`], so the caller can delete what it knows and the listing lacks.
 //!
 //! # Threads
 //!
@@ -128,6 +130,11 @@ pub struct Step {
     /// The changed spec files, in git path order; at most one change per path. Empty only for
     /// a [`StepKind::Rewrite`] whose net difference touches no spec.
     pub changes: Vec<FileChange>,
+    /// `true` only for a [`StepKind::Rewrite`] whose base commit no longer exists, so it was
+    /// diffed against the empty tree: `changes` then lists every spec file at `commit` (all
+    /// [`FileChange::Upserted`]) and holds no deletions, because what the base held is
+    /// unknown. The caller must treat every spec it knows that is not listed as deleted.
+    pub snapshot: bool,
 }
 
 /// A change to one spec file.
@@ -255,9 +262,10 @@ impl Repo {
     ///
     /// If `from` is not on `to`'s first-parent history (force-push, rebase, reset, or a merge
     /// that has `from` only as a second parent) or no longer exists, the result is exactly one
-    /// [`StepKind::Rewrite`] step holding the net diff from `from`'s tree (an empty tree if
-    /// `from` is gone) to `to`'s tree; it is returned even when that diff is empty, so the
-    /// caller can log the rewrite.
+    /// [`StepKind::Rewrite`] step holding the net diff from `from`'s tree to `to`'s tree; it
+    /// is returned even when that diff is empty, so the caller can log the rewrite. If `from`
+    /// is gone, the diff is taken against an empty tree and the step is a
+    /// [`Step::snapshot`]: specs the caller knows that it does not list are deleted.
     pub fn steps(
         &self,
         from: Option<Oid>,
@@ -409,6 +417,7 @@ impl Repo {
                     kind: StepKind::Commit,
                     commit: commit_info(&commit),
                     changes,
+                    snapshot: false,
                 });
             }
             previous = Some((*oid, new));
@@ -438,6 +447,7 @@ impl Repo {
             kind: StepKind::Rewrite,
             commit: commit_info(to),
             changes,
+            snapshot: from.is_none(),
         })
     }
 
