@@ -340,7 +340,20 @@ impl Workers {
                 Some(credential)
             }
         };
-        log(format!("kiln: preparing base image {}", spec.base_image));
+        // Always refresh the base: the registry checks the credential on every build (a base
+        // cached in the Engine must not let a spec without access use it) and a moved tag is
+        // picked up. A base that only exists locally is used as it is.
+        log(format!("kiln: pulling base image {}", spec.base_image));
+        match self.engine.pull(&spec.base_image, pull_auth, log).await {
+            Ok(()) => {}
+            Err(e @ EngineError::Auth { .. }) => return Err(e.into()),
+            Err(e) if self.engine.image_id(&spec.base_image).await?.is_some() => {
+                log(format!(
+                    "kiln: could not refresh the base image ({e}); using the copy in the Engine"
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
         let base_user = self
             .engine
             .prepare_base(&spec.base_image, pull_auth, log)

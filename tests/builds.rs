@@ -1,0 +1,378 @@
+//! Real builds (DESIGN.md §3–4): `kiln sync` against the real Docker Engine and registries that
+//! `scripts/dev-env.sh` starts, then the outcome checked through Kiln's API, the registry's
+//! HTTP API and the Engine itself. With `CI=true` a missing Engine fails these tests.
+
+mod common;
+
+use common::{GitRepo, Server, kiln};
+use std::path::Path;
+use std::process::Command;
+
+const ENV_DIR: &str = "/var/lib/kiln-env";
+
+/// The Engine must answer; outside CI a missing Engine skips loudly.
+fn engine_available() -> bool {
+    let ok = Command::new("docker")
+        .arg("info")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI=true but no Docker Engine answers: run scripts/dev-env.sh"
+        );
+        eprintln!("SKIPPED: no Docker Engine (run scripts/dev-env.sh up)");
+    }
+    ok
+}
+
+fn docker(args: &[&str]) -> (bool, String) {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker runs");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn registry_auth() -> (String, String) {
+    let text = std::fs::read_to_string(format!("{ENV_DIR}/registry-auth.env"))
+        .expect("dev-env.sh wrote registry-auth.env");
+    let get = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap()
+            .trim_matches('\'')
+            .trim_matches('"')
+            .to_string()
+    };
+    (
+        get("KILN_TEST_REGISTRY_USER"),
+        get("KILN_TEST_REGISTRY_PASSWORD"),
+    )
+}
+
+fn write_config(dir: &Path, extra: &str) -> String {
+    let path = dir.join("kiln.toml");
+    std::fs::write(&path, extra).unwrap();
+    path.display().to_string()
+}
+
+/// `kiln sync` with builds; returns (exit code, stdout+stderr).
+fn sync(config: &str, repo: &Path, data: &Path) -> (i32, String) {
+    let (code, out, err) = kiln(&[
+        "sync",
+        "--config",
+        config,
+        "--repo",
+        &repo.display().to_string(),
+        "--data-dir",
+        &data.display().to_string(),
+    ]);
+    (code, format!("{out}{err}"))
+}
+
+async fn job_of(server: &Server, spec: &str) -> serde_json::Value {
+    server.get(&format!("/api/v1/specs/{spec}/jobs")).await[0].clone()
+}
+
+async fn log_of(server: &Server, job: &serde_json::Value) -> String {
+    reqwest::get(format!("{}/api/v1/jobs/{}/log", server.base, job["id"]))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn apt_and_pip_build_push_label_and_run_and_a_failing_run_fails_alone() {
+    if !engine_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut repo = GitRepo::init(&tmp.path().join("repo"));
+    repo.write("pytools.yaml", "name: pytools\nbaseImage: 127.0.0.1:5000/kiln/bookworm-python:minbase\npackages:\n  apt: [curl, jq]\n  pip: [six==1.16.0]\n");
+    repo.write("broken.yaml", "name: broken\nbaseImage: 127.0.0.1:5000/kiln/bookworm:minbase\npackages:\n  apt: [no-such-package-kiln]\n");
+    let sha = repo.commit("two specs");
+    let config = write_config(
+        tmp.path(),
+        "registry = '127.0.0.1:5000'\nca_bundle = '/etc/ssl/certs/ca-certificates.crt'\n",
+    );
+    let data = tmp.path().join("data");
+    let (code, out) = sync(&config, &repo.dir, &data);
+    assert_eq!(code, 1, "one job fails, so sync exits 1: {out}");
+
+    let server = Server::start(&[
+        "--no-build",
+        "--repo",
+        &repo.dir.display().to_string(),
+        "--data-dir",
+        &data.display().to_string(),
+        "--poll-interval",
+        "3600",
+    ])
+    .await;
+    let job = job_of(&server, "pytools").await;
+    let log = log_of(&server, &job).await;
+    assert_eq!(job["status"], "succeeded", "{job}\n{log}");
+    let tag = format!("r1-{}", &sha[..7]);
+    let image = format!("127.0.0.1:5000/pytools:{tag}");
+    assert_eq!(job["image"], image.as_str());
+    assert!(
+        log.contains("kiln: pushing 127.0.0.1:5000/pytools:"),
+        "{log}"
+    );
+    assert!(log.contains("Successfully installed six-1.16.0"), "{log}");
+
+    // The registry has the tag, with the digest Kiln recorded.
+    let resp = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:5000/v2/pytools/manifests/{tag}"))
+        .header(
+            "Accept",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let digest = resp.headers()["docker-content-digest"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(job["digest"], digest.as_str());
+    let latest = reqwest::Client::new()
+        .head("http://127.0.0.1:5000/v2/pytools/manifests/latest")
+        .header(
+            "Accept",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(latest.status().as_u16(), 200);
+
+    // It runs, and carries the labels.
+    let (ok, out) = docker(&[
+        "run",
+        "--rm",
+        &image,
+        "python3",
+        "-c",
+        "import six; print(six.__version__)",
+    ]);
+    assert!(ok && out.contains("1.16.0"), "{out}");
+    let (ok, out) = docker(&["run", "--rm", &image, "jq", "--version"]);
+    assert!(ok && out.contains("jq-1.6"), "{out}");
+    let (_, labels) = docker(&["inspect", "--format", "{{json .Config.Labels}}", &image]);
+    let labels: serde_json::Value = serde_json::from_str(labels.trim()).unwrap();
+    assert_eq!(labels["org.opencontainers.image.revision"], sha.as_str());
+    assert_eq!(labels["io.kiln.spec"], "pytools");
+    assert_eq!(labels["io.kiln.revision"], "1");
+    assert!(
+        labels["io.kiln.digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+
+    // The failing RUN: failed, the apt error in the log and in `error`.
+    let broken = job_of(&server, "broken").await;
+    let broken_log = log_of(&server, &broken).await;
+    assert_eq!(broken["status"], "failed");
+    assert!(
+        broken["error"]
+            .as_str()
+            .unwrap()
+            .contains("returned a non-zero code"),
+        "{broken}"
+    );
+    assert!(
+        broken_log.contains("Unable to locate package no-such-package-kiln"),
+        "{broken_log}"
+    );
+    server.stop();
+    let _ = docker(&["rmi", "-f", &image, "127.0.0.1:5000/pytools:latest"]);
+}
+
+#[tokio::test]
+async fn pip_without_the_ca_bundle_fails_with_the_tls_error_in_the_log() {
+    if !engine_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut repo = GitRepo::init(&tmp.path().join("repo"));
+    repo.write("noca.yaml", "name: noca\nbaseImage: 127.0.0.1:5000/kiln/bookworm-python:minbase\npackages:\n  pip: [six==1.16.0]\n");
+    repo.commit("pip without CA");
+    let config = write_config(tmp.path(), "");
+    let data = tmp.path().join("data");
+    let (code, out) = sync(&config, &repo.dir, &data);
+    assert_eq!(code, 1, "{out}");
+    let server = Server::start(&[
+        "--no-build",
+        "--repo",
+        &repo.dir.display().to_string(),
+        "--data-dir",
+        &data.display().to_string(),
+        "--poll-interval",
+        "3600",
+    ])
+    .await;
+    let job = job_of(&server, "noca").await;
+    let log = log_of(&server, &job).await;
+    assert_eq!(job["status"], "failed");
+    assert!(log.contains("CERTIFICATE_VERIFY_FAILED"), "{log}");
+    server.stop();
+}
+
+#[tokio::test]
+async fn pull_secret_gives_access_to_the_auth_registry_and_never_leaks() {
+    if !engine_available() {
+        return;
+    }
+    let (user, password) = registry_auth();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut repo = GitRepo::init(&tmp.path().join("repo"));
+    let base = "127.0.0.1:5001/kiln/bookworm:minbase";
+    repo.write(
+        "a-nosecret.yaml",
+        &format!("name: a-nosecret\nbaseImage: {base}\npackages:\n  apt: [jq]\n"),
+    );
+    repo.write(
+        "b-secret.yaml",
+        &format!("name: b-secret\nbaseImage: {base}\npullSecret: corp\npackages:\n  apt: [jq]\n"),
+    );
+    repo.commit("specs on the private base");
+    // One build at a time, and no copy of the base in the Engine: every pull asks the registry.
+    let _ = docker(&["rmi", base]);
+    let good = format!("{ENV_DIR}/docker-config/config.json");
+    let config = write_config(
+        tmp.path(),
+        &format!(
+            "max_parallel_builds = 1\ndocker_config = '{good}'\n[pull_secrets]\ncorp = '127.0.0.1:5001'\n"
+        ),
+    );
+    let data = tmp.path().join("data");
+    let (code, out) = sync(&config, &repo.dir, &data);
+    assert_eq!(code, 1, "{out}");
+
+    // A wrong password for the same secret.
+    let wrong_dir = tmp.path().join("wrong");
+    std::fs::create_dir_all(&wrong_dir).unwrap();
+    let wrong_auth = base64_encode(&format!("{user}:not-the-password"));
+    std::fs::write(
+        wrong_dir.join("config.json"),
+        format!("{{\"auths\":{{\"127.0.0.1:5001\":{{\"auth\":\"{wrong_auth}\"}}}}}}"),
+    )
+    .unwrap();
+    let mut repo2 = GitRepo::init(&tmp.path().join("repo2"));
+    repo2.write(
+        "c-wrong.yaml",
+        &format!("name: c-wrong\nbaseImage: {base}\npullSecret: corp\npackages:\n  apt: [jq]\n"),
+    );
+    repo2.commit("wrong credential");
+    let _ = docker(&["rmi", base]);
+    let config2 = tmp.path().join("kiln2.toml");
+    std::fs::write(
+        &config2,
+        format!(
+            "docker_config = '{}'\n[pull_secrets]\ncorp = '127.0.0.1:5001'\n",
+            wrong_dir.join("config.json").display()
+        ),
+    )
+    .unwrap();
+    let data2 = tmp.path().join("data2");
+    let (code, out) = sync(&config2.display().to_string(), &repo2.dir, &data2);
+    assert_eq!(code, 1, "{out}");
+
+    let server = Server::start(&[
+        "--no-build",
+        "--repo",
+        &repo.dir.display().to_string(),
+        "--data-dir",
+        &data.display().to_string(),
+        "--poll-interval",
+        "3600",
+    ])
+    .await;
+    let none = job_of(&server, "a-nosecret").await;
+    assert_eq!(none["status"], "failed");
+    let message = none["error"].as_str().unwrap().to_lowercase();
+    assert!(
+        message.contains("refused access")
+            || message.contains("no basic auth")
+            || message.contains("unauthorized"),
+        "{none}"
+    );
+    let secret = job_of(&server, "b-secret").await;
+    assert_eq!(
+        secret["status"],
+        "succeeded",
+        "{}",
+        log_of(&server, &secret).await
+    );
+    let mut api_text = server.get("/api/v1/specs").await.to_string();
+    for j in [&none, &secret] {
+        api_text.push_str(&log_of(&server, j).await);
+        api_text.push_str(
+            &server
+                .get(&format!("/api/v1/jobs/{}", j["id"]))
+                .await
+                .to_string(),
+        );
+    }
+    server.stop();
+    let server2 = Server::start(&[
+        "--no-build",
+        "--repo",
+        &repo2.dir.display().to_string(),
+        "--data-dir",
+        &data2.display().to_string(),
+        "--poll-interval",
+        "3600",
+    ])
+    .await;
+    let wrong = job_of(&server2, "c-wrong").await;
+    assert_eq!(wrong["status"], "failed");
+    assert!(
+        wrong["error"].as_str().unwrap().contains("refused access"),
+        "{wrong}"
+    );
+    api_text.push_str(&log_of(&server2, &wrong).await);
+    server2.stop();
+
+    // The password is nowhere: not in the API output, logs, or any byte of the data dirs.
+    assert!(
+        !api_text.contains(&password),
+        "password leaked into the API"
+    );
+    for dir in [&data, &data2] {
+        for entry in walkdir::WalkDir::new(dir)
+            .into_iter()
+            .flatten()
+            .filter(|e| e.file_type().is_file())
+        {
+            let bytes = std::fs::read(entry.path()).unwrap();
+            assert!(
+                !bytes
+                    .windows(password.len())
+                    .any(|w| w == password.as_bytes()),
+                "password found in {}",
+                entry.path().display()
+            );
+        }
+    }
+    let _ = docker(&["rmi", "-f", "kiln/b-secret:latest"]);
+}
+
+fn base64_encode(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
