@@ -166,6 +166,20 @@ fn observe(
                 .or_default()
                 .insert(change.path().to_string(), bytes);
         }
+        if step.snapshot {
+            // The step lists what exists now, not what was deleted: every other known spec is gone.
+            for record in store.specs() {
+                let record = record?;
+                if !record.deleted {
+                    touched.entry(record.name).or_default();
+                }
+            }
+            for (name, set) in &paths {
+                if !set.is_empty() {
+                    touched.entry(name.clone()).or_default();
+                }
+            }
+        }
         let commit_id = Oid::from_str(&step.commit.sha).ok();
         let mut specs = Vec::with_capacity(touched.len());
         for (name, changes) in touched {
@@ -175,6 +189,9 @@ fn observe(
                     .entry(name.clone())
                     .or_insert(store.paths_of(&name)?.into_iter().collect()),
             };
+            if step.snapshot {
+                known.retain(|path| changes.contains_key(path));
+            }
             for (path, bytes) in &changes {
                 match bytes {
                     Some(_) => known.insert(path.clone()),
