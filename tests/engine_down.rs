@@ -1,0 +1,150 @@
+//! The Engine stops while Kiln serves: jobs fail with a clear "Docker Engine unreachable at …",
+//! the API keeps answering, and once the Engine is back the next commit builds. This stops the
+//! real `dockerd` started by `scripts/dev-env.sh`, so it lives in its own test binary (cargo
+//! runs test binaries one after another) and a guard restarts the Engine whatever happens.
+
+mod common;
+
+use common::{GitRepo, Server, spec};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn engine_answers() -> bool {
+    Command::new("docker")
+        .arg("info")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Restarts the Engine when dropped, so a failing assertion never leaves it down.
+struct RestartEngine;
+
+impl RestartEngine {
+    fn up() {
+        let root = env!("CARGO_MANIFEST_DIR");
+        let status = Command::new("bash")
+            .arg(format!("{root}/scripts/dev-env.sh"))
+            .arg("up")
+            .status()
+            .expect("dev-env.sh runs");
+        assert!(status.success(), "scripts/dev-env.sh up failed");
+    }
+}
+
+impl Drop for RestartEngine {
+    fn drop(&mut self) {
+        if !engine_answers() {
+            RestartEngine::up();
+        }
+    }
+}
+
+fn stop_engine() {
+    let pid = std::fs::read_to_string("/var/lib/kiln-env/run/dockerd.pid")
+        .expect("dockerd was started by scripts/dev-env.sh");
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.trim())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Wait for the process itself to exit, not only the API: a new dockerd cannot start
+    // while the old one still holds its pid file and data root.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while engine_answers()
+        || Command::new("kill")
+            .arg("-0")
+            .arg(pid.trim())
+            .output()
+            .is_ok_and(|o| o.status.success())
+    {
+        assert!(Instant::now() < deadline, "dockerd did not stop");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+async fn wait_for_job(
+    server: &Server,
+    spec: &str,
+    revision: u64,
+    wanted: &[&str],
+    limit: Duration,
+) -> serde_json::Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let url = format!("{}/api/v1/specs/{spec}/jobs", server.base);
+        let jobs: serde_json::Value = match reqwest::get(&url).await {
+            Ok(resp) if resp.status().is_success() => resp.json().await.unwrap_or_default(),
+            _ => serde_json::Value::Null,
+        };
+        if let Some(job) = jobs
+            .as_array()
+            .and_then(|a| a.iter().find(|j| j["revision"] == revision))
+            && wanted.contains(&job["status"].as_str().unwrap_or(""))
+        {
+            return job.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job r{revision} of {spec} did not reach {wanted:?}: {jobs}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test]
+async fn engine_down_fails_jobs_clearly_and_recovery_builds_the_next_commit() {
+    if !engine_answers() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI=true but no Docker Engine answers: run scripts/dev-env.sh"
+        );
+        eprintln!("SKIPPED: no Docker Engine (run scripts/dev-env.sh up)");
+        return;
+    }
+    let _guard = RestartEngine;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut repo = GitRepo::init(&tmp.path().join("repo"));
+    repo.write("README.md", "images\n");
+    repo.commit("empty");
+    let data = tmp.path().join("data");
+    let server = Server::start(&[
+        "--repo",
+        &repo.dir.display().to_string(),
+        "--data-dir",
+        &data.display().to_string(),
+        "--poll-interval",
+        "1",
+    ])
+    .await;
+
+    stop_engine();
+    repo.write("down.yaml", &spec("down", &["jq"]));
+    repo.commit("a spec while the Engine is down");
+    let job = wait_for_job(&server, "down", 1, &["failed"], Duration::from_secs(60)).await;
+    let error = job["error"].as_str().unwrap();
+    assert!(error.contains("Docker Engine unreachable at"), "{job}");
+    assert_eq!(
+        server.get("/healthz").await["status"],
+        "ok",
+        "serving continues"
+    );
+
+    RestartEngine::up();
+    repo.write("down.yaml", &spec("down", &["jq", "less"]));
+    repo.commit("the next commit, Engine back");
+    let job = wait_for_job(
+        &server,
+        "down",
+        2,
+        &["succeeded", "failed"],
+        Duration::from_secs(300),
+    )
+    .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    server.stop();
+    let _ = Command::new("docker")
+        .args(["rmi", "-f", "kiln/down:latest"])
+        .output();
+}
