@@ -217,6 +217,7 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let shutdown = CancellationToken::new();
+    let sync_trigger = Arc::new(tokio::sync::Notify::new());
     let state = AppState {
         store: syncer.store().clone(),
         inner: Arc::new(AppInfo {
@@ -224,10 +225,14 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
             branch: config.branch.clone(),
             no_build: config.no_build,
         }),
+        sync_trigger: Arc::clone(&sync_trigger),
+        counters: Arc::default(),
+        shutdown: shutdown.clone(),
     };
     tracing::info!(listen = %config.listen, repo = %kiln::repo::redact(&config.repo), "kiln serving");
     println!("Kiln dashboard and API: http://{}/", listener.local_addr()?);
 
+    // Builds stop taking jobs on `shutdown`; running ones get the grace period.
     let builder = match workers(&config, syncer.store()).await? {
         Some(workers) => {
             let shutdown = shutdown.clone();
@@ -237,21 +242,12 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let poller = {
-        let (syncer, shutdown, interval) =
-            (Arc::clone(&syncer), shutdown.clone(), config.poll_interval);
-        tokio::spawn(async move {
-            loop {
-                if let Err(e) = syncer.sync_once().await {
-                    tracing::error!(error = %e, "sync failed; keeping the last state");
-                }
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(interval) => {}
-                }
-            }
-        })
-    };
+    let poller = tokio::spawn(poll_loop(
+        Arc::clone(&syncer),
+        config.poll_interval,
+        sync_trigger,
+        shutdown.clone(),
+    ));
     let signals = {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
@@ -269,6 +265,25 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     signals.abort();
     syncer.store().flush().await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Look at the repository every `interval`, and at once when triggered.
+async fn poll_loop(
+    syncer: Arc<Syncer>,
+    interval: std::time::Duration,
+    trigger: Arc<tokio::sync::Notify>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        if let Err(e) = syncer.sync_once().await {
+            tracing::error!(error = %e, "sync failed; keeping the last state");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(interval) => {}
+            _ = trigger.notified() => {}
+        }
+    }
 }
 
 async fn wait_for_signal() {

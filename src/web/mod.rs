@@ -9,6 +9,8 @@ mod api;
 use crate::store::Store;
 use axum::Router;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// What handlers share.
@@ -16,6 +18,19 @@ use tokio_util::sync::CancellationToken;
 pub struct AppState {
     pub store: Store,
     pub inner: Arc<AppInfo>,
+    /// Ask the sync loop to look at the repository now (webhooks, the watcher). Many requests
+    /// while one look is pending coalesce into that one look.
+    pub sync_trigger: Arc<Notify>,
+    pub counters: Arc<Counters>,
+    /// Cancelled on shutdown: long-lived responses (SSE) end on it.
+    pub shutdown: CancellationToken,
+}
+
+/// Process-wide counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub webhooks_accepted: AtomicU64,
+    pub webhooks_rejected: AtomicU64,
 }
 
 /// Static facts about this Kiln process.
