@@ -3,7 +3,9 @@
 //!
 //! The file never holds secrets: registry credentials live in a docker `config.json`
 //! (`docker_config`), and `pull_secrets` only maps credential names used by specs to the
-//! registry entries in that file.
+//! registry entries in that file. Webhook secrets likewise: the config holds only the *paths*
+//! of secret files (`webhook_secret_file`, per provider `[webhook_secret_files]`); the secret
+//! itself is read from that file, or from `KILN_WEBHOOK_SECRET`, by `web::hooks` at start-up.
 
 use clap::Args;
 use serde::Deserialize;
@@ -55,6 +57,12 @@ pub struct ConfigArgs {
     /// Seconds between looks at the repository [default: 60].
     #[arg(long, env = "KILN_POLL_INTERVAL")]
     pub poll_interval: Option<u64>,
+    /// Do not watch a local repository's refs with inotify & co.; poll only.
+    #[arg(long, env = "KILN_NO_WATCH")]
+    pub no_watch: bool,
+    /// File holding the webhook secret (for every provider without its own).
+    #[arg(long, env = "KILN_WEBHOOK_SECRET_FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
 }
 
 /// The file layer. Unknown keys are errors, so a typo never silently falls back to a default.
@@ -76,8 +84,15 @@ struct ConfigFile {
     ca_bundle: Option<PathBuf>,
     max_parallel_builds: Option<usize>,
     build_timeout: Option<u64>,
+    max_attempts: Option<u32>,
+    retry_backoff: Option<u64>,
+    shutdown_grace: Option<u64>,
     source_url: Option<String>,
     commit_url: Option<String>,
+    watch: Option<bool>,
+    webhook_secret_file: Option<PathBuf>,
+    #[serde(default)]
+    webhook_secret_files: BTreeMap<String, PathBuf>,
 }
 
 /// Everything a Kiln process needs to know, resolved.
@@ -100,10 +115,22 @@ pub struct Config {
     pub ca_bundle: Option<PathBuf>,
     pub max_parallel_builds: usize,
     pub build_timeout: Duration,
+    /// Attempts per job when the Engine or registry fails transiently.
+    pub max_attempts: u32,
+    /// First retry delay, doubled per attempt.
+    pub retry_backoff: Duration,
+    /// How long running builds may finish after SIGTERM before they are stopped and re-queued.
+    pub shutdown_grace: Duration,
     /// Repository URL written into image labels.
     pub source_url: String,
     /// Link template for commits on the dashboard, `{sha}` replaced.
     pub commit_url: Option<String>,
+    /// Watch a local repository's refs for changes (polling stays as a safety net).
+    pub watch: bool,
+    /// File with the webhook secret shared by every provider (`KILN_WEBHOOK_SECRET` beats it).
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Per-provider secret files (`github`, `gitlab`, `gitea`, `generic`), beating the shared one.
+    pub webhook_secret_files: BTreeMap<String, PathBuf>,
 }
 
 impl Config {
@@ -175,7 +202,16 @@ impl Config {
             ca_bundle: file.ca_bundle,
             max_parallel_builds: file.max_parallel_builds.unwrap_or(2).max(1),
             build_timeout: Duration::from_secs(file.build_timeout.unwrap_or(3600)),
+            max_attempts: file.max_attempts.unwrap_or(3).max(1),
+            retry_backoff: Duration::from_secs(file.retry_backoff.unwrap_or(2)),
+            shutdown_grace: Duration::from_secs(file.shutdown_grace.unwrap_or(30)),
             commit_url: file.commit_url,
+            watch: !args.no_watch && file.watch.unwrap_or(true),
+            webhook_secret_file: args
+                .webhook_secret_file
+                .clone()
+                .or(file.webhook_secret_file),
+            webhook_secret_files: file.webhook_secret_files,
         })
     }
 }

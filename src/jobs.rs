@@ -3,21 +3,35 @@
 //!
 //! This is where the store (what to do) meets the Engine (how): the Engine layer knows nothing
 //! of jobs, the store knows nothing of Docker. A job runs as: mark `running` → resolve the
-//! base image's credential (`pullSecret`) and user → render the final Dockerfile → build
-//! (or, for a re-use, retag the earlier image) → push every tag → `succeeded` / `reused` /
-//! `failed`. Log lines stream through a channel to one writer task that appends them to the
-//! store in batches with timestamps, so the Engine's stream never waits on disk.
+//! base image's credential (`pullSecret`), refresh the base and read its user → render the
+//! final Dockerfile → build (or, for a re-use, retag the earlier image) → push every tag →
+//! list what is inside → `succeeded` / `reused` / `failed`. Log lines stream through a channel
+//! to one writer task that appends them to the store in batches with timestamps, so the
+//! Engine's stream never waits on disk.
 //!
-//! A job that the store marks `cancelled` while it runs (superseded by a newer revision) has
-//! its token cancelled: the Engine request is dropped, the build stops, nothing is pushed.
+//! What makes it trustworthy:
+//!
+//! * **Newest wins.** A job the store marks `cancelled` while it runs (superseded, spec
+//!   deleted) has its token cancelled: the Engine request is dropped, the build stops, nothing
+//!   more is pushed. The store never lets a worker overwrite a cancellation.
+//! * **Nothing twice.** Tags already pushed are recorded on the job (`pushed`) and skipped by a
+//!   retry or after a restart; an image already built for the job's tag is not rebuilt.
+//! * **Transient failures retry.** An unreachable Engine or registry, a 5xx, a broken
+//!   connection: retried with exponential backoff up to `max_attempts`, each attempt logged. A
+//!   failing `RUN` is not transient and fails at once.
+//! * **Bounded.** A per-job timeout stops the build ("timed out after …"); on shutdown running
+//!   builds get a grace period, then are stopped and re-queued for the next start.
 
 use crate::build::auth::{Credential, RegistryAuths, registry_of};
 use crate::build::dockerfile::{self, RenderOptions, RevisionInfo};
 use crate::build::engine::{BuildRequest, Engine, EngineError};
-use crate::model::{Job, JobId, JobPlan, JobStatus, now, rfc3339};
+use crate::model::{
+    InstalledPackage, InstalledPackages, Job, JobId, JobPlan, JobStatus, now, rfc3339,
+};
 use crate::spec::{self, SpecContext};
 use crate::store::{LogLine, Store, StoreError, StoreEvent};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use thiserror::Error;
@@ -32,10 +46,18 @@ pub enum JobError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Setup(String),
+    #[error("timed out after {0}")]
+    TimedOut(String),
+}
+
+impl JobError {
+    fn is_transient(&self) -> bool {
+        matches!(self, JobError::Engine(e) if e.is_transient())
+    }
 }
 
 /// What the workers need besides the store and the Engine.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct BuildSettings {
     /// Registry to push to (`127.0.0.1:5000`); `None`: images stay in the local Engine.
     pub registry: Option<String>,
@@ -47,12 +69,35 @@ pub struct BuildSettings {
     pub ca_bundle: Option<Vec<u8>>,
     pub max_parallel: usize,
     pub timeout: Duration,
+    /// Attempts per job for transient failures.
+    pub max_attempts: u32,
+    /// First retry delay; doubled per attempt.
+    pub retry_backoff: Duration,
+    /// How long running builds may go on after a shutdown request.
+    pub shutdown_grace: Duration,
     /// Repository URL for the source label.
     pub source_url: String,
 }
 
+impl Default for BuildSettings {
+    fn default() -> Self {
+        BuildSettings {
+            registry: None,
+            auths: RegistryAuths::empty(),
+            pull_secrets: BTreeMap::new(),
+            ca_bundle: None,
+            max_parallel: 2,
+            timeout: Duration::from_secs(3600),
+            max_attempts: 3,
+            retry_backoff: Duration::from_secs(2),
+            shutdown_grace: Duration::from_secs(30),
+            source_url: String::new(),
+        }
+    }
+}
+
 impl BuildSettings {
-    /// `registry/name:rN-sha7`, or `kiln/name:rN-sha7` without a registry.
+    /// `registry/name`, or `kiln/name` without a registry.
     pub fn image_repo(&self, spec: &str) -> String {
         match &self.registry {
             Some(registry) => format!("{}/{spec}", registry.trim_end_matches('/')),
@@ -60,7 +105,8 @@ impl BuildSettings {
         }
     }
 
-    fn tags(&self, job: &Job) -> Vec<String> {
+    /// `repo:rN-sha7` and `repo:latest`.
+    pub fn tags(&self, job: &Job) -> Vec<String> {
         let repo = self.image_repo(&job.spec);
         let sha7 = job.commit.get(..7).unwrap_or(&job.commit);
         vec![
@@ -74,6 +120,12 @@ impl BuildSettings {
     }
 }
 
+/// How one attempt ended.
+enum Attempt {
+    Done(JobStatus),
+    Failed(JobError),
+}
+
 /// The worker pool.
 #[derive(Clone)]
 pub struct Workers {
@@ -81,6 +133,8 @@ pub struct Workers {
     engine: Engine,
     settings: Arc<BuildSettings>,
     running: Arc<Mutex<HashMap<JobId, (String, CancellationToken)>>>,
+    /// Set on shutdown: stopped builds go back to the queue instead of failing.
+    stopping: Arc<AtomicBool>,
 }
 
 impl Workers {
@@ -90,47 +144,26 @@ impl Workers {
             engine,
             settings: Arc::new(settings),
             running: Arc::new(Mutex::new(HashMap::new())),
+            stopping: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    /// Jobs a dead process left `running` go back to the queue, with a log line saying why.
-    pub async fn recover(&self) -> Result<usize, JobError> {
-        let mut recovered = 0;
-        for mut job in self.store.active_jobs()? {
-            if job.status == JobStatus::Running {
-                job.status = JobStatus::Queued;
-                job.updated_at = now();
-                self.store.update_job(&job).await?;
-                let line = format!(
-                    "kiln: the process running attempt {} stopped before the job finished; re-queued",
-                    job.attempts
-                );
-                self.store
-                    .append_log(
-                        job.id,
-                        &[LogLine {
-                            at_ms: now_ms(),
-                            text: line,
-                        }],
-                    )
-                    .await?;
-                recovered += 1;
-            }
-        }
-        Ok(recovered)
+    fn running_count(&self) -> usize {
+        self.running.lock().map(|r| r.len()).unwrap_or(0)
     }
 
-    /// Start every queued job that may start now (pool size, one running job per spec).
-    /// Returns the handles of the jobs started.
-    fn start_ready(&self) -> Result<Vec<tokio::task::JoinHandle<()>>, JobError> {
-        let mut handles = Vec::new();
+    /// Start every queued job that may start now: oldest first, at most `max_parallel` at a
+    /// time, at most one per spec.
+    fn start_ready(&self) -> Result<(), JobError> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         let queued = self.store.active_jobs()?;
         let mut running = self
             .running
             .lock()
             .map_err(|_| JobError::Setup("worker state poisoned".into()))?;
-        let busy: HashSet<String> = running.values().map(|(spec, _)| spec.clone()).collect();
-        let mut busy = busy;
+        let mut busy: HashSet<String> = running.values().map(|(spec, _)| spec.clone()).collect();
         for job in queued.into_iter().filter(|j| j.status == JobStatus::Queued) {
             if running.len() >= self.settings.max_parallel.max(1) {
                 break;
@@ -142,7 +175,7 @@ impl Workers {
             running.insert(job.id, (job.spec.clone(), token.clone()));
             busy.insert(job.spec.clone());
             let me = self.clone();
-            handles.push(tokio::spawn(async move {
+            tokio::spawn(async move {
                 let id = job.id;
                 if let Err(e) = me.run(job, token).await {
                     tracing::error!(job = id, error = %e, "job bookkeeping failed");
@@ -150,13 +183,13 @@ impl Workers {
                 if let Ok(mut running) = me.running.lock() {
                     running.remove(&id);
                 }
-            }));
+            });
         }
-        Ok(handles)
+        Ok(())
     }
 
-    /// Cancel running jobs the store no longer wants (superseded, spec deleted).
-    fn cancel_unwanted(&self, job: JobId) {
+    /// Stop a running job the store no longer wants (superseded, spec deleted).
+    fn cancel_running(&self, job: JobId) {
         if let Ok(running) = self.running.lock()
             && let Some((_, token)) = running.get(&job)
         {
@@ -164,36 +197,35 @@ impl Workers {
         }
     }
 
-    /// Run until nothing is queued or running (`kiln sync`). Returns the ids of failed jobs.
+    /// Run until nothing is queued or running (`kiln sync`). Returns the ids of failed jobs
+    /// among those this call ran.
     pub async fn drain(&self) -> Result<Vec<JobId>, JobError> {
         let mut events = self.store.subscribe();
-        let mut started: Vec<JobId> = Vec::new();
+        let mut seen: HashSet<JobId> = HashSet::new();
         loop {
-            for handle in self.start_ready()? {
-                drop(handle);
+            self.start_ready()?;
+            if let Ok(running) = self.running.lock() {
+                seen.extend(running.keys().copied());
             }
-            let (running_now, ids): (usize, Vec<JobId>) = match self.running.lock() {
-                Ok(r) => (r.len(), r.keys().copied().collect()),
-                Err(_) => return Err(JobError::Setup("worker state poisoned".into())),
-            };
-            started.extend(ids);
-            if running_now == 0 {
+            if self.running_count() == 0
+                && !self
+                    .store
+                    .active_jobs()?
+                    .iter()
+                    .any(|j| j.status == JobStatus::Queued)
+            {
                 break;
             }
-            if let Ok(StoreEvent::Job {
+            if let Ok(Ok(StoreEvent::Job {
                 job,
                 status: JobStatus::Cancelled,
-            }) = tokio::time::timeout(Duration::from_millis(200), events.recv())
-                .await
-                .unwrap_or(Ok(StoreEvent::Synced))
+            })) = tokio::time::timeout(Duration::from_millis(200), events.recv()).await
             {
-                self.cancel_unwanted(job);
+                self.cancel_running(job);
             }
         }
-        started.sort_unstable();
-        started.dedup();
         let mut failed = Vec::new();
-        for id in started {
+        for id in seen {
             if self
                 .store
                 .job(id)?
@@ -202,10 +234,12 @@ impl Workers {
                 failed.push(id);
             }
         }
+        failed.sort_unstable();
         Ok(failed)
     }
 
-    /// Run forever: start jobs when they are queued, stop the ones cancelled meanwhile.
+    /// Run until `shutdown`: start jobs as they are queued, stop the ones cancelled meanwhile.
+    /// On shutdown, running builds get the grace period, then are stopped and re-queued.
     pub async fn run_forever(&self, shutdown: CancellationToken) {
         let mut events = self.store.subscribe();
         loop {
@@ -214,78 +248,123 @@ impl Workers {
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                event = events.recv() => match event {
-                    Ok(StoreEvent::Job { job, status: JobStatus::Cancelled }) => self.cancel_unwanted(job),
-                    Ok(_) => {}
-                    Err(_) => {}
-                },
-                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                event = events.recv() => {
+                    if let Ok(StoreEvent::Job { job, status: JobStatus::Cancelled }) = event {
+                        self.cancel_running(job);
+                    }
+                }
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
+        }
+        self.stopping.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + self.settings.shutdown_grace;
+        if self.running_count() > 0 {
+            tracing::info!(running = self.running_count(), grace = ?self.settings.shutdown_grace, "waiting for running builds");
+        }
+        while self.running_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         if let Ok(running) = self.running.lock() {
             for (_, token) in running.values() {
                 token.cancel();
             }
         }
+        // The stopped jobs record themselves as re-queued; wait for that bookkeeping.
+        let bookkeeping = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.running_count() > 0 && tokio::time::Instant::now() < bookkeeping {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn run(&self, mut job: Job, cancel: CancellationToken) -> Result<(), JobError> {
-        job.status = JobStatus::Running;
-        job.attempts += 1;
-        job.started_at = Some(now());
-        job.updated_at = now();
-        job.error = None;
-        self.store.update_job(&job).await?;
-
         let (tx, rx) = mpsc::unbounded_channel::<String>();
         let writer = tokio::spawn(write_log(self.store.clone(), job.id, rx));
         let mut log = move |line: String| {
             let _ = tx.send(line);
         };
-        log(format!(
-            "kiln: job {} attempt {}: spec {} r{} at {}",
-            job.id, job.attempts, job.spec, job.revision, job.commit
-        ));
 
-        let outcome = tokio::time::timeout(
-            self.settings.timeout,
-            self.produce(&mut job, &mut log, &cancel),
-        )
-        .await;
-        let outcome = match outcome {
-            Ok(result) => result,
-            Err(_) => {
-                cancel.cancel();
-                Err(JobError::Setup(format!(
-                    "timed out after {}",
-                    humanize(self.settings.timeout)
-                )))
+        let outcome = loop {
+            job.status = JobStatus::Running;
+            job.attempts += 1;
+            job.started_at = Some(now());
+            job.updated_at = now();
+            job.error = None;
+            job = self.store.update_job(&job).await?;
+            if job.status == JobStatus::Cancelled {
+                break Attempt::Failed(JobError::Engine(EngineError::Cancelled));
+            }
+            log(format!(
+                "kiln: job {} attempt {}/{}: spec {} r{} at {} ({})",
+                job.id,
+                job.attempts,
+                self.settings.max_attempts,
+                job.spec,
+                job.revision,
+                job.commit,
+                match job.plan {
+                    JobPlan::Build => "build".to_string(),
+                    JobPlan::Reuse { from } => format!("re-use of job {from}"),
+                }
+            ));
+            let attempt = tokio::time::timeout(
+                self.settings.timeout,
+                self.produce(&mut job, &mut log, &cancel),
+            )
+            .await;
+            let attempt = match attempt {
+                Ok(Ok(status)) => Attempt::Done(status),
+                Ok(Err(e)) => Attempt::Failed(e),
+                Err(_) => Attempt::Failed(JobError::TimedOut(humanize(self.settings.timeout))),
+            };
+            match attempt {
+                Attempt::Failed(e)
+                    if e.is_transient()
+                        && job.attempts < self.settings.max_attempts
+                        && !cancel.is_cancelled() =>
+                {
+                    let delay = self.settings.retry_backoff
+                        * 2u32.saturating_pow(job.attempts.saturating_sub(1));
+                    log(format!(
+                        "kiln: attempt {} failed ({e}); retrying in {}",
+                        job.attempts,
+                        humanize(delay)
+                    ));
+                    tokio::select! {
+                        _ = cancel.cancelled() => break Attempt::Failed(JobError::Engine(EngineError::Cancelled)),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+                other => break other,
             }
         };
+
         // The store may have cancelled the job meanwhile; that verdict stands.
-        let stored = self.store.job(job.id)?;
-        let cancelled_reason = stored
-            .as_ref()
+        let cancelled_reason = self
+            .store
+            .job(job.id)?
             .filter(|j| j.status == JobStatus::Cancelled)
-            .and_then(|j| j.error.clone());
+            .and_then(|j| j.error);
         match (outcome, cancelled_reason) {
             (_, Some(reason)) => {
                 log(format!("kiln: cancelled: {reason}"));
                 job.status = JobStatus::Cancelled;
                 job.error = Some(reason);
             }
-            (Ok(status), None) => {
+            (Attempt::Failed(JobError::Engine(EngineError::Cancelled)), None)
+                if self.stopping.load(Ordering::SeqCst) =>
+            {
+                log("kiln: stopped by a shutdown of Kiln; re-queued for the next start".into());
+                job.status = JobStatus::Queued;
+            }
+            (Attempt::Done(status), None) => {
                 log(format!(
                     "kiln: {status}: {}",
                     job.image.as_deref().unwrap_or("")
                 ));
                 job.status = status;
             }
-            (Err(e), None) => {
-                let message = match &e {
-                    JobError::Engine(EngineError::Cancelled) => "cancelled".to_string(),
-                    other => other.to_string(),
-                };
+            (Attempt::Failed(e), None) => {
+                let message = e.to_string();
                 log(format!("kiln: failed: {message}"));
                 job.status = JobStatus::Failed;
                 job.error = Some(message);
@@ -293,13 +372,15 @@ impl Workers {
         }
         drop(log);
         let _ = writer.await;
-        job.finished_at = Some(now());
+        if job.status.is_final() {
+            job.finished_at = Some(now());
+        }
         job.updated_at = now();
         self.store.update_job(&job).await?;
         Ok(())
     }
 
-    /// Build or re-use, then push. Returns the final status.
+    /// Build or re-use, then push and look inside. Returns the final status.
     async fn produce(
         &self,
         job: &mut Job,
@@ -312,6 +393,33 @@ impl Workers {
         {
             return Ok(status);
         }
+        // An earlier attempt (or a process that was killed) may have built the image already.
+        if job.attempts > 1
+            && job.image.as_deref() == Some(tags[0].as_str())
+            && let Some(id) = self.engine.image_id(&tags[0]).await?
+        {
+            log(format!(
+                "kiln: {} was built by an earlier attempt ({id}); not building again",
+                tags[0]
+            ));
+            for tag in &tags[1..] {
+                self.engine.tag(&tags[0], tag).await?;
+            }
+        } else {
+            self.build(job, &tags, log, cancel).await?;
+        }
+        self.push_all(job, &tags, log, cancel).await?;
+        self.record_installed(job, &tags[0], log).await;
+        Ok(JobStatus::Succeeded)
+    }
+
+    async fn build(
+        &self,
+        job: &mut Job,
+        tags: &[String],
+        log: &mut (dyn FnMut(String) + Send),
+        cancel: &CancellationToken,
+    ) -> Result<(), JobError> {
         let revision = self
             .store
             .revision(&job.spec, job.revision)?
@@ -329,14 +437,17 @@ impl Workers {
         let spec = parsed
             .spec
             .ok_or_else(|| JobError::Setup("the revision is not a valid spec".into()))?;
-
         let pull_auth = match &spec.pull_secret {
             None => None,
             Some(name) => {
                 let host = self.settings.pull_secrets.get(name).ok_or_else(|| {
                     JobError::Setup(format!("pull secret `{name}` is not configured in Kiln"))
                 })?;
-                let credential = self.settings.auths.for_registry(host).ok_or_else(|| JobError::Setup(format!("pull secret `{name}`: the docker config has no credential for registry {host}")))?;
+                let credential = self
+                    .settings
+                    .auths
+                    .for_registry(host)
+                    .ok_or_else(|| JobError::Setup(format!("pull secret `{name}`: the docker config has no credential for registry {host}")))?;
                 Some(credential)
             }
         };
@@ -347,6 +458,7 @@ impl Workers {
         match self.engine.pull(&spec.base_image, pull_auth, log).await {
             Ok(()) => {}
             Err(e @ EngineError::Auth { .. }) => return Err(e.into()),
+            Err(e @ EngineError::Unreachable { .. }) => return Err(e.into()),
             Err(e) if self.engine.image_id(&spec.base_image).await?.is_some() => {
                 log(format!(
                     "kiln: could not refresh the base image ({e}); using the copy in the Engine"
@@ -370,25 +482,26 @@ impl Workers {
             ca_bundle: self.settings.ca_bundle.is_some(),
         };
         job.dockerfile = dockerfile::render(&spec, &info, &options);
-        self.store.update_job(job).await?;
+        *job = self.store.update_job(job).await?;
 
         log(format!("kiln: building {}", tags[0]));
         let request = BuildRequest {
             dockerfile: &job.dockerfile,
             ca_bundle: self.settings.ca_bundle.as_deref(),
-            tags: &tags,
+            tags,
             pull_auth,
             network: None,
         };
         let built = self.engine.build(&request, log, cancel).await?;
         log(format!("kiln: built image {}", built.image_id));
         job.image = Some(tags[0].clone());
-        job.image_digest = Some(built.image_id.clone());
-        self.push_all(job, &tags, log, cancel).await?;
-        Ok(JobStatus::Succeeded)
+        job.image_digest = Some(built.image_id);
+        *job = self.store.update_job(job).await?;
+        Ok(())
     }
 
-    /// Retag the image of job `from`; `None` when it vanished (then a real build follows).
+    /// Retag the image of job `from`; `None` when it vanished from the Engine and the registry
+    /// (then a real build follows).
     async fn reuse(
         &self,
         job: &mut Job,
@@ -397,20 +510,35 @@ impl Workers {
         log: &mut (dyn FnMut(String) + Send),
         cancel: &CancellationToken,
     ) -> Result<Option<JobStatus>, JobError> {
-        let source = self.store.job(from)?.and_then(|j| j.image);
-        let present = match &source {
-            Some(image) => self.engine.image_id(image).await?.is_some(),
-            None => false,
-        };
-        let Some(source) = source.filter(|_| present) else {
+        let Some(from_job) = self.store.job(from)? else {
             log(format!(
-                "kiln: the image of job {from} is no longer in the Engine; building instead of re-using"
+                "kiln: job {from} is gone; building instead of re-using"
             ));
-            if let Some(from_job) = self.store.job(from)? {
-                self.store.forget_built(&from_job.spec, &from_job.digest)?;
-            }
             return Ok(None);
         };
+        let Some(source) = from_job.image.clone() else {
+            log(format!(
+                "kiln: job {from} recorded no image; building instead of re-using"
+            ));
+            return Ok(None);
+        };
+        if self.engine.image_id(&source).await?.is_none() {
+            log(format!(
+                "kiln: {source} is not in the Engine; pulling it from the registry"
+            ));
+            if let Err(e) = self
+                .engine
+                .pull(&source, self.settings.push_credential(&source), log)
+                .await
+            {
+                log(format!(
+                    "kiln: the image of job {from} is gone from the Engine and the registry ({e}); building instead of re-using"
+                ));
+                self.store.forget_built(&from_job.spec, &from_job.digest)?;
+                job.plan = JobPlan::Build;
+                return Ok(None);
+            }
+        }
         log(format!(
             "kiln: same content as job {from}: re-using {source}"
         ));
@@ -418,9 +546,11 @@ impl Workers {
             self.engine.tag(&source, tag).await?;
         }
         job.image = Some(tags[0].clone());
-        job.image_digest = self.engine.image_id(&source).await?;
+        job.image_digest = from_job.image_digest.clone();
         job.reused_from = Some(from);
+        *job = self.store.update_job(job).await?;
         self.push_all(job, tags, log, cancel).await?;
+        self.record_installed_from(job, from).await;
         Ok(Some(JobStatus::Reused))
     }
 
@@ -439,6 +569,15 @@ impl Workers {
             return Ok(());
         }
         for (i, tag) in tags.iter().enumerate() {
+            if job.pushed.contains(tag) {
+                log(format!(
+                    "kiln: {tag} was pushed by an earlier attempt; not pushing again"
+                ));
+                continue;
+            }
+            if cancel.is_cancelled() {
+                return Err(EngineError::Cancelled.into());
+            }
             log(format!("kiln: pushing {tag}"));
             let digest = self
                 .engine
@@ -448,16 +587,95 @@ impl Workers {
             if i == 0 {
                 job.image_digest = Some(digest);
             }
+            job.pushed.push(tag.clone());
+            *job = self.store.update_job(job).await?;
         }
         Ok(())
     }
+
+    /// List what is inside the image (apt, pip, conda) and store it with the job. A listing
+    /// that fails is logged, never fails the job: the image is built and pushed already.
+    async fn record_installed(&self, job: &Job, image: &str, log: &mut (dyn FnMut(String) + Send)) {
+        let mut packages = InstalledPackages::default();
+        let probes: [(&str, &[&str]); 3] = [
+            ("apt", &["dpkg-query", "-W", "-f=${Package}\t${Version}\n"]),
+            (
+                "pip",
+                &[
+                    "python3",
+                    "-m",
+                    "pip",
+                    "list",
+                    "--format=freeze",
+                    "--disable-pip-version-check",
+                ],
+            ),
+            ("conda", &["conda", "list", "--export"]),
+        ];
+        for (manager, cmd) in probes {
+            match self.engine.run_capture(image, cmd).await {
+                Ok((0, out)) => {
+                    let list = parse_listing(manager, &out);
+                    match manager {
+                        "apt" => packages.apt = list,
+                        "pip" => packages.pip = list,
+                        _ => packages.conda = list,
+                    }
+                }
+                Ok((127, _)) => {}
+                Ok((code, _)) => log(format!(
+                    "kiln: listing {manager} packages exited with {code}"
+                )),
+                Err(e) => log(format!("kiln: could not list {manager} packages: {e}")),
+            }
+        }
+        log(format!(
+            "kiln: inside the image: {} apt, {} pip, {} conda packages",
+            packages.apt.len(),
+            packages.pip.len(),
+            packages.conda.len()
+        ));
+        if let Err(e) = self.store.set_installed(job.id, &packages).await {
+            tracing::warn!(job = job.id, error = %e, "cannot store installed packages");
+        }
+    }
+
+    async fn record_installed_from(&self, job: &Job, from: JobId) {
+        if let Ok(Some(packages)) = self.store.installed(from)
+            && let Err(e) = self.store.set_installed(job.id, &packages).await
+        {
+            tracing::warn!(job = job.id, error = %e, "cannot store installed packages");
+        }
+    }
+}
+
+/// `dpkg-query` (`name\tversion`), `pip list --format=freeze` (`name==version`) and
+/// `conda list --export` (`name=version=build`) lines into packages.
+fn parse_listing(manager: &str, text: &str) -> Vec<InstalledPackage> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|line| {
+            let (name, version) = match manager {
+                "apt" => line.split_once('\t')?,
+                "pip" => line.split_once("==").or_else(|| line.split_once(" @ "))?,
+                _ => {
+                    let mut parts = line.splitn(3, '=');
+                    (parts.next()?, parts.next()?)
+                }
+            };
+            Some(InstalledPackage {
+                name: name.trim().to_string(),
+                version: version.trim().to_string(),
+            })
+        })
+        .collect()
 }
 
 /// Drain log lines from the channel into the store in batches.
 async fn write_log(store: Store, job: JobId, mut rx: mpsc::UnboundedReceiver<String>) {
     let mut batch: Vec<LogLine> = Vec::new();
-    loop {
-        let Some(first) = rx.recv().await else { break };
+    while let Some(first) = rx.recv().await {
         batch.push(LogLine {
             at_ms: now_ms(),
             text: first,
@@ -486,7 +704,86 @@ fn humanize(d: Duration) -> String {
     let secs = d.as_secs();
     if secs >= 60 && secs.is_multiple_of(60) {
         format!("{} min", secs / 60)
-    } else {
+    } else if secs > 0 {
         format!("{secs} s")
+    } else {
+        format!("{} ms", d.as_millis())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listings_parse() {
+        let apt = parse_listing("apt", "adduser\t3.134\nlibc6\t2.36-9+deb12u9\n");
+        assert_eq!(
+            apt[1],
+            InstalledPackage {
+                name: "libc6".into(),
+                version: "2.36-9+deb12u9".into()
+            }
+        );
+        let pip = parse_listing("pip", "six==1.16.0\npip==23.0.1\n");
+        assert_eq!(
+            pip[0],
+            InstalledPackage {
+                name: "six".into(),
+                version: "1.16.0".into()
+            }
+        );
+        let conda = parse_listing(
+            "conda",
+            "# This file may be used to create an environment\nnumpy=1.17.5=py38h95a1406_0\n",
+        );
+        assert_eq!(
+            conda,
+            vec![InstalledPackage {
+                name: "numpy".into(),
+                version: "1.17.5".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn tags_follow_the_naming_scheme() {
+        let settings = BuildSettings {
+            registry: Some("127.0.0.1:5000/".into()),
+            ..BuildSettings::default()
+        };
+        let job = Job {
+            id: 1,
+            spec: "tools".into(),
+            revision: 3,
+            commit: "1a2b3c4d5e6f".into(),
+            digest: "sha256:x".into(),
+            plan: JobPlan::Build,
+            status: JobStatus::Queued,
+            image: None,
+            image_digest: None,
+            created_at: 0,
+            updated_at: 0,
+            started_at: None,
+            finished_at: None,
+            error: None,
+            reused_from: None,
+            attempts: 0,
+            pushed: vec![],
+            dockerfile: String::new(),
+        };
+        assert_eq!(
+            settings.tags(&job),
+            vec![
+                "127.0.0.1:5000/tools:r3-1a2b3c4",
+                "127.0.0.1:5000/tools:latest"
+            ]
+        );
+        assert_eq!(
+            BuildSettings::default().tags(&job)[0],
+            "kiln/tools:r3-1a2b3c4"
+        );
+        assert_eq!(humanize(Duration::from_secs(3600)), "60 min");
+        assert_eq!(humanize(Duration::from_millis(250)), "250 ms");
     }
 }

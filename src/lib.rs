@@ -12,4 +12,5 @@ pub mod repo;
 pub mod spec;
 pub mod store;
 pub mod sync;
+pub mod watch;
 pub mod web;

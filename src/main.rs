@@ -11,7 +11,8 @@ use kiln::jobs::{BuildSettings, Workers};
 use kiln::spec::{self, SpecContext};
 use kiln::store::Store;
 use kiln::sync::Syncer;
-use kiln::web::{AppInfo, AppState};
+use kiln::web::hooks::{self, Secret, Webhooks};
+use kiln::web::{AppInfo, AppState, Counters};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -64,6 +65,24 @@ enum Command {
     Sync {
         #[command(flatten)]
         config: ConfigArgs,
+    },
+    /// Tell a running Kiln to fetch now: one signed generic webhook (for git hooks).
+    ///
+    /// Exit status: 0 when Kiln accepted it, 1 when Kiln refused it, 2 when it could not be
+    /// sent (usage, secret file, network).
+    Notify {
+        /// Kiln's address, e.g. http://kiln.internal:8080 (the path defaults to /hooks/generic).
+        #[arg(long, env = "KILN_URL")]
+        url: String,
+        /// File holding the webhook secret (or set KILN_WEBHOOK_SECRET).
+        #[arg(long, env = "KILN_WEBHOOK_SECRET_FILE")]
+        secret_file: Option<PathBuf>,
+        /// A ref that changed (repeatable); Kiln ignores pushes that miss its branch.
+        #[arg(long = "ref", value_name = "REF")]
+        refs: Vec<String>,
+        /// Seconds to wait for Kiln's answer.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
     },
 }
 
@@ -134,6 +153,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = Config::resolve(&config, None)?;
             runtime()?.block_on(sync(config))
         }
+        Command::Notify {
+            url,
+            secret_file,
+            refs,
+            timeout,
+        } => {
+            let secret = match (std::env::var("KILN_WEBHOOK_SECRET").ok(), secret_file) {
+                (_, Some(path)) => Secret::from_file(&path)?,
+                (Some(value), None) => {
+                    Secret::new(value.as_bytes()).context("KILN_WEBHOOK_SECRET is set but empty")?
+                }
+                (None, None) => anyhow::bail!("give --secret-file FILE or set KILN_WEBHOOK_SECRET"),
+            };
+            let timeout = std::time::Duration::from_secs(timeout.max(1));
+            let answer = runtime()?.block_on(hooks::notify(&url, &secret, &refs, timeout))?;
+            let line = format!("{} {}: {}", answer.status, answer.reason, answer.body);
+            if answer.is_success() {
+                println!("kiln notify: {line}");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("kiln notify: refused: {line}");
+                Ok(ExitCode::from(1))
+            }
+        }
     }
 }
 
@@ -143,8 +186,16 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn open(config: &Config) -> anyhow::Result<Syncer> {
+async fn open(config: &Config) -> anyhow::Result<Syncer> {
     let store = Store::open(&config.data_dir)?;
+    // Jobs never stay `running` after a restart: a dead process left them, they go back.
+    let recovered = store.requeue_interrupted().await?;
+    if recovered > 0 {
+        tracing::warn!(
+            recovered,
+            "re-queued jobs left running by a previous process"
+        );
+    }
     Ok(Syncer::new(config, store)?)
 }
 
@@ -176,21 +227,16 @@ async fn workers(config: &Config, store: &Store) -> anyhow::Result<Option<Worker
         ca_bundle,
         max_parallel: config.max_parallel_builds,
         timeout: config.build_timeout,
+        max_attempts: config.max_attempts,
+        retry_backoff: config.retry_backoff,
+        shutdown_grace: config.shutdown_grace,
         source_url: config.source_url.clone(),
     };
-    let workers = Workers::new(store.clone(), engine, settings);
-    let recovered = workers.recover().await?;
-    if recovered > 0 {
-        tracing::warn!(
-            recovered,
-            "re-queued jobs left running by a previous process"
-        );
-    }
-    Ok(Some(workers))
+    Ok(Some(Workers::new(store.clone(), engine, settings)))
 }
 
 async fn sync(config: Config) -> anyhow::Result<ExitCode> {
-    let syncer = open(&config)?;
+    let syncer = open(&config).await?;
     let workers = workers(&config, syncer.store()).await?;
     let outcome = syncer.sync_once().await?;
     println!(
@@ -212,21 +258,42 @@ async fn sync(config: Config) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<ExitCode> {
-    let syncer = Arc::new(open(&config)?);
+    let syncer = Arc::new(open(&config).await?);
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let shutdown = CancellationToken::new();
     let sync_trigger = Arc::new(tokio::sync::Notify::new());
+    let webhooks = Webhooks::load(
+        &config,
+        std::env::var("KILN_WEBHOOK_SECRET").ok().as_deref(),
+    )?;
+    // Local repositories are watched (polling stays as the safety net); remote ones are fetched.
+    let watcher = if config.watch {
+        let location = kiln::repo::RepoLocation::parse(&config.repo);
+        kiln::watch::RefWatcher::for_location(&location, &config.branch, Arc::clone(&sync_trigger))
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot watch the repository; polling only");
+                None
+            })
+    } else {
+        None
+    };
+    let counters = Arc::new(Counters::default());
     let state = AppState {
         store: syncer.store().clone(),
         inner: Arc::new(AppInfo {
             repo: config.repo.clone(),
             branch: config.branch.clone(),
             no_build: config.no_build,
+            poll_interval_secs: config.poll_interval.as_secs(),
+            watching: watcher.as_ref().map(|w| w.git_dir().display().to_string()),
+            commit_url: config.commit_url.clone(),
+            ..AppInfo::default()
         }),
         sync_trigger: Arc::clone(&sync_trigger),
-        counters: Arc::default(),
+        counters: Arc::clone(&counters),
+        webhooks: Arc::new(webhooks),
         shutdown: shutdown.clone(),
     };
     tracing::info!(listen = %config.listen, repo = %kiln::repo::redact(&config.repo), "kiln serving");
@@ -242,11 +309,18 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let poller = tokio::spawn(poll_loop(
+    let poller = tokio::spawn(kiln::watch::sync_loop(
         Arc::clone(&syncer),
         config.poll_interval,
         sync_trigger,
         shutdown.clone(),
+        move |result| {
+            use std::sync::atomic::Ordering::Relaxed;
+            counters.sync_passes.fetch_add(1, Relaxed);
+            if result.is_err() {
+                counters.sync_failures.fetch_add(1, Relaxed);
+            }
+        },
     ));
     let signals = {
         let shutdown = shutdown.clone();
@@ -259,31 +333,13 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     kiln::web::serve(listener, state, shutdown.clone()).await?;
     shutdown.cancel();
     let _ = poller.await;
+    drop(watcher);
     if let Some(builder) = builder {
         let _ = builder.await;
     }
     signals.abort();
     syncer.store().flush().await?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Look at the repository every `interval`, and at once when triggered.
-async fn poll_loop(
-    syncer: Arc<Syncer>,
-    interval: std::time::Duration,
-    trigger: Arc<tokio::sync::Notify>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        if let Err(e) = syncer.sync_once().await {
-            tracing::error!(error = %e, "sync failed; keeping the last state");
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(interval) => {}
-            _ = trigger.notified() => {}
-        }
-    }
 }
 
 async fn wait_for_signal() {

@@ -84,6 +84,8 @@ pub struct SpecRecord {
     pub latest_job: Option<JobId>,
     /// The image of the newest successful (built or re-used) job: what users should pull.
     pub latest_image: Option<String>,
+    /// The job that produced `latest_image`.
+    pub latest_image_job: Option<JobId>,
     pub updated_at: Timestamp,
 }
 
@@ -170,6 +172,23 @@ pub struct Job {
     /// The job whose image was re-used, when `status` is `reused`.
     pub reused_from: Option<JobId>,
     pub attempts: u32,
+    /// Tags already pushed to the registry, so a retried or recovered job never pushes twice.
+    pub pushed: Vec<String>,
     /// The rendered Dockerfile (stored with the job so the dashboard shows what was built).
     pub dockerfile: String,
+}
+
+/// One installed package with its version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstalledPackage {
+    pub name: String,
+    pub version: String,
+}
+
+/// What is inside a built image, as its own package managers report it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstalledPackages {
+    pub apt: Vec<InstalledPackage>,
+    pub pip: Vec<InstalledPackage>,
+    pub conda: Vec<InstalledPackage>,
 }

@@ -192,6 +192,7 @@ fn observe(
         deleted: false,
         latest_job: current.as_ref().and_then(|r| r.latest_job),
         latest_image: current.as_ref().and_then(|r| r.latest_image.clone()),
+        latest_image_job: current.as_ref().and_then(|r| r.latest_image_job),
         updated_at: commit.committed_at,
     };
     plan.specs.insert(obs.name.clone(), record);

@@ -8,13 +8,13 @@
 //! Things about bollard 0.21.1 this module works around (see DESIGN §8):
 //!
 //! - `build_image` panics without a body: the context is always an in-memory tar.
-//! - Build output `stream` chunks are not line aligned: [`LineBuffer`] re-assembles lines.
+//! - Build output `stream` chunks are not line aligned: `LineBuffer` re-assembles lines.
 //! - A build fails on three channels (HTTP error before the stream, `errorDetail` inside it, a
 //!   stream that ends without an image id); all three become [`EngineError`]s.
 //! - bollard encodes `X-Registry-Auth` / `X-Registry-Config` with the *standard* base64
 //!   alphabet while the Engine decodes them as base64url (`base64.URLEncoding` in moby); a
 //!   payload whose encoding holds `+` or `/` is silently dropped by the Engine (an anonymous
-//!   pull/push follows). Every request passes through [`url_safe_registry_headers`], which
+//!   pull/push follows). Every request passes through `url_safe_registry_headers`, which
 //!   turns those headers into base64url.
 //! - `push_image` decodes the Engine's messages into a type without the layer `id`, so a
 //!   condensed per-layer log is impossible with it. The push is sent through `create_image`
@@ -32,7 +32,7 @@ use crate::build::auth::{Credential, registry_of};
 use crate::build::dockerfile::CA_BUNDLE_CONTEXT_NAME;
 use bollard::auth::DockerCredentials;
 use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::{BuildInfo, ContainerCreateBody, CreateImageInfo, HostConfig};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, BuildImageOptionsBuilder, BuilderVersion,
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, RemoveContainerOptionsBuilder,
@@ -210,8 +210,9 @@ enum Op<'a> {
 impl Engine {
     /// Connects to `endpoint`, else `DOCKER_HOST`, else [`DEFAULT_ENDPOINT`], and negotiates
     /// the API version. Accepted: `unix:///path`, a bare `/path` to a socket, `tcp://host:port`
-    /// and `http://host:port`. TLS (`https://`, or `DOCKER_TLS_VERIFY` set for a `tcp://`
-    /// endpoint) is refused with an explanation: bollard's `ssl` feature is not enabled.
+    /// and `http://host:port`. TLS (`https://`, or `DOCKER_TLS_VERIFY`, `DOCKER_TLS` or
+    /// `DOCKER_CERT_PATH` set for a `tcp://` endpoint) is refused with an explanation:
+    /// bollard's `ssl` feature is not enabled.
     pub async fn connect(endpoint: Option<&str>) -> Result<Engine, EngineError> {
         let endpoint = endpoint
             .map(str::trim)
@@ -223,7 +224,11 @@ impl Engine {
                     .filter(|h| !h.trim().is_empty())
             })
             .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
-        let tls_env = std::env::var("DOCKER_TLS_VERIFY").is_ok_and(|v| !v.is_empty() && v != "0");
+        // TLS is asked for by DOCKER_TLS_VERIFY / DOCKER_TLS, and implied by DOCKER_CERT_PATH
+        // (certificates were provided: plain HTTP would be a silent downgrade).
+        let env_set = |name: &str| std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0");
+        let tls_env =
+            env_set("DOCKER_TLS_VERIFY") || env_set("DOCKER_TLS") || env_set("DOCKER_CERT_PATH");
         let unreachable = |message: String| EngineError::Unreachable {
             endpoint: endpoint.clone(),
             message,
@@ -237,7 +242,7 @@ impl Engine {
                 .map_err(|e| unreachable(bollard_message(&e)))?
         } else if endpoint.starts_with("https://") || (tls_env && endpoint.starts_with("tcp://")) {
             return Err(EngineError::Other(format!(
-                "Docker endpoint {endpoint} needs TLS (https:// or DOCKER_TLS_VERIFY), but this Kiln build has no TLS \
+                "Docker endpoint {endpoint} needs TLS (https://, DOCKER_TLS_VERIFY or DOCKER_CERT_PATH), but this Kiln build has no TLS \
                  support for the Engine API (bollard's \"ssl\" feature is off); use a unix socket, plain tcp://, or an \
                  ssh/stunnel tunnel"
             )));
@@ -317,27 +322,18 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let (repo, tag) = split_reference(image);
         log(format!("pulling {image}"));
+        let auth = credential_for(image, auth, log);
         let options = CreateImageOptionsBuilder::default()
             .from_image(repo)
             .tag(&tag)
             .build();
         let credentials = auth.map(docker_credentials);
-        let mut stream = self.docker.create_image(Some(options), None, credentials);
-        let mut progress = ProgressCondenser::default();
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(info) => {
-                    if let Some(status) = info.status.as_deref() {
-                        let total = info.progress_detail.as_ref().and_then(|d| d.total);
-                        if let Some(line) = progress.update(info.id.as_deref(), status, total) {
-                            log(redact(line, auth));
-                        }
-                    }
-                }
-                Err(e) => return Err(self.map_err(e, Op::Pull { image }, auth)),
-            }
+        let stream = self.docker.create_image(Some(options), None, credentials);
+        match drain_progress(stream, log, auth, &CancellationToken::new()).await {
+            Drained::Done(_) => Ok(()),
+            Drained::Failed(e) => Err(self.map_err(e, Op::Pull { image }, auth)),
+            Drained::Cancelled => Err(EngineError::Cancelled),
         }
-        Ok(())
     }
 
     /// Builds `req` with the classic builder (no BuildKit) from an in-memory context.
@@ -376,81 +372,33 @@ impl Engine {
         let from_registry = first_from_image(req.dockerfile)
             .map(registry_of)
             .unwrap_or_default();
+        if let Some(c) = req.pull_auth
+            && !from_registry.is_empty()
+            && c.registry() != from_registry
+        {
+            // X-Registry-Config is keyed by registry: the Engine will not use it for this FROM.
+            log(format!(
+                "note: the pull credential is for {} but the base image is on {from_registry}",
+                c.registry()
+            ));
+        }
         let op = Op::Build {
             registry: &from_registry,
         };
 
-        let mut stream = Box::pin(self.docker.build_image(
+        let stream = self.docker.build_image(
             options.build(),
             credentials,
             Some(bollard::body_full(context.into())),
-        ));
-        let mut lines = LineBuffer::default();
-        let mut progress = ProgressCondenser::default();
-        let mut aux_id: Option<String> = None;
-        let mut built_line_id: Option<String> = None;
-        let auth = req.pull_auth;
-        let mut emit = |line: String, built_line_id: &mut Option<String>| {
-            if let Some(id) = line.strip_prefix("Successfully built ") {
-                *built_line_id = Some(id.trim().to_string());
-            }
-            log(redact(line, auth));
+        );
+        let outcome = match drain_build(stream, log, req.pull_auth, cancel).await {
+            Drained::Done(outcome) => outcome,
+            Drained::Failed(e) => return Err(self.map_err(e, op, req.pull_auth)),
+            Drained::Cancelled => return Err(EngineError::Cancelled),
         };
-        loop {
-            let item = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => {
-                    // Dropping the response closes the connection: the classic builder sees
-                    // the client go away, kills the running step and tags nothing.
-                    drop(stream);
-                    if let Some(rest) = lines.finish() {
-                        emit(rest, &mut built_line_id);
-                    }
-                    return Err(EngineError::Cancelled);
-                }
-                item = stream.next() => item,
-            };
-            match item {
-                None => break,
-                Some(Ok(info)) => {
-                    if let Some(text) = info.stream.as_deref() {
-                        for line in lines.push(text) {
-                            emit(line, &mut built_line_id);
-                        }
-                    }
-                    if let Some(status) = info.status.as_deref() {
-                        let total = info.progress_detail.as_ref().and_then(|d| d.total);
-                        if let Some(line) = progress.update(info.id.as_deref(), status, total) {
-                            emit(line, &mut built_line_id);
-                        }
-                    }
-                    if let Some(id) = info.aux.and_then(|a| a.id).filter(|id| !id.is_empty()) {
-                        aux_id = Some(id);
-                    }
-                }
-                Some(Err(e)) => {
-                    if let Some(rest) = lines.finish() {
-                        emit(rest, &mut built_line_id);
-                    }
-                    return Err(self.map_err(e, op, auth));
-                }
-            }
-        }
-        if let Some(rest) = lines.finish() {
-            emit(rest, &mut built_line_id);
-        }
-        if cancel.is_cancelled() {
-            return Err(EngineError::Cancelled);
-        }
-        let image_id = match (aux_id, built_line_id) {
-            (Some(id), _) => id,
-            (None, Some(short)) => self.image_id(&short).await?.unwrap_or(short),
-            (None, None) => {
-                return Err(EngineError::BuildFailed(
-                    "the build output ended without an image id (the Engine reported no error)"
-                        .into(),
-                ));
-            }
+        let image_id = match outcome.image_id()? {
+            ImageIdent::Full(id) => id,
+            ImageIdent::Short(short) => self.image_id(&short).await?.unwrap_or(short),
         };
         // The first tag was applied by the build; check it really points at the image.
         match self.image_id(first_tag).await? {
@@ -536,40 +484,18 @@ impl Engine {
             .from_image(PUSH_PLACEHOLDER)
             .tag("kiln")
             .build();
+        let auth = credential_for(image_ref, auth, log);
         // The Engine wants an X-Registry-Auth header on every push, even an empty one.
         let credentials = Some(auth.map(docker_credentials).unwrap_or_default());
         let stream = docker.create_image(Some(options), None, credentials);
-        let mut stream = std::pin::pin!(stream);
-        let mut progress = ProgressCondenser::default();
-        let mut digest: Option<String> = None;
-        loop {
-            let item = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => return Err(EngineError::Cancelled),
-                item = stream.next() => item,
-            };
-            match item {
-                None => break,
-                Some(Ok(info)) => {
-                    let Some(status) = info.status.as_deref() else {
-                        continue;
-                    };
-                    if info.id.is_none()
-                        && let Some(d) = parse_push_digest(status)
-                    {
-                        digest = Some(d);
-                    }
-                    let total = info.progress_detail.as_ref().and_then(|d| d.total);
-                    if let Some(line) = progress.update(info.id.as_deref(), status, total) {
-                        log(redact(line, auth));
-                    }
-                }
-                Some(Err(e)) => return Err(self.map_err(e, Op::Push { image: image_ref }, auth)),
-            }
+        match drain_progress(stream, log, auth, cancel).await {
+            Drained::Done(Some(digest)) => Ok(digest),
+            Drained::Done(None) => Err(failed(
+                "the push ended without a manifest digest (the Engine reported no error)".into(),
+            )),
+            Drained::Failed(e) => Err(self.map_err(e, Op::Push { image: image_ref }, auth)),
+            Drained::Cancelled => Err(EngineError::Cancelled),
         }
-        digest.ok_or_else(|| {
-            failed("the push ended without a manifest digest (the Engine reported no error)".into())
-        })
     }
 
     /// The id of `image_ref` (reference or id) if the Engine has it.
@@ -738,84 +664,241 @@ impl Engine {
 
     /// Turns a bollard error into an [`EngineError`] for operation `op`.
     fn map_err(&self, e: BollardError, op: Op<'_>, auth: Option<&Credential>) -> EngineError {
-        let (status, message) = match e {
-            BollardError::DockerResponseServerError {
-                status_code,
-                message,
-            } => (Some(status_code), message),
-            BollardError::DockerStreamError { error } => (None, error),
-            BollardError::HyperResponseError { .. }
-            | BollardError::HyperLegacyError { .. }
-            | BollardError::IOError { .. }
-            | BollardError::RequestTimeoutError
-            | BollardError::SocketNotFoundError(_)
-            | BollardError::HttpClientError { .. } => {
-                return EngineError::Unreachable {
-                    endpoint: self.endpoint.clone(),
-                    message: redact(bollard_message(&e), auth),
+        map_bollard_error(&self.endpoint, e, op, auth)
+    }
+}
+
+/// Turns a bollard error into an [`EngineError`] for operation `op` on the Engine at
+/// `endpoint`; secrets of `auth` are scrubbed from the message.
+fn map_bollard_error(
+    endpoint: &str,
+    e: BollardError,
+    op: Op<'_>,
+    auth: Option<&Credential>,
+) -> EngineError {
+    let (status, message) = match e {
+        BollardError::DockerResponseServerError {
+            status_code,
+            message,
+        } => (Some(status_code), message),
+        BollardError::DockerStreamError { error } => (None, error),
+        BollardError::HyperResponseError { .. }
+        | BollardError::HyperLegacyError { .. }
+        | BollardError::IOError { .. }
+        | BollardError::RequestTimeoutError
+        | BollardError::SocketNotFoundError(_)
+        | BollardError::HttpClientError { .. } => {
+            return EngineError::Unreachable {
+                endpoint: endpoint.to_string(),
+                message: redact(bollard_message(&e), auth),
+            };
+        }
+        e => (None, bollard_message(&e)),
+    };
+    let message = redact(message.trim().to_string(), auth);
+    match op {
+        Op::Build { registry } => {
+            if !message.contains("returned a non-zero code") && looks_like_auth_failure(&message) {
+                let registry = if registry.is_empty() {
+                    "of the base image"
+                } else {
+                    registry
                 };
-            }
-            e => (None, bollard_message(&e)),
-        };
-        let message = redact(message.trim().to_string(), auth);
-        match op {
-            Op::Build { registry } => {
-                if !message.contains("returned a non-zero code")
-                    && looks_like_auth_failure(&message)
-                {
-                    let registry = if registry.is_empty() {
-                        "of the base image"
-                    } else {
-                        registry
-                    };
-                    EngineError::Auth {
-                        registry: registry.to_string(),
-                        message,
-                    }
-                } else if status.is_some_and(|s| s >= 500) && looks_transient(&message) {
-                    EngineError::Api {
-                        operation: "build".into(),
-                        status: status.unwrap_or(500),
-                        message,
-                    }
-                } else {
-                    EngineError::BuildFailed(message)
-                }
-            }
-            Op::Pull { image } => {
-                if looks_like_auth_failure(&message) {
-                    EngineError::Auth {
-                        registry: registry_of(image),
-                        message,
-                    }
-                } else {
-                    EngineError::PullFailed {
-                        image: image.to_string(),
-                        message,
-                    }
-                }
-            }
-            Op::Push { image } => {
-                if looks_like_auth_failure(&message) {
-                    EngineError::Auth {
-                        registry: registry_of(image),
-                        message,
-                    }
-                } else {
-                    EngineError::PushFailed {
-                        image: image.to_string(),
-                        message,
-                    }
-                }
-            }
-            Op::Other(operation) => match status {
-                Some(status) => EngineError::Api {
-                    operation: operation.to_string(),
-                    status,
+                EngineError::Auth {
+                    registry: registry.to_string(),
                     message,
-                },
-                None => EngineError::Other(format!("{operation}: {message}")),
+                }
+            } else {
+                EngineError::BuildFailed(message)
+            }
+        }
+        Op::Pull { image } => {
+            if looks_like_auth_failure(&message) {
+                EngineError::Auth {
+                    registry: registry_of(image),
+                    message,
+                }
+            } else {
+                EngineError::PullFailed {
+                    image: image.to_string(),
+                    message,
+                }
+            }
+        }
+        Op::Push { image } => {
+            if looks_like_auth_failure(&message) {
+                EngineError::Auth {
+                    registry: registry_of(image),
+                    message,
+                }
+            } else {
+                EngineError::PushFailed {
+                    image: image.to_string(),
+                    message,
+                }
+            }
+        }
+        Op::Other(operation) => match status {
+            Some(status) => EngineError::Api {
+                operation: operation.to_string(),
+                status,
+                message,
             },
+            None => EngineError::Other(format!("{operation}: {message}")),
+        },
+    }
+}
+
+/// How a streamed Engine answer ended.
+#[derive(Debug)]
+enum Drained<T> {
+    /// The stream ended without an error.
+    Done(T),
+    /// An HTTP error before the stream, an `errorDetail` inside it, or a broken connection.
+    Failed(BollardError),
+    /// The token fired; the stream (and with it the connection) has been dropped.
+    Cancelled,
+}
+
+/// What a build's output said about the image it made.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct BuildOutcome {
+    /// `aux.ID` of the build stream (full `sha256:…`).
+    aux_id: Option<String>,
+    /// The short id of the classic builder's "Successfully built <id>" line.
+    built_line_id: Option<String>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum ImageIdent {
+    Full(String),
+    Short(String),
+}
+
+impl BuildOutcome {
+    /// The image id, or the failure of a build whose output ended without one.
+    fn image_id(self) -> Result<ImageIdent, EngineError> {
+        match (self.aux_id, self.built_line_id) {
+            (Some(id), _) => Ok(ImageIdent::Full(id)),
+            (None, Some(short)) => Ok(ImageIdent::Short(short)),
+            (None, None) => Err(EngineError::BuildFailed(
+                "the build output ended without an image id (the Engine reported no error)".into(),
+            )),
+        }
+    }
+}
+
+/// Reads a build's output to its end: whole `stream` lines and condensed `status` lines go to
+/// `log`, `aux.ID` is kept. On cancellation the stream is dropped at once, which closes the
+/// connection: the classic builder sees the client go away, kills the running step and tags
+/// nothing.
+async fn drain_build<S>(
+    stream: S,
+    log: &mut (dyn FnMut(String) + Send),
+    auth: Option<&Credential>,
+    cancel: &CancellationToken,
+) -> Drained<BuildOutcome>
+where
+    S: futures_util::Stream<Item = Result<BuildInfo, BollardError>>,
+{
+    let mut stream = Box::pin(stream);
+    let mut lines = LineBuffer::default();
+    let mut progress = ProgressCondenser::default();
+    let mut outcome = BuildOutcome::default();
+    let mut emit = |line: String, outcome: &mut BuildOutcome| {
+        if let Some(id) = line.strip_prefix("Successfully built ") {
+            outcome.built_line_id = Some(id.trim().to_string());
+        }
+        log(redact(line, auth));
+    };
+    let ended = loop {
+        let item = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break Drained::Cancelled,
+            item = stream.next() => item,
+        };
+        match item {
+            None => break Drained::Done(()),
+            Some(Ok(info)) => {
+                if let Some(text) = info.stream.as_deref() {
+                    for line in lines.push(text) {
+                        emit(line, &mut outcome);
+                    }
+                }
+                if let Some(status) = info.status.as_deref() {
+                    let total = info.progress_detail.as_ref().and_then(|d| d.total);
+                    if let Some(line) = progress.update(info.id.as_deref(), status, total) {
+                        emit(line, &mut outcome);
+                    }
+                }
+                if let Some(id) = info.aux.and_then(|a| a.id).filter(|id| !id.is_empty()) {
+                    outcome.aux_id = Some(id);
+                }
+                if info.error_detail.is_some() {
+                    // bollard turns an errorDetail with a message into Err; one without a
+                    // message is still a failure.
+                    break Drained::Failed(BollardError::DockerStreamError {
+                        error: "the Engine reported an error without a message".into(),
+                    });
+                }
+            }
+            Some(Err(e)) => break Drained::Failed(e),
+        }
+    };
+    drop(stream);
+    if let Some(rest) = lines.finish() {
+        emit(rest, &mut outcome);
+    }
+    match ended {
+        Drained::Done(()) if cancel.is_cancelled() => Drained::Cancelled,
+        Drained::Done(()) => Drained::Done(outcome),
+        Drained::Failed(e) => Drained::Failed(e),
+        Drained::Cancelled => Drained::Cancelled,
+    }
+}
+
+/// Reads a pull's or push's progress to its end, condensed into `log`; returns the manifest
+/// digest of a push's final "<tag>: digest: sha256:… size: N" status, if one came.
+async fn drain_progress<S>(
+    stream: S,
+    log: &mut (dyn FnMut(String) + Send),
+    auth: Option<&Credential>,
+    cancel: &CancellationToken,
+) -> Drained<Option<String>>
+where
+    S: futures_util::Stream<Item = Result<CreateImageInfo, BollardError>>,
+{
+    let mut stream = Box::pin(stream);
+    let mut progress = ProgressCondenser::default();
+    let mut digest: Option<String> = None;
+    loop {
+        let item = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Drained::Cancelled,
+            item = stream.next() => item,
+        };
+        match item {
+            None => return Drained::Done(digest),
+            Some(Ok(info)) => {
+                if info.error_detail.is_some() {
+                    return Drained::Failed(BollardError::DockerStreamError {
+                        error: "the Engine reported an error without a message".into(),
+                    });
+                }
+                let Some(status) = info.status.as_deref() else {
+                    continue;
+                };
+                if info.id.is_none()
+                    && let Some(d) = parse_push_digest(status)
+                {
+                    digest = Some(d);
+                }
+                let total = info.progress_detail.as_ref().and_then(|d| d.total);
+                if let Some(line) = progress.update(info.id.as_deref(), status, total) {
+                    log(redact(line, auth));
+                }
+            }
+            Some(Err(e)) => return Drained::Failed(e),
         }
     }
 }
@@ -864,6 +947,26 @@ fn redact(text: String, auth: Option<&Credential>) -> String {
         }
     }
     text
+}
+
+/// `auth` if it is for the registry of `image`; otherwise `None` and a log line. A credential
+/// is never sent towards another registry than its own.
+fn credential_for<'c>(
+    image: &str,
+    auth: Option<&'c Credential>,
+    log: &mut (dyn FnMut(String) + Send),
+) -> Option<&'c Credential> {
+    let auth = auth?;
+    let registry = registry_of(image);
+    if auth.registry() == registry {
+        Some(auth)
+    } else {
+        log(format!(
+            "note: not sending the credential for {} to {registry} (the registry of {image})",
+            auth.registry()
+        ));
+        None
+    }
 }
 
 /// bollard's credential type for `c`.
@@ -1125,6 +1228,7 @@ mod tests {
     use super::*;
     use base64::Engine as _;
     use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+    use std::sync::{Arc, Mutex};
 
     #[test]
     fn line_buffer_reassembles_unaligned_chunks() {
@@ -1434,6 +1538,340 @@ mod tests {
         );
         assert_eq!(first_from_image("from debian\n"), Some("debian"));
         assert_eq!(first_from_image("RUN x\n"), None);
+    }
+
+    fn build_items(json_lines: &[&str]) -> Vec<Result<BuildInfo, BollardError>> {
+        json_lines
+            .iter()
+            .map(|l| Ok(serde_json::from_str(l).unwrap()))
+            .collect()
+    }
+
+    fn collect() -> (Arc<Mutex<Vec<String>>>, impl FnMut(String) + Send) {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        (lines, move |l| sink.lock().unwrap().push(l))
+    }
+
+    #[tokio::test]
+    async fn build_stream_success_with_unaligned_chunks() {
+        let items = build_items(&[
+            r#"{"stream":"Step 1/2 : FR"}"#,
+            r#"{"stream":"OM x\n ---\u003e 671a\nStep 2/2 : RUN echo hi\n"}"#,
+            r#"{"status":"Pulling fs layer","id":"abc","progressDetail":{}}"#,
+            r#"{"status":"Downloading","id":"abc","progressDetail":{"current":1,"total":2048}}"#,
+            r#"{"status":"Pull complete","id":"abc","progressDetail":{}}"#,
+            r#"{"stream":"h"}"#,
+            r#"{"stream":"i\r\n"}"#,
+            r#"{"aux":{"ID":"sha256:0123"}}"#,
+            r#"{"stream":"Successfully built 0123\n"}"#,
+            r#"{"stream":"Successfully tagged x:t\n"}"#,
+        ]);
+        let (lines, mut sink) = collect();
+        let drained = drain_build(
+            futures_util::stream::iter(items),
+            &mut sink,
+            None,
+            &CancellationToken::new(),
+        )
+        .await;
+        let Drained::Done(outcome) = drained else {
+            panic!("{drained:?}")
+        };
+        assert_eq!(outcome.aux_id.as_deref(), Some("sha256:0123"));
+        assert_eq!(
+            outcome.image_id().unwrap(),
+            ImageIdent::Full("sha256:0123".into())
+        );
+        assert_eq!(
+            *lines.lock().unwrap(),
+            [
+                "Step 1/2 : FROM x",
+                " ---> 671a",
+                "Step 2/2 : RUN echo hi",
+                "pulled layer abc (2.0 kB)",
+                "hi",
+                "Successfully built 0123",
+                "Successfully tagged x:t",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn build_stream_error_inside_the_stream() {
+        let mut items = build_items(&[r#"{"stream":"E: Unable to locate package nope"}"#]);
+        // bollard turns {"errorDetail":{"message":…}} into this.
+        items.push(Err(BollardError::DockerStreamError {
+            error: "The command '/bin/sh -c apt-get install -y nope' returned a non-zero code: 100"
+                .into(),
+        }));
+        items.extend(build_items(&[r#"{"aux":{"ID":"sha256:never"}}"#]));
+        let (lines, mut sink) = collect();
+        let drained = drain_build(
+            futures_util::stream::iter(items),
+            &mut sink,
+            None,
+            &CancellationToken::new(),
+        )
+        .await;
+        let Drained::Failed(e) = drained else {
+            panic!("{drained:?}")
+        };
+        let err = map_bollard_error(
+            "unix:///s",
+            e,
+            Op::Build {
+                registry: "docker.io",
+            },
+            None,
+        );
+        assert!(
+            matches!(&err, EngineError::BuildFailed(m) if m.ends_with("returned a non-zero code: 100")),
+            "{err:?}"
+        );
+        assert!(!err.is_transient());
+        // The partial last line is not lost.
+        assert_eq!(*lines.lock().unwrap(), ["E: Unable to locate package nope"]);
+
+        // An errorDetail without a message still fails.
+        let items = build_items(&[
+            r#"{"errorDetail":{"code":1}}"#,
+            r#"{"aux":{"ID":"sha256:x"}}"#,
+        ]);
+        let drained = drain_build(
+            futures_util::stream::iter(items),
+            &mut |_| {},
+            None,
+            &CancellationToken::new(),
+        )
+        .await;
+        assert!(matches!(drained, Drained::Failed(_)), "{drained:?}");
+    }
+
+    #[tokio::test]
+    async fn build_http_error_before_the_stream() {
+        let items: Vec<Result<BuildInfo, BollardError>> =
+            vec![Err(BollardError::DockerResponseServerError {
+                status_code: 400,
+                message: "dockerfile parse error line 2: unknown instruction: NOPE".into(),
+            })];
+        let drained = drain_build(
+            futures_util::stream::iter(items),
+            &mut |_| {},
+            None,
+            &CancellationToken::new(),
+        )
+        .await;
+        let Drained::Failed(e) = drained else {
+            panic!("{drained:?}")
+        };
+        let err = map_bollard_error(
+            "unix:///s",
+            e,
+            Op::Build {
+                registry: "docker.io",
+            },
+            None,
+        );
+        assert!(matches!(&err, EngineError::BuildFailed(m) if m.contains("unknown instruction")));
+        assert!(!err.is_transient());
+        // A base image the registry refuses is an auth failure, not a build failure.
+        let err = map_bollard_error(
+            "unix:///s",
+            BollardError::DockerStreamError {
+                error: "Head \"http://127.0.0.1:5001/v2/x/manifests/t\": no basic auth credentials"
+                    .into(),
+            },
+            Op::Build {
+                registry: "127.0.0.1:5001",
+            },
+            None,
+        );
+        assert!(matches!(&err, EngineError::Auth { registry, .. } if registry == "127.0.0.1:5001"));
+        // A broken connection is the Engine being unreachable.
+        let err = map_bollard_error(
+            "unix:///s",
+            BollardError::IOError {
+                err: std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "connection reset by peer",
+                ),
+            },
+            Op::Build { registry: "" },
+            None,
+        );
+        assert!(
+            err.to_string()
+                .starts_with("Docker Engine unreachable at unix:///s: "),
+            "{err}"
+        );
+        assert!(err.is_transient());
+    }
+
+    #[tokio::test]
+    async fn build_stream_without_image_id_is_a_failure() {
+        let items = build_items(&[
+            r#"{"stream":"Step 1/1 : FROM x\n"}"#,
+            r#"{"stream":" ---> 671a\n"}"#,
+        ]);
+        let drained = drain_build(
+            futures_util::stream::iter(items),
+            &mut |_| {},
+            None,
+            &CancellationToken::new(),
+        )
+        .await;
+        let Drained::Done(outcome) = drained else {
+            panic!("{drained:?}")
+        };
+        let err = outcome.image_id().unwrap_err();
+        assert!(
+            matches!(&err, EngineError::BuildFailed(m) if m.contains("without an image id")),
+            "{err:?}"
+        );
+        // The classic builder's own line is a fallback when aux is missing.
+        let outcome = BuildOutcome {
+            aux_id: None,
+            built_line_id: Some("0123".into()),
+        };
+        assert_eq!(
+            outcome.image_id().unwrap(),
+            ImageIdent::Short("0123".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn build_stream_cancel_returns_promptly_and_flushes() {
+        let items = build_items(&[
+            r#"{"stream":"Step 2/2 : RUN sleep 60\n"}"#,
+            r#"{"stream":"partial"}"#,
+        ]);
+        let stream = futures_util::stream::iter(items).chain(futures_util::stream::pending());
+        let cancel = CancellationToken::new();
+        let trigger = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            trigger.cancel();
+        });
+        let (lines, mut sink) = collect();
+        let t0 = std::time::Instant::now();
+        let drained = drain_build(stream, &mut sink, None, &cancel).await;
+        assert!(matches!(drained, Drained::Cancelled), "{drained:?}");
+        assert!(t0.elapsed() < Duration::from_secs(1));
+        assert_eq!(
+            *lines.lock().unwrap(),
+            ["Step 2/2 : RUN sleep 60", "partial"]
+        );
+    }
+
+    #[tokio::test]
+    async fn push_stream_gives_digest_and_condensed_lines() {
+        let hex = "ab".repeat(32);
+        let json = [
+            r#"{"status":"The push refers to repository [127.0.0.1:5000/kiln/x]"}"#.to_string(),
+            r#"{"status":"Preparing","progressDetail":{},"id":"1a2b3c4d5e6f"}"#.into(),
+            r#"{"status":"Pushing","progressDetail":{"current":512,"total":12300000},"id":"1a2b3c4d5e6f"}"#.into(),
+            r#"{"status":"Pushed","progressDetail":{},"id":"1a2b3c4d5e6f"}"#.into(),
+            format!(r#"{{"status":"r1: digest: sha256:{hex} size: 528"}}"#),
+            format!(r#"{{"progressDetail":{{}},"aux":{{"Tag":"r1","Digest":"sha256:{hex}","Size":528}}}}"#),
+        ];
+        let items: Vec<Result<CreateImageInfo, BollardError>> = json
+            .iter()
+            .map(|l| Ok(serde_json::from_str(l).unwrap()))
+            .collect();
+        let (lines, mut sink) = collect();
+        let drained = drain_progress(
+            futures_util::stream::iter(items),
+            &mut sink,
+            None,
+            &CancellationToken::new(),
+        )
+        .await;
+        let Drained::Done(digest) = drained else {
+            panic!("{drained:?}")
+        };
+        assert_eq!(digest, Some(format!("sha256:{hex}")));
+        assert_eq!(
+            *lines.lock().unwrap(),
+            [
+                "The push refers to repository [127.0.0.1:5000/kiln/x]".to_string(),
+                "pushed layer 1a2b3c4d5e6f (12.3 MB)".into(),
+                format!("r1: digest: sha256:{hex} size: 528"),
+            ]
+        );
+        // A push error in the stream carries the registry's text.
+        let items: Vec<Result<CreateImageInfo, BollardError>> =
+            vec![Err(BollardError::DockerStreamError {
+                error: "unauthorized: authentication required".into(),
+            })];
+        let drained = drain_progress(
+            futures_util::stream::iter(items),
+            &mut |_| {},
+            None,
+            &CancellationToken::new(),
+        )
+        .await;
+        let Drained::Failed(e) = drained else {
+            panic!("{drained:?}")
+        };
+        let err = map_bollard_error(
+            "unix:///s",
+            e,
+            Op::Push {
+                image: "127.0.0.1:5001/x:t",
+            },
+            None,
+        );
+        assert_eq!(
+            err.to_string(),
+            "registry 127.0.0.1:5001 refused access: unauthorized: authentication required"
+        );
+    }
+
+    /// The push rewrite relies on how bollard spells a create_image request; this pins it for
+    /// the bollard version in use (and shows the unversioned path).
+    #[tokio::test]
+    async fn bollard_create_image_uri_is_what_the_push_rewrite_expects() {
+        let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+        let sink = seen.clone();
+        let docker = Docker::connect_with_http("tcp://127.0.0.1:1", 2, API_DEFAULT_VERSION)
+            .unwrap()
+            .with_request_modifier(move |req| {
+                sink.lock().unwrap().push(req.uri().to_string());
+                req
+            });
+        let options = CreateImageOptionsBuilder::default()
+            .from_image(PUSH_PLACEHOLDER)
+            .tag("kiln")
+            .build();
+        let mut stream = docker.create_image(Some(options), None, None);
+        assert!(
+            stream.next().await.unwrap().is_err(),
+            "nothing listens on port 1"
+        );
+        let uri = seen.lock().unwrap()[0].clone();
+        assert!(
+            uri.starts_with("http://127.0.0.1:1/images/create?"),
+            "{uri}"
+        );
+        assert_eq!(
+            rewrite_uri(&uri, "/images/create", "/images/r/x/push?tag=t").as_deref(),
+            Some("http://127.0.0.1:1/images/r/x/push?tag=t")
+        );
+    }
+
+    #[test]
+    fn credentials_only_go_to_their_own_registry() {
+        let c = Credential::new("127.0.0.1:5001", "u", "p");
+        let mut lines = Vec::new();
+        let mut log = |l: String| lines.push(l);
+        assert!(credential_for("127.0.0.1:5001/kiln/x:t", Some(&c), &mut log).is_some());
+        assert!(credential_for("127.0.0.1:5000/kiln/x:t", Some(&c), &mut log).is_none());
+        assert!(credential_for("debian", Some(&c), &mut log).is_none());
+        assert!(credential_for("debian", None, &mut log).is_none());
+        let hub = Credential::new("https://index.docker.io/v1/", "u", "p");
+        assert!(credential_for("debian:bookworm", Some(&hub), &mut log).is_some());
+        assert_eq!(lines.len(), 2, "{lines:?}");
     }
 
     #[test]

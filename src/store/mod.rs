@@ -12,6 +12,7 @@
 //! | `built`        | name `\0` digest           | job id that produced an image |
 //! | `paths`        | name                       | files claiming the name       |
 //! | `logs`         | job id ++ line number      | [`LogLine`]                   |
+//! | `installed`    | job id                     | packages found in the image   |
 //! | `meta`         | `schema_version`, `last_commit`, `sync` | …                |
 //!
 //! Records are encoded with postcard (compact, no bincode: RUSTSEC-2025-0141). A reconcile plan
@@ -25,7 +26,9 @@ mod logs;
 
 pub use logs::LogLine;
 
-use crate::model::{Job, JobId, JobStatus, Revision, SpecRecord, Timestamp, now};
+use crate::model::{
+    InstalledPackages, Job, JobId, JobStatus, Revision, SpecRecord, Timestamp, now,
+};
 use crate::reconcile::{Plan, StateView};
 use codec::{decode, encode, name_key, name_prefix};
 use serde::{Deserialize, Serialize};
@@ -96,6 +99,7 @@ pub struct Store {
     built: sled::Tree,
     paths: sled::Tree,
     logs: sled::Tree,
+    installed: sled::Tree,
     meta: sled::Tree,
     events: broadcast::Sender<StoreEvent>,
 }
@@ -161,6 +165,7 @@ impl Store {
             built: db.open_tree("built")?,
             paths: db.open_tree("paths")?,
             logs: db.open_tree("logs")?,
+            installed: db.open_tree("installed")?,
             meta,
             db,
             events,
@@ -358,6 +363,7 @@ impl Store {
                         error: new.cancelled.clone(),
                         reused_from: None,
                         attempts: 0,
+                        pushed: Vec::new(),
                         dockerfile: new.dockerfile.clone(),
                     };
                     jobs.insert(&id.to_be_bytes(), encode(&job).map_err(abort)?)?;
@@ -420,11 +426,22 @@ impl Store {
 
     /// Record a job's new state (from the builder). Keeps the active set, the built-image
     /// index and the spec's latest image in step, then flushes.
-    pub async fn update_job(&self, job: &Job) -> Result<(), StoreError> {
+    pub async fn update_job(&self, job: &Job) -> Result<Job, StoreError> {
         let trees = (&self.jobs, &self.active, &self.built, &self.specs);
-        trees.transaction(|(jobs, active, built, specs)| {
+        let stored = trees.transaction(|(jobs, active, built, specs)| {
             let abort = ConflictableTransactionError::Abort;
-            jobs.insert(&job.id.to_be_bytes(), encode(job).map_err(abort)?)?;
+            let mut job = job.clone();
+            // A cancellation (superseded, spec deleted) is final: a worker that has not noticed
+            // it yet must not resurrect the job by writing `running`.
+            if let Some(bytes) = jobs.get(job.id.to_be_bytes())? {
+                let current: Job = decode("jobs", &bytes).map_err(abort)?;
+                if current.status == JobStatus::Cancelled && job.status != JobStatus::Cancelled {
+                    job.status = JobStatus::Cancelled;
+                    job.error = current.error.clone();
+                    job.finished_at = job.finished_at.or(current.finished_at);
+                }
+            }
+            jobs.insert(&job.id.to_be_bytes(), encode(&job).map_err(abort)?)?;
             let key = name_key(&job.spec, &job.id.to_be_bytes());
             if job.status.is_final() {
                 active.remove(key)?;
@@ -438,23 +455,72 @@ impl Store {
                 )?;
                 if let Some(bytes) = specs.get(job.spec.as_bytes())? {
                     let mut record: SpecRecord = decode("specs", &bytes).map_err(abort)?;
-                    // Only a job at least as new as the current image moves `latest`.
-                    if record.latest_job.is_none_or(|latest| job.id >= latest)
-                        || record.latest_image.is_none()
+                    // An older job finishing late never replaces a newer image.
+                    if record
+                        .latest_image_job
+                        .is_none_or(|newest| job.id >= newest)
                     {
                         record.latest_image = job.image.clone();
+                        record.latest_image_job = Some(job.id);
                         specs.insert(job.spec.as_bytes(), encode(&record).map_err(abort)?)?;
                     }
                 }
             }
-            Ok(())
+            Ok(job)
         })?;
         self.db.flush_async().await?;
         let _ = self.events.send(StoreEvent::Job {
-            job: job.id,
-            status: job.status,
+            job: stored.id,
+            status: stored.status,
         });
+        Ok(stored)
+    }
+
+    /// Installed packages recorded for a job.
+    pub fn installed(&self, job: JobId) -> Result<Option<InstalledPackages>, StoreError> {
+        self.installed
+            .get(job.to_be_bytes())?
+            .map(|v| decode("installed", &v))
+            .transpose()
+    }
+
+    pub async fn set_installed(
+        &self,
+        job: JobId,
+        packages: &InstalledPackages,
+    ) -> Result<(), StoreError> {
+        self.installed
+            .insert(job.to_be_bytes(), encode(packages)?)?;
+        self.db.flush_async().await?;
         Ok(())
+    }
+
+    /// Jobs a dead process left `running` go back to `queued`, each with a log line saying
+    /// why. Returns how many.
+    pub async fn requeue_interrupted(&self) -> Result<usize, StoreError> {
+        let mut count = 0;
+        for mut job in self.active_jobs()? {
+            if job.status != JobStatus::Running {
+                continue;
+            }
+            job.status = JobStatus::Queued;
+            job.updated_at = now();
+            self.update_job(&job).await?;
+            let text = format!(
+                "kiln: the process running attempt {} stopped before the job finished; re-queued",
+                job.attempts
+            );
+            self.append_log(
+                job.id,
+                &[LogLine {
+                    at_ms: now() * 1000,
+                    text,
+                }],
+            )
+            .await?;
+            count += 1;
+        }
+        Ok(count)
     }
 
     /// Forget a built image (it vanished from the Engine and the registry).

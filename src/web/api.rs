@@ -21,6 +21,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/specs/{name}/jobs", get(spec_jobs))
         .route("/api/v1/jobs/{id}", get(get_job))
         .route("/api/v1/jobs/{id}/log", get(job_log))
+        .route("/api/v1/jobs/{id}/packages", get(job_packages))
 }
 
 /// An API error: status plus `{"error": …}`.
@@ -271,6 +272,20 @@ async fn get_job(
         dockerfile: job.dockerfile.clone(),
         job: JobView::from(&job),
     }))
+}
+
+/// What is inside the job's image: `{apt: [{name, version}], pip: […], conda: […]}`; 404 until
+/// recorded (after a successful build).
+async fn job_packages(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<crate::model::InstalledPackages>, ApiError> {
+    let id = parse_id(&id)?;
+    state
+        .store
+        .installed(id)?
+        .map(Json)
+        .ok_or_else(|| not_found(format!("installed packages of job {id}")))
 }
 
 /// The whole log as text, streamed page by page so a 200 MB log is never held in memory.

@@ -1,10 +1,15 @@
 //! The read-only HTTP side: JSON API and health.
 //!
 //! Handlers read the store and nothing else; nothing here can change state (the only POST
-//! routes will be signed webhooks, which merely ask for a fetch). Servers bind where the
-//! config says, 127.0.0.1:8080 by default.
+//! routes are the signed webhooks in [`hooks`], which merely ask for a fetch). Servers bind
+//! where the config says, 127.0.0.1:8080 by default.
 
 mod api;
+pub mod hooks;
+mod metrics;
+pub mod pages;
+mod sse;
+mod status;
 
 use crate::store::Store;
 use axum::Router;
@@ -22,6 +27,8 @@ pub struct AppState {
     /// while one look is pending coalesce into that one look.
     pub sync_trigger: Arc<Notify>,
     pub counters: Arc<Counters>,
+    /// Webhook secrets, replay cache and flood gate (`Default`: webhooks disabled).
+    pub webhooks: Arc<hooks::Webhooks>,
     /// Cancelled on shutdown: long-lived responses (SSE) end on it.
     pub shutdown: CancellationToken,
 }
@@ -31,6 +38,9 @@ pub struct AppState {
 pub struct Counters {
     pub webhooks_accepted: AtomicU64,
     pub webhooks_rejected: AtomicU64,
+    /// Sync passes (fetch + reconcile) started, and how many of them failed.
+    pub sync_passes: AtomicU64,
+    pub sync_failures: AtomicU64,
 }
 
 /// Static facts about this Kiln process.
@@ -39,10 +49,25 @@ pub struct AppInfo {
     pub repo: String,
     pub branch: String,
     pub no_build: bool,
+    /// Seconds between looks when nothing triggers one.
+    pub poll_interval_secs: u64,
+    /// The git dir watched for ref changes, when a local repository is watched.
+    pub watching: Option<String>,
+    /// Dashboard link to a commit, `{sha}` replaced (config `commit_url`).
+    pub commit_url: Option<String>,
+    /// Web page of the repository (`https://git.example.com/org/specs`), for links to spec
+    /// files (`…/blob/BRANCH/PATH`, or a template with `{path}` and `{branch}`) and, without
+    /// `commit_url`, to commits (`…/commit/SHA`).
+    pub repo_web_url: Option<String>,
 }
 
 pub fn router(state: AppState) -> Router {
     api::routes()
+        .merge(hooks::routes())
+        .merge(status::routes())
+        .merge(pages::routes(&state))
+        .layer(tower_http::compression::CompressionLayer::new())
+        .layer(axum::middleware::from_fn(pages::security_headers))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }

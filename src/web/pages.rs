@@ -1,0 +1,898 @@
+//! The dashboard: server-rendered HTML pages (askama templates in `web/templates`, CSS and JS
+//! in `web/static`, all compiled into the binary).
+//!
+//! * `/` — specs: filter (`?q=`), status (`?status=`), deleted ones (`?deleted=1`), pages of
+//!   100 (`?page=`), counts per status. Served from an in-memory index kept fresh by store
+//!   events ([`index`]), so 10,000 specs cost no store reads per request.
+//! * `/specs/{name}` — the spec as committed now, its validation errors, its jobs (`?page=`).
+//! * `/jobs/{id}` — the job, its spec snapshot, Dockerfile, installed packages and its log:
+//!   the last [`LOG_PAGE`] lines, older pages by `?from=` (a line number), live lines over
+//!   SSE (`/jobs/{id}/events`, see `sse.rs`).
+//!
+//! Everything works without JavaScript except the live tail, the copy buttons and relative
+//! times that keep counting. Nothing here changes state.
+
+mod ansi;
+mod assets;
+mod highlight;
+pub(crate) mod index;
+
+pub(crate) use ansi::line_to_html;
+pub(crate) use index::Caches;
+
+use super::AppState;
+use crate::model::{Job, JobId, JobStatus, Revision, Timestamp, now};
+use crate::store::StoreError;
+use askama::Template;
+use askama_web::WebTemplate;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Router};
+use index::{SpecRow, SpecStatus};
+use serde::Deserialize;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use time::OffsetDateTime;
+
+/// Rows per page of the spec list.
+pub const SPECS_PAGE: usize = 100;
+/// Jobs per page on a spec's page.
+pub const JOBS_PAGE: usize = 50;
+/// Log lines per page on a job's page.
+pub const LOG_PAGE: usize = 500;
+
+pub fn routes(state: &AppState) -> Router<AppState> {
+    Router::new()
+        .route("/", get(spec_list))
+        .route("/specs/{name}", get(spec_page))
+        .route("/jobs/{id}", get(job_page))
+        .route("/jobs/{id}/events", get(super::sse::job_events))
+        .route("/metrics", get(super::metrics::metrics))
+        .route("/static/{name}", get(assets::serve))
+        .fallback(not_found_page)
+        .layer(Extension(Caches::new(&state.store)))
+}
+
+/// The Content-Security-Policy of every response: scripts, styles and images only from this
+/// origin, no inline code, no framing, forms only to here (the filter is a GET form).
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+    connect-src 'self'; font-src 'self'; manifest-src 'self'; base-uri 'none'; form-action 'self'; \
+    frame-ancestors 'none'";
+
+/// Security headers on every response (pages, API, static files), unless a handler set them.
+pub async fn security_headers(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use axum::http::HeaderValue;
+    let is_page = !request.uri().path().starts_with("/api/");
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    let defaults = [
+        (header::CONTENT_SECURITY_POLICY, CSP),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "same-origin"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+    ];
+    for (name, value) in defaults {
+        if !h.contains_key(&name) {
+            h.insert(name, HeaderValue::from_static(value));
+        }
+    }
+    // Pages are live views: always revalidate (static files set their own caching).
+    if is_page && !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    }
+    response
+}
+
+// ---------------------------------------------------------------------------------------
+// Shared view pieces
+
+/// A point in time, three ways.
+pub struct When {
+    /// RFC 3339, for `<time datetime>` (the script keeps the relative text current).
+    pub iso: String,
+    /// `2026-11-23 15:39:34 UTC`, shown on hover.
+    pub exact: String,
+    /// `5 min ago`.
+    pub rel: String,
+}
+
+impl When {
+    pub fn at(ts: Timestamp) -> When {
+        When::at_now(ts, now())
+    }
+
+    fn at_now(ts: Timestamp, now: Timestamp) -> When {
+        let t = OffsetDateTime::from_unix_timestamp(ts).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        let exact = format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        );
+        When {
+            iso: crate::model::rfc3339(ts),
+            rel: relative(now - ts, &exact),
+            exact,
+        }
+    }
+}
+
+/// `just now`, `42 s ago`, `5 min ago`, `3 h ago`, `2 days ago`, then the date.
+fn relative(ago: i64, exact: &str) -> String {
+    match ago {
+        i64::MIN..=-60 => exact[..10].to_string(),
+        -59..=4 => "just now".into(),
+        5..=59 => format!("{ago} s ago"),
+        60..=3599 => format!("{} min ago", ago / 60),
+        3600..=86_399 => format!("{} h ago", ago / 3600),
+        86_400..=2_591_999 => {
+            let d = ago / 86_400;
+            format!("{d} day{} ago", if d == 1 { "" } else { "s" })
+        }
+        _ => exact[..10].to_string(),
+    }
+}
+
+/// `1 h 2 min`, `3 min 4 s`, `12 s`.
+pub fn duration(secs: i64) -> String {
+    let secs = secs.max(0);
+    match secs {
+        0..=59 => format!("{secs} s"),
+        60..=3599 => format!("{} min {} s", secs / 60, secs % 60),
+        _ => format!("{} h {} min", secs / 3600, (secs % 3600) / 60),
+    }
+}
+
+/// `10,000`
+pub fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Percent-encode for a URL query value or path segment.
+pub fn encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+fn short(sha: &str) -> &str {
+    sha.get(..7).unwrap_or(sha)
+}
+
+/// Only http(s) links from configuration reach an `href`.
+fn web_link(url: String) -> Option<String> {
+    (url.starts_with("https://") || url.starts_with("http://")).then_some(url)
+}
+
+impl super::AppInfo {
+    /// Link to a commit: `commit_url` with `{sha}` replaced, else `repo_web_url/commit/SHA`.
+    pub fn commit_href(&self, sha: &str) -> Option<String> {
+        let url = match (&self.commit_url, &self.repo_web_url) {
+            (Some(template), _) => template.replace("{sha}", sha),
+            (None, Some(base)) => format!("{}/commit/{sha}", base.trim_end_matches('/')),
+            (None, None) => return None,
+        };
+        web_link(url)
+    }
+
+    /// Link to a file on the branch: `repo_web_url` with `{path}` (and `{branch}`) replaced,
+    /// else `repo_web_url/blob/BRANCH/PATH` (GitHub, Gitea and GitLab all answer that).
+    pub fn file_href(&self, path: &str) -> Option<String> {
+        let base = self.repo_web_url.as_ref()?;
+        let path = path.trim_start_matches("./");
+        let url = if base.contains("{path}") {
+            base.replace("{path}", path)
+                .replace("{branch}", &self.branch)
+        } else {
+            format!("{}/blob/{}/{path}", base.trim_end_matches('/'), self.branch)
+        };
+        web_link(url)
+    }
+}
+
+/// What every page's frame shows.
+pub struct Layout {
+    pub title: String,
+    pub nav: &'static str,
+    pub css: &'static str,
+    pub js: &'static str,
+    pub icon: &'static str,
+    pub repo: String,
+    pub branch: String,
+    pub no_build: bool,
+    pub version: &'static str,
+    pub sync_error: Option<String>,
+    pub last_sync: Option<When>,
+    pub never_synced: bool,
+}
+
+impl Layout {
+    fn new(state: &AppState, title: impl Into<String>, nav: &'static str) -> Layout {
+        let sync = state.store.sync_status().unwrap_or_default();
+        Layout {
+            title: title.into(),
+            nav,
+            css: assets::url("app.css"),
+            js: assets::url("app.js"),
+            icon: assets::url("favicon.svg"),
+            repo: crate::repo::redact(&state.inner.repo),
+            branch: state.inner.branch.clone(),
+            no_build: state.inner.no_build,
+            version: env!("CARGO_PKG_VERSION"),
+            never_synced: sync.last_success.is_none() && sync.last_attempt.is_none(),
+            last_sync: sync.last_success.map(When::at),
+            sync_error: sync.error,
+        }
+    }
+}
+
+/// An HTML error page.
+pub struct PageError(StatusCode, String);
+
+#[derive(Template, WebTemplate)]
+#[template(path = "error.html", config = "web/askama.toml")]
+struct ErrorPage {
+    layout: Layout,
+    code: u16,
+    message: String,
+}
+
+impl PageError {
+    fn not_found(what: impl Into<String>) -> PageError {
+        PageError(StatusCode::NOT_FOUND, what.into())
+    }
+}
+
+impl From<StoreError> for PageError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store read failed");
+        PageError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "The store could not be read; see Kiln's log.".into(),
+        )
+    }
+}
+
+/// Rendered with a minimal frame (no state at hand here).
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let page = ErrorPage {
+            layout: Layout {
+                title: self.0.canonical_reason().unwrap_or("Error").to_string(),
+                nav: "",
+                css: assets::url("app.css"),
+                js: assets::url("app.js"),
+                icon: assets::url("favicon.svg"),
+                repo: String::new(),
+                branch: String::new(),
+                no_build: false,
+                version: env!("CARGO_PKG_VERSION"),
+                sync_error: None,
+                last_sync: None,
+                never_synced: false,
+            },
+            code: self.0.as_u16(),
+            message: self.1,
+        };
+        (self.0, page).into_response()
+    }
+}
+
+async fn not_found_page() -> PageError {
+    PageError::not_found("There is no page at this address.")
+}
+
+// ---------------------------------------------------------------------------------------
+// `/`: the spec list
+
+#[derive(Deserialize, Default)]
+pub struct ListQuery {
+    q: Option<String>,
+    page: Option<String>,
+    deleted: Option<String>,
+    status: Option<String>,
+}
+
+pub struct Chip {
+    label: &'static str,
+    class: &'static str,
+    count: String,
+    href: String,
+    active: bool,
+}
+
+pub struct SpecRowView {
+    name: String,
+    href: String,
+    status: &'static str,
+    job_href: Option<String>,
+    image: Option<String>,
+    revision: u64,
+    commit: Option<String>,
+    commit_href: Option<String>,
+    updated: When,
+    deleted: bool,
+}
+
+pub struct Pager {
+    page: usize,
+    pages: usize,
+    first: usize,
+    last: usize,
+    total: String,
+    prev: Option<String>,
+    next: Option<String>,
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "specs.html", config = "web/askama.toml")]
+struct SpecListPage {
+    layout: Layout,
+    q: String,
+    status: Option<&'static str>,
+    show_deleted: bool,
+    chips: Vec<Chip>,
+    deleted_count: usize,
+    deleted_href: String,
+    rows: Vec<SpecRowView>,
+    pager: Pager,
+    /// The store has no spec at all.
+    no_specs: bool,
+    clear_href: String,
+}
+
+/// `/?q=…&status=…&deleted=1&page=N` with the given changes.
+fn list_href(q: &str, status: Option<&str>, deleted: bool, page: usize) -> String {
+    let mut params = Vec::new();
+    if !q.is_empty() {
+        params.push(format!("q={}", encode(q)));
+    }
+    if let Some(s) = status {
+        params.push(format!("status={s}"));
+    }
+    if deleted {
+        params.push("deleted=1".into());
+    }
+    if page > 1 {
+        params.push(format!("page={page}"));
+    }
+    if params.is_empty() {
+        "/".into()
+    } else {
+        format!("/?{}", params.join("&"))
+    }
+}
+
+fn page_number(raw: Option<&str>) -> usize {
+    raw.and_then(|p| p.trim().parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1)
+}
+
+async fn spec_list(
+    State(state): State<AppState>,
+    Extension(caches): Extension<Arc<Caches>>,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, PageError> {
+    let index = caches.specs.get(&state.store).await?;
+    let q = query.q.unwrap_or_default().trim().to_string();
+    let needle = q.to_lowercase();
+    let status = query.status.as_deref().and_then(SpecStatus::parse);
+    let show_deleted = matches!(query.deleted.as_deref(), Some("1" | "true" | "on"));
+    let page = page_number(query.page.as_deref());
+
+    let matches = |row: &&SpecRow| {
+        (show_deleted || !row.deleted)
+            && status.is_none_or(|s| s == row.status && !row.deleted)
+            && (needle.is_empty() || row.haystack.contains(&needle))
+    };
+    let total = index.rows.iter().filter(matches).count();
+    let pages = total.div_ceil(SPECS_PAGE).max(1);
+    let page = page.min(pages);
+    let skip = (page - 1) * SPECS_PAGE;
+    let now = now();
+    let rows: Vec<SpecRowView> = index
+        .rows
+        .iter()
+        .filter(matches)
+        .skip(skip)
+        .take(SPECS_PAGE)
+        .map(|row| SpecRowView {
+            href: format!("/specs/{}", encode(&row.name)),
+            status: row.status.as_str(),
+            job_href: row.latest_job.map(|id| format!("/jobs/{id}")),
+            image: row.image.clone(),
+            revision: row.revision,
+            commit_href: row
+                .commit
+                .as_deref()
+                .and_then(|c| state.inner.commit_href(c)),
+            commit: row.commit.as_deref().map(|c| short(c).to_string()),
+            updated: When::at_now(row.updated_at, now),
+            deleted: row.deleted,
+            name: row.name.clone(),
+        })
+        .collect();
+
+    let status_str = status.map(SpecStatus::as_str);
+    let mut chips = vec![Chip {
+        label: "all",
+        class: "all",
+        count: thousands(index.live),
+        href: list_href(&q, None, show_deleted, 1),
+        active: status.is_none(),
+    }];
+    for s in SpecStatus::ALL {
+        let n = index.count(s);
+        if n == 0 && status != Some(s) {
+            continue;
+        }
+        chips.push(Chip {
+            label: s.as_str(),
+            class: s.as_str(),
+            count: thousands(n),
+            href: list_href(&q, Some(s.as_str()), show_deleted, 1),
+            active: status == Some(s),
+        });
+    }
+    let title = if q.is_empty() {
+        "Specs".to_string()
+    } else {
+        format!("Specs matching “{q}”")
+    };
+    let page_view = SpecListPage {
+        layout: Layout::new(&state, title, "specs"),
+        status: status_str,
+        show_deleted,
+        chips,
+        deleted_count: index.deleted,
+        deleted_href: list_href(&q, status_str, !show_deleted, 1),
+        no_specs: index.rows.is_empty(),
+        clear_href: list_href("", None, show_deleted, 1),
+        pager: Pager {
+            page,
+            pages,
+            first: if total == 0 { 0 } else { skip + 1 },
+            last: skip + rows.len(),
+            total: thousands(total),
+            prev: (page > 1).then(|| list_href(&q, status_str, show_deleted, page - 1)),
+            next: (page < pages).then(|| list_href(&q, status_str, show_deleted, page + 1)),
+        },
+        rows,
+        q,
+    };
+    Ok(page_view.into_response())
+}
+
+// ---------------------------------------------------------------------------------------
+// `/specs/{name}`
+
+pub struct DiagView {
+    line: u32,
+    column: u32,
+    rule: String,
+    message: String,
+    path: String,
+}
+
+pub struct JobRowView {
+    id: JobId,
+    status: &'static str,
+    revision: u64,
+    commit: String,
+    commit_href: Option<String>,
+    subject: String,
+    image: Option<String>,
+    updated: When,
+    error: Option<String>,
+}
+
+pub struct CommitView {
+    short: String,
+    href: Option<String>,
+    subject: String,
+    author: String,
+    at: When,
+}
+
+impl CommitView {
+    fn of(state: &AppState, rev: &Revision) -> CommitView {
+        CommitView {
+            short: short(&rev.commit.sha).to_string(),
+            href: state.inner.commit_href(&rev.commit.sha),
+            subject: rev.commit.subject.clone(),
+            author: rev.commit.author.clone(),
+            at: When::at(rev.commit.committed_at),
+        }
+    }
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "spec.html", config = "web/askama.toml")]
+struct SpecPage {
+    layout: Layout,
+    name: String,
+    status: &'static str,
+    image: Option<String>,
+    path: String,
+    path_href: Option<String>,
+    deleted: bool,
+    revision: u64,
+    commit: Option<CommitView>,
+    updated: When,
+    yaml: Vec<String>,
+    errors: Vec<DiagView>,
+    jobs: Vec<JobRowView>,
+    pager: Pager,
+}
+
+#[derive(Deserialize, Default)]
+pub struct PageQuery {
+    page: Option<String>,
+}
+
+async fn spec_page(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(query): Query<PageQuery>,
+) -> Result<Response, PageError> {
+    let store = &state.store;
+    let record = store
+        .spec(&name)?
+        .ok_or_else(|| PageError::not_found(format!("No spec is named “{name}”.")))?;
+    let current = store.revision(&name, record.revision)?;
+    let latest = match record.latest_job {
+        Some(id) => store.job(id)?,
+        None => None,
+    };
+    let status = if !record.valid {
+        "invalid"
+    } else {
+        latest.as_ref().map_or("none", |j| j.status.as_str())
+    };
+    let job_total = store.job_count_of_spec(&name);
+    let pages = job_total.div_ceil(JOBS_PAGE).max(1);
+    let page = page_number(query.page.as_deref()).min(pages);
+    let skip = (page - 1) * JOBS_PAGE;
+    let jobs = store.jobs_of_spec(&name, skip, JOBS_PAGE)?;
+    let now = now();
+    let mut subjects: std::collections::HashMap<u64, String> = Default::default();
+    let mut rows = Vec::with_capacity(jobs.len());
+    for job in &jobs {
+        if !subjects.contains_key(&job.revision) {
+            let subject = if current.as_ref().is_some_and(|r| r.number == job.revision) {
+                current.as_ref().map(|r| r.commit.subject.clone())
+            } else {
+                store
+                    .revision(&name, job.revision)?
+                    .map(|r| r.commit.subject)
+            };
+            subjects.insert(job.revision, subject.unwrap_or_default());
+        }
+        rows.push(JobRowView {
+            id: job.id,
+            status: job.status.as_str(),
+            revision: job.revision,
+            commit: short(&job.commit).to_string(),
+            commit_href: state.inner.commit_href(&job.commit),
+            subject: subjects.get(&job.revision).cloned().unwrap_or_default(),
+            image: job.image.clone().filter(|_| job.status.has_image()),
+            updated: When::at_now(job.updated_at, now),
+            error: job.error.clone(),
+        });
+    }
+    let href = |p: usize| {
+        if p > 1 {
+            format!("/specs/{}?page={p}#jobs", encode(&name))
+        } else {
+            format!("/specs/{}#jobs", encode(&name))
+        }
+    };
+    let view = SpecPage {
+        layout: Layout::new(&state, name.clone(), "specs"),
+        status,
+        image: record.latest_image.clone(),
+        path_href: state.inner.file_href(&record.path),
+        path: record.path.clone(),
+        deleted: record.deleted,
+        revision: record.revision,
+        commit: current.as_ref().map(|r| CommitView::of(&state, r)),
+        updated: When::at(record.updated_at),
+        yaml: current
+            .as_ref()
+            .map(|r| highlight::yaml(&r.yaml))
+            .unwrap_or_default(),
+        errors: current
+            .as_ref()
+            .map(|r| {
+                r.errors
+                    .iter()
+                    .map(|d| DiagView {
+                        line: d.line,
+                        column: d.column,
+                        rule: d.rule.to_string(),
+                        message: d.message.clone(),
+                        path: d.path.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        pager: Pager {
+            page,
+            pages,
+            first: if job_total == 0 { 0 } else { skip + 1 },
+            last: skip + rows.len(),
+            total: thousands(job_total),
+            prev: (page > 1).then(|| href(page - 1)),
+            next: (page < pages).then(|| href(page + 1)),
+        },
+        jobs: rows,
+        name,
+    };
+    Ok(view.into_response())
+}
+
+// ---------------------------------------------------------------------------------------
+// `/jobs/{id}`
+
+pub struct LogRow {
+    /// 1-based, as shown.
+    n: u64,
+    html: String,
+}
+
+pub struct Fact {
+    label: &'static str,
+    value: String,
+    when: Option<When>,
+}
+
+pub struct PackageList {
+    manager: &'static str,
+    items: Vec<(String, String)>,
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "job.html", config = "web/askama.toml")]
+struct JobPage {
+    layout: Layout,
+    id: JobId,
+    spec: String,
+    spec_href: String,
+    status: &'static str,
+    final_status: bool,
+    revision: u64,
+    commit: Option<CommitView>,
+    commit_short: String,
+    commit_href: Option<String>,
+    image: Option<String>,
+    digest: Option<String>,
+    error: Option<String>,
+    reused_from: Option<JobId>,
+    facts: Vec<Fact>,
+    spec_yaml: Vec<String>,
+    dockerfile: Vec<String>,
+    packages: Vec<PackageList>,
+    package_count: usize,
+    log: Vec<LogRow>,
+    log_total: u64,
+    /// 0-based number of the first line shown.
+    log_from: u64,
+    older_href: Option<String>,
+    newer_href: Option<String>,
+    latest_href: Option<String>,
+    /// SSE URL when the page shows the end of a job that can still change.
+    live: Option<String>,
+    /// 0-based number of the next line the live tail expects.
+    log_next: u64,
+    empty_log_hint: &'static str,
+}
+
+#[derive(Deserialize, Default)]
+pub struct LogQuery {
+    from: Option<String>,
+}
+
+fn timing_facts(job: &Job) -> Vec<Fact> {
+    let t = now();
+    let mut facts = vec![Fact {
+        label: "Created",
+        value: String::new(),
+        when: Some(When::at(job.created_at)),
+    }];
+    if let Some(started) = job.started_at {
+        facts.push(Fact {
+            label: "Started",
+            value: format!("after {} in the queue", duration(started - job.created_at)),
+            when: Some(When::at(started)),
+        });
+    }
+    match (job.started_at, job.finished_at) {
+        (_, Some(finished)) => facts.push(Fact {
+            label: "Finished",
+            value: match job.started_at {
+                Some(started) => format!("took {}", duration(finished - started)),
+                None => String::new(),
+            },
+            when: Some(When::at(finished)),
+        }),
+        (Some(started), None) => facts.push(Fact {
+            label: "Running for",
+            value: duration(t - started),
+            when: None,
+        }),
+        (None, None) => facts.push(Fact {
+            label: "Waiting for",
+            value: duration(t - job.created_at),
+            when: None,
+        }),
+    }
+    facts.push(Fact {
+        label: "Attempts",
+        value: job.attempts.to_string(),
+        when: None,
+    });
+    facts
+}
+
+async fn job_page(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<LogQuery>,
+) -> Result<Response, PageError> {
+    let store = &state.store;
+    let missing = || PageError::not_found(format!("No job has the id “{id}”."));
+    let job_id: JobId = id.parse().map_err(|_| missing())?;
+    let job = store.job(job_id)?.ok_or_else(missing)?;
+    let revision = store.revision(&job.spec, job.revision)?;
+    let installed = store.installed(job_id)?;
+
+    let total = store.log_len(job_id)?;
+    let tail_from = total.saturating_sub(LOG_PAGE as u64);
+    let from = query
+        .from
+        .as_deref()
+        .and_then(|f| f.trim().parse::<u64>().ok())
+        .map_or(tail_from, |f| f.min(tail_from));
+    let lines = store.log_lines(job_id, from, LOG_PAGE)?;
+    let log_next = lines.last().map_or(from, |(n, _)| n + 1);
+    let at_end = log_next >= total;
+    let log: Vec<LogRow> = lines
+        .into_iter()
+        .map(|(n, line)| LogRow {
+            n: n + 1,
+            html: line_to_html(&line.text),
+        })
+        .collect();
+    let page_href = |f: u64| format!("/jobs/{job_id}?from={f}#log");
+
+    let mut packages = Vec::new();
+    if let Some(p) = installed {
+        for (manager, list) in [("apt", p.apt), ("pip", p.pip), ("conda", p.conda)] {
+            if !list.is_empty() {
+                packages.push(PackageList {
+                    manager,
+                    items: list.into_iter().map(|p| (p.name, p.version)).collect(),
+                });
+            }
+        }
+    }
+    let empty_log_hint = match job.status {
+        JobStatus::Queued if state.inner.no_build => {
+            "Builds are disabled on this Kiln (observe only): this job will not run here."
+        }
+        JobStatus::Queued => {
+            "Waiting for a free worker. Lines appear here as soon as the build starts."
+        }
+        JobStatus::Running => "Starting… lines appear here as the build prints them.",
+        JobStatus::Reused => "This job re-used an earlier image; nothing was built.",
+        JobStatus::Cancelled => "The job was cancelled before it printed anything.",
+        _ => "This job printed nothing.",
+    };
+    let view = JobPage {
+        layout: Layout::new(&state, format!("Job {job_id} · {}", job.spec), "specs"),
+        id: job_id,
+        spec_href: format!("/specs/{}", encode(&job.spec)),
+        status: job.status.as_str(),
+        final_status: job.status.is_final(),
+        revision: job.revision,
+        commit: revision.as_ref().map(|r| CommitView::of(&state, r)),
+        commit_short: short(&job.commit).to_string(),
+        commit_href: state.inner.commit_href(&job.commit),
+        image: job.image.clone(),
+        digest: job.image_digest.clone(),
+        error: job.error.clone(),
+        reused_from: job.reused_from,
+        facts: timing_facts(&job),
+        spec_yaml: revision
+            .as_ref()
+            .map(|r| highlight::yaml(&r.yaml))
+            .unwrap_or_default(),
+        dockerfile: highlight::dockerfile(&job.dockerfile),
+        package_count: packages.iter().map(|p| p.items.len()).sum(),
+        packages,
+        log,
+        log_total: total,
+        log_from: from,
+        older_href: (from > 0).then(|| page_href(from.saturating_sub(LOG_PAGE as u64))),
+        newer_href: (!at_end).then(|| page_href(log_next)),
+        latest_href: (!at_end).then(|| format!("/jobs/{job_id}#log")),
+        // Live while the job can still change here (not a queued job on an observe-only Kiln).
+        live: (at_end
+            && !job.status.is_final()
+            && !(state.inner.no_build && job.status == JobStatus::Queued))
+            .then(|| format!("/jobs/{job_id}/events")),
+        log_next,
+        empty_log_hint,
+        spec: job.spec,
+    };
+    Ok(view.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_times_and_numbers() {
+        let w = When::at_now(1_700_000_000, 1_700_000_000 + 125);
+        assert_eq!(w.rel, "2 min ago");
+        assert_eq!(w.exact, "2023-11-14 22:13:20 UTC");
+        assert_eq!(When::at_now(0, 2).rel, "just now");
+        assert_eq!(When::at_now(0, 86_400 * 3).rel, "3 days ago");
+        assert_eq!(When::at_now(0, 86_400 * 40).rel, "1970-01-01");
+        assert_eq!(thousands(10_000), "10,000");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(duration(3725), "1 h 2 min");
+        assert_eq!(encode("a b/ü"), "a%20b%2F%C3%BC");
+    }
+
+    #[test]
+    fn links_from_configuration() {
+        let info = super::super::AppInfo {
+            branch: "main".into(),
+            repo_web_url: Some("https://git.example.com/org/specs/".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            info.commit_href("abc").as_deref(),
+            Some("https://git.example.com/org/specs/commit/abc")
+        );
+        assert_eq!(
+            info.file_href("./a/b.yaml").as_deref(),
+            Some("https://git.example.com/org/specs/blob/main/a/b.yaml")
+        );
+        let info = super::super::AppInfo {
+            commit_url: Some("javascript:alert({sha})".into()),
+            ..Default::default()
+        };
+        assert_eq!(info.commit_href("abc"), None);
+        assert_eq!(
+            list_href("a b", Some("failed"), true, 2),
+            "/?q=a%20b&status=failed&deleted=1&page=2"
+        );
+        assert_eq!(list_href("", None, false, 1), "/");
+    }
+}

@@ -1,0 +1,246 @@
+//! A real headless Chromium for the dashboard tests: Debian's `chromium` driven through its
+//! `chromedriver` (installed by `scripts/install-browser.sh`) with fantoccini.
+//!
+//! Each [`Browser`] runs its own chromedriver on a free 127.0.0.1 port with a fresh profile
+//! directory, and kills it on drop. With `CI=true` a missing browser fails loudly; otherwise
+//! the test prints `SKIPPED` and returns.
+#![allow(dead_code)]
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// `chromium` and `chromedriver`, or `None` (after failing in CI / printing SKIPPED).
+pub fn available() -> Option<(PathBuf, PathBuf)> {
+    let found = which("chromium")
+        .or_else(|| which("chromium-browser"))
+        .zip(which("chromedriver"));
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").map(|v| v != "true").unwrap_or(true),
+            "CI=true but chromium/chromedriver are missing: run scripts/install-browser.sh"
+        );
+        eprintln!(
+            "\n*** SKIPPED: no chromium/chromedriver (run scripts/install-browser.sh) ***\n"
+        );
+    }
+    found
+}
+
+pub struct Browser {
+    pub client: Client,
+    driver: Child,
+    driver_url: String,
+    session: String,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    /// Start chromedriver and a headless Chromium session; `None` when skipped.
+    pub async fn start() -> Option<Browser> {
+        let (chromium, chromedriver) = available()?;
+        let port = crate::common::free_port();
+        let driver = Command::new(&chromedriver)
+            .arg(format!("--port={port}"))
+            .arg("--allowed-ips=127.0.0.1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let driver_url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(resp) = reqwest::get(format!("{driver_url}/status")).await
+                && resp.status().is_success()
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "chromedriver did not answer");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let profile = tempfile::tempdir().unwrap();
+        let mut caps = serde_json::Map::new();
+        caps.insert("browserName".into(), json!("chrome"));
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": chromium.display().to_string(),
+                "args": [
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-dev-shm-usage",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--no-first-run",
+                    "--hide-scrollbars",
+                    "--window-size=1280,900",
+                    format!("--user-data-dir={}", profile.path().display()),
+                ],
+            }),
+        );
+        caps.insert("goog:loggingPrefs".into(), json!({ "browser": "ALL" }));
+        let client = ClientBuilder::rustls()
+            .expect("rustls connector")
+            .capabilities(caps)
+            .connect(&driver_url)
+            .await
+            .expect("a chromium session starts");
+        let session = client
+            .session_id()
+            .await
+            .unwrap()
+            .expect("a session id");
+        Some(Browser {
+            client,
+            driver,
+            driver_url,
+            session,
+            _profile: profile,
+        })
+    }
+
+    pub async fn goto(&self, url: &str) {
+        self.client.goto(url).await.expect("page loads");
+    }
+
+    /// Resize so the *viewport* (not the window) is `width` wide.
+    pub async fn viewport(&self, width: u32, height: u32) {
+        self.client.set_window_size(width, height).await.unwrap();
+        // Headless windows have no frame, but check and correct if they do.
+        let inner = self
+            .js("return [window.innerWidth, window.innerHeight];")
+            .await;
+        let (iw, ih) = (
+            inner[0].as_u64().unwrap_or(width as u64) as u32,
+            inner[1].as_u64().unwrap_or(height as u64) as u32,
+        );
+        if iw != width || ih != height {
+            self.client
+                .set_window_size(width + (width - iw.min(width)), height + (height - ih.min(height)))
+                .await
+                .unwrap();
+        }
+    }
+
+    pub async fn js(&self, script: &str) -> Value {
+        self.client
+            .execute(script, Vec::new())
+            .await
+            .unwrap_or_else(|e| panic!("script failed: {e}\n{script}"))
+    }
+
+    pub async fn text(&self, css: &str) -> String {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no element {css}: {e}"))
+            .text()
+            .await
+            .unwrap()
+    }
+
+    pub async fn count(&self, css: &str) -> usize {
+        self.client
+            .find_all(Locator::Css(css))
+            .await
+            .map(|v| v.len())
+            .unwrap_or(0)
+    }
+
+    pub async fn click(&self, css: &str) {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no element {css}: {e}"))
+            .click()
+            .await
+            .unwrap();
+    }
+
+    /// Browser console entries since the last call (chromedriver's log endpoint).
+    pub async fn console(&self) -> Vec<Value> {
+        let http = reqwest::Client::new();
+        let resp = http
+            .post(format!("{}/session/{}/se/log", self.driver_url, self.session))
+            .json(&json!({ "type": "browser" }))
+            .send()
+            .await
+            .expect("chromedriver log endpoint");
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        body["value"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Console errors (SEVERE entries: script errors, CSP violations, failed loads).
+    pub async fn console_errors(&self) -> Vec<String> {
+        self.console()
+            .await
+            .into_iter()
+            .filter(|e| e["level"] == "SEVERE")
+            .map(|e| e["message"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// A screenshot of the whole page at `width` (the window grows to the page's height, up
+    /// to `max_height`), saved as `target/screenshots/NAME.png`; copied to
+    /// `docs/screenshots/` when `KILN_UPDATE_SCREENSHOTS=1`.
+    pub async fn screenshot(&self, name: &str, width: u32, max_height: u32) -> PathBuf {
+        self.viewport(width, 800).await;
+        let height = self
+            .js("return Math.ceil(document.documentElement.scrollHeight);")
+            .await
+            .as_u64()
+            .unwrap_or(800) as u32;
+        self.viewport(width, height.clamp(400, max_height)).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let png = self.client.screenshot().await.expect("screenshot");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target"))
+            .join("screenshots");
+        std::fs::create_dir_all(&target).unwrap();
+        let path = target.join(format!("{name}.png"));
+        std::fs::write(&path, &png).unwrap();
+        if std::env::var("KILN_UPDATE_SCREENSHOTS").as_deref() == Ok("1") {
+            let docs = root.join("docs/screenshots");
+            std::fs::create_dir_all(&docs).unwrap();
+            std::fs::write(docs.join(format!("{name}.png")), &png).unwrap();
+        }
+        self.viewport(1280, 900).await;
+        path
+    }
+}
+
+impl Drop for Browser {
+    /// Quit Chromium through the driver (a plain blocking `DELETE /session/ID`, so it also
+    /// runs when a test panics), then stop the driver.
+    fn drop(&mut self) {
+        use std::io::{Read, Write};
+        let addr = self.driver_url.trim_start_matches("http://").to_string();
+        if let Ok(mut stream) = std::net::TcpStream::connect(&addr) {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+            let request = format!(
+                "DELETE /session/{} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                self.session
+            );
+            if stream.write_all(request.as_bytes()).is_ok() {
+                let mut sink = Vec::new();
+                let _ = stream.read_to_end(&mut sink);
+            }
+        }
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
