@@ -11,9 +11,16 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn engine_available() -> bool {
-    let ok = Command::new("docker").arg("info").output().map(|o| o.status.success()).unwrap_or(false);
+    let ok = Command::new("docker")
+        .arg("info")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     if !ok {
-        assert!(std::env::var("CI").is_err(), "CI=true but no Docker Engine answers: run scripts/dev-env.sh");
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI=true but no Docker Engine answers: run scripts/dev-env.sh"
+        );
         eprintln!("SKIPPED: no Docker Engine (run scripts/dev-env.sh up)");
     }
     ok
@@ -21,23 +28,41 @@ fn engine_available() -> bool {
 
 fn config(dir: &Path, registry: &str, extra: &str) -> String {
     let path = dir.join("kiln.toml");
-    std::fs::write(&path, format!("registry = '{registry}'\nretry_backoff = 1\n{extra}")).unwrap();
+    std::fs::write(
+        &path,
+        format!("registry = '{registry}'\nretry_backoff = 1\n{extra}"),
+    )
+    .unwrap();
     path.display().to_string()
 }
 
 async fn jobs(server: &Server, spec: &str) -> Vec<Value> {
     let url = format!("{}/api/v1/specs/{spec}/jobs", server.base);
     match reqwest::get(&url).await {
-        Ok(r) if r.status().is_success() => r.json::<Value>().await.ok().and_then(|v| v.as_array().cloned()).unwrap_or_default(),
+        Ok(r) if r.status().is_success() => r
+            .json::<Value>()
+            .await
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default(),
         _ => Vec::new(),
     }
 }
 
 async fn job_of_revision(server: &Server, spec: &str, revision: u64) -> Option<Value> {
-    jobs(server, spec).await.into_iter().find(|j| j["revision"] == revision)
+    jobs(server, spec)
+        .await
+        .into_iter()
+        .find(|j| j["revision"] == revision)
 }
 
-async fn wait_until<F: Fn(&Value) -> bool>(server: &Server, spec: &str, revision: u64, limit: Duration, ok: F) -> Value {
+async fn wait_until<F: Fn(&Value) -> bool>(
+    server: &Server,
+    spec: &str,
+    revision: u64,
+    limit: Duration,
+    ok: F,
+) -> Value {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(job) = job_of_revision(server, spec, revision).await
@@ -45,26 +70,41 @@ async fn wait_until<F: Fn(&Value) -> bool>(server: &Server, spec: &str, revision
         {
             return job;
         }
-        assert!(Instant::now() < deadline, "r{revision} of {spec} never got there: {:?}", jobs(server, spec).await);
+        assert!(
+            Instant::now() < deadline,
+            "r{revision} of {spec} never got there: {:?}",
+            jobs(server, spec).await
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 async fn log_text(server: &Server, job: &Value) -> String {
-    reqwest::get(format!("{}/api/v1/jobs/{}/log", server.base, job["id"])).await.unwrap().text().await.unwrap()
+    reqwest::get(format!("{}/api/v1/jobs/{}/log", server.base, job["id"]))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 async fn manifest_digest(registry: &str, name: &str, tag: &str) -> Option<String> {
     let resp = reqwest::Client::new()
         .head(format!("http://{registry}/v2/{name}/manifests/{tag}"))
-        .header("Accept", "application/vnd.docker.distribution.manifest.v2+json")
+        .header(
+            "Accept",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        )
         .send()
         .await
         .ok()?;
     if !resp.status().is_success() {
         return None;
     }
-    resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).map(str::to_string)
+    resp.headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 fn unique(name: &str) -> String {
@@ -85,7 +125,17 @@ async fn three_commits_at_once_build_once_and_a_revert_is_reused() {
     }
     let cfg = config(tmp.path(), "127.0.0.1:5000", "");
     let data = tmp.path().join("data");
-    let sync = |repo: &Path| kiln(&["sync", "--config", &cfg, "--repo", &repo.display().to_string(), "--data-dir", &data.display().to_string()]);
+    let sync = |repo: &Path| {
+        kiln(&[
+            "sync",
+            "--config",
+            &cfg,
+            "--repo",
+            &repo.display().to_string(),
+            "--data-dir",
+            &data.display().to_string(),
+        ])
+    };
     let (code, out, err) = sync(&repo.dir);
     assert_eq!(code, 0, "{out}{err}");
 
@@ -95,9 +145,22 @@ async fn three_commits_at_once_build_once_and_a_revert_is_reused() {
     let (code, out, err) = sync(&repo.dir);
     assert_eq!(code, 0, "{out}{err}");
 
-    let server = Server::start(&["--no-build", "--repo", &repo.dir.display().to_string(), "--data-dir", &data.display().to_string(), "--poll-interval", "3600"]).await;
+    let server = Server::start(&[
+        "--no-build",
+        "--repo",
+        &repo.dir.display().to_string(),
+        "--data-dir",
+        &data.display().to_string(),
+        "--poll-interval",
+        "3600",
+    ])
+    .await;
     let all = jobs(&server, &name).await;
-    let status = |rev: u64| all.iter().find(|j| j["revision"] == rev).map(|j| j["status"].as_str().unwrap_or("").to_string());
+    let status = |rev: u64| {
+        all.iter()
+            .find(|j| j["revision"] == rev)
+            .map(|j| j["status"].as_str().unwrap_or("").to_string())
+    };
     assert_eq!(status(1).as_deref(), Some("cancelled"));
     assert_eq!(status(2).as_deref(), Some("cancelled"));
     assert_eq!(status(3).as_deref(), Some("succeeded"));
@@ -105,27 +168,58 @@ async fn three_commits_at_once_build_once_and_a_revert_is_reused() {
     let r4 = job_of_revision(&server, &name, 4).await.unwrap();
     // r4 has r1's content; r1 was never built (cancelled), so r4 is a build. A fifth commit
     // reverting to r3's content must be a re-use of r3.
-    assert_eq!(r4["status"], "succeeded", "{}", log_text(&server, &r4).await);
+    assert_eq!(
+        r4["status"],
+        "succeeded",
+        "{}",
+        log_text(&server, &r4).await
+    );
     server.stop();
 
     repo.write(&format!("{name}.yaml"), &spec(&name, &["jq", "file"]));
     let r5_sha = repo.commit("back to jq + file");
     let (code, out, err) = sync(&repo.dir);
     assert_eq!(code, 0, "{out}{err}");
-    let server = Server::start(&["--no-build", "--repo", &repo.dir.display().to_string(), "--data-dir", &data.display().to_string(), "--poll-interval", "3600"]).await;
+    let server = Server::start(&[
+        "--no-build",
+        "--repo",
+        &repo.dir.display().to_string(),
+        "--data-dir",
+        &data.display().to_string(),
+        "--poll-interval",
+        "3600",
+    ])
+    .await;
     let r5 = job_of_revision(&server, &name, 5).await.unwrap();
     let log = log_text(&server, &r5).await;
     assert_eq!(r5["status"], "reused", "{log}");
     assert_eq!(r5["reused_from"], r3["id"]);
     assert!(log.contains("re-using"), "{log}");
     assert!(!log.contains("Step 1/"), "a re-use does not build: {log}");
-    let r3_digest = manifest_digest("127.0.0.1:5000", &name, &format!("r3-{}", &r3["commit"].as_str().unwrap()[..7])).await;
+    let r3_digest = manifest_digest(
+        "127.0.0.1:5000",
+        &name,
+        &format!("r3-{}", &r3["commit"].as_str().unwrap()[..7]),
+    )
+    .await;
     let r5_digest = manifest_digest("127.0.0.1:5000", &name, &format!("r5-{}", &r5_sha[..7])).await;
     assert!(r3_digest.is_some());
-    assert_eq!(r3_digest, r5_digest, "the re-used tag points at the same image");
+    assert_eq!(
+        r3_digest, r5_digest,
+        "the re-used tag points at the same image"
+    );
     assert_eq!(r5["digest"].as_str(), r5_digest.as_deref());
-    let packages = server.get(&format!("/api/v1/jobs/{}/packages", r3["id"])).await;
-    assert!(packages["apt"].as_array().unwrap().iter().any(|p| p["name"] == "jq"), "{packages}");
+    let packages = server
+        .get(&format!("/api/v1/jobs/{}/packages", r3["id"]))
+        .await;
+    assert!(
+        packages["apt"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "jq"),
+        "{packages}"
+    );
     assert!(packages["pip"].as_array().unwrap().is_empty());
     let _ = revert;
     server.stop();
@@ -140,12 +234,28 @@ async fn a_commit_during_a_build_stops_it_and_builds_the_new_one() {
     let name = unique("orch-stop");
     let mut repo = GitRepo::init(&tmp.path().join("repo"));
     // A slow first revision: a compiler toolchain takes a while to download and unpack.
-    repo.write(&format!("{name}.yaml"), &spec(&name, &["gcc", "g++", "make"]));
+    repo.write(
+        &format!("{name}.yaml"),
+        &spec(&name, &["gcc", "g++", "make"]),
+    );
     let first = repo.commit("slow build");
     let cfg = config(tmp.path(), "127.0.0.1:5000", "");
     let data = tmp.path().join("data");
-    let server = Server::start(&["--config", &cfg, "--repo", &repo.dir.display().to_string(), "--data-dir", &data.display().to_string(), "--poll-interval", "1"]).await;
-    let running = wait_until(&server, &name, 1, Duration::from_secs(60), |j| j["status"] == "running").await;
+    let server = Server::start(&[
+        "--config",
+        &cfg,
+        "--repo",
+        &repo.dir.display().to_string(),
+        "--data-dir",
+        &data.display().to_string(),
+        "--poll-interval",
+        "1",
+    ])
+    .await;
+    let running = wait_until(&server, &name, 1, Duration::from_secs(60), |j| {
+        j["status"] == "running"
+    })
+    .await;
     // Wait until the build is really under way in the Engine.
     let deadline = Instant::now() + Duration::from_secs(60);
     while !log_text(&server, &running).await.contains("Step 3/") {
@@ -156,14 +266,28 @@ async fn a_commit_during_a_build_stops_it_and_builds_the_new_one() {
     repo.commit("never mind, jq is enough");
     let seen = wait_until(&server, &name, 2, Duration::from_secs(30), |_| true).await;
     let noticed = Instant::now();
-    let stopped = wait_until(&server, &name, 1, Duration::from_secs(30), |j| j["status"] == "cancelled").await;
-    eprintln!("running build stopped {:?} after the new revision appeared", noticed.elapsed());
+    let stopped = wait_until(&server, &name, 1, Duration::from_secs(30), |j| {
+        j["status"] == "cancelled"
+    })
+    .await;
+    eprintln!(
+        "running build stopped {:?} after the new revision appeared",
+        noticed.elapsed()
+    );
     assert_eq!(stopped["error"], "superseded by r2");
     let log = log_text(&server, &stopped).await;
     assert!(log.contains("kiln: cancelled: superseded by r2"), "{log}");
     assert!(log.contains("Step 3/"), "the partial log is kept");
-    let r2 = wait_until(&server, &name, 2, Duration::from_secs(180), |j| j["status"] == "succeeded" || j["status"] == "failed").await;
-    assert_eq!(r2["status"], "succeeded", "{}", log_text(&server, &r2).await);
+    let r2 = wait_until(&server, &name, 2, Duration::from_secs(180), |j| {
+        j["status"] == "succeeded" || j["status"] == "failed"
+    })
+    .await;
+    assert_eq!(
+        r2["status"],
+        "succeeded",
+        "{}",
+        log_text(&server, &r2).await
+    );
     assert_eq!(
         manifest_digest("127.0.0.1:5000", &name, &format!("r1-{}", &first[..7])).await,
         None,
@@ -182,7 +306,11 @@ struct Registry {
 
 impl Registry {
     fn start(dir: &Path, port: u16) -> Registry {
-        let mut registry = Registry { child: None, port, dir: dir.to_path_buf() };
+        let mut registry = Registry {
+            child: None,
+            port,
+            dir: dir.to_path_buf(),
+        };
         registry.spawn();
         registry
     }
@@ -208,7 +336,11 @@ impl Registry {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "registry on {} did not start", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "registry on {} did not start",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -244,7 +376,17 @@ async fn a_registry_that_is_down_is_retried_then_reported_and_recovery_pushes() 
     repo.commit("a spec while the registry is down");
     let cfg = config(tmp.path(), &registry_addr, "max_attempts = 3\n");
     let data = tmp.path().join("data");
-    let sync = |repo: &Path| kiln(&["sync", "--config", &cfg, "--repo", &repo.display().to_string(), "--data-dir", &data.display().to_string()]);
+    let sync = |repo: &Path| {
+        kiln(&[
+            "sync",
+            "--config",
+            &cfg,
+            "--repo",
+            &repo.display().to_string(),
+            "--data-dir",
+            &data.display().to_string(),
+        ])
+    };
     let (code, out, err) = sync(&repo.dir);
     assert_eq!(code, 1, "{out}{err}");
 
@@ -254,18 +396,46 @@ async fn a_registry_that_is_down_is_retried_then_reported_and_recovery_pushes() 
     let (code, out, err) = sync(&repo.dir);
     assert_eq!(code, 0, "{out}{err}");
 
-    let server = Server::start(&["--no-build", "--repo", &repo.dir.display().to_string(), "--data-dir", &data.display().to_string(), "--poll-interval", "3600"]).await;
+    let server = Server::start(&[
+        "--no-build",
+        "--repo",
+        &repo.dir.display().to_string(),
+        "--data-dir",
+        &data.display().to_string(),
+        "--poll-interval",
+        "3600",
+    ])
+    .await;
     let failed = job_of_revision(&server, &name, 1).await.unwrap();
     let log = log_text(&server, &failed).await;
     assert_eq!(failed["status"], "failed", "{log}");
     assert_eq!(failed["attempts"], 3);
-    assert!(failed["error"].as_str().unwrap().contains("connection refused"), "{failed}");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("connection refused"),
+        "{failed}"
+    );
     assert_eq!(log.matches("; retrying in").count(), 2, "{log}");
     assert!(log.contains("attempt 3/3"), "{log}");
-    assert_eq!(log.matches("Step 1/").count(), 1, "the image is built once, only the push is retried: {log}");
+    assert_eq!(
+        log.matches("Step 1/").count(),
+        1,
+        "the image is built once, only the push is retried: {log}"
+    );
     let ok = job_of_revision(&server, &name, 2).await.unwrap();
-    assert_eq!(ok["status"], "succeeded", "{}", log_text(&server, &ok).await);
-    assert!(manifest_digest(&registry_addr, &name, &format!("r2-{}", &second[..7])).await.is_some());
+    assert_eq!(
+        ok["status"],
+        "succeeded",
+        "{}",
+        log_text(&server, &ok).await
+    );
+    assert!(
+        manifest_digest(&registry_addr, &name, &format!("r2-{}", &second[..7]))
+            .await
+            .is_some()
+    );
     server.stop();
 }
 
@@ -277,18 +447,35 @@ async fn kill_nine_during_builds_loses_nothing_and_pushes_nothing_twice() {
     let tmp = tempfile::tempdir().unwrap();
     let names = [unique("orch-kill-a"), unique("orch-kill-b")];
     let mut repo = GitRepo::init(&tmp.path().join("repo"));
-    repo.write(&format!("{}.yaml", names[0]), &spec(&names[0], &["jq", "file", "less", "procps"]));
-    repo.write(&format!("{}.yaml", names[1]), &spec(&names[1], &["curl", "ca-certificates", "xz-utils"]));
+    repo.write(
+        &format!("{}.yaml", names[0]),
+        &spec(&names[0], &["jq", "file", "less", "procps"]),
+    );
+    repo.write(
+        &format!("{}.yaml", names[1]),
+        &spec(&names[1], &["curl", "ca-certificates", "xz-utils"]),
+    );
     repo.commit("two specs");
     let cfg = config(tmp.path(), "127.0.0.1:5000", "");
     let data = tmp.path().join("data");
-    let args = ["--config", &cfg, "--repo", &repo.dir.display().to_string(), "--data-dir", &data.display().to_string(), "--poll-interval", "1"];
+    let args = [
+        "--config",
+        &cfg,
+        "--repo",
+        &repo.dir.display().to_string(),
+        "--data-dir",
+        &data.display().to_string(),
+        "--poll-interval",
+        "1",
+    ];
     let args: Vec<&str> = args.to_vec();
 
     // Deterministic "random" moments: a tiny LCG seeded by the process id.
     let mut seed = u64::from(std::process::id()) | 1;
     let mut next = move || {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (seed >> 33) % 4000
     };
     let mut seen_logs: Vec<(u64, String)> = Vec::new();
@@ -309,23 +496,183 @@ async fn kill_nine_during_builds_loses_nothing_and_pushes_nothing_twice() {
     // A last start runs everything to the end.
     let server = Server::start(&args).await;
     for name in &names {
-        let done = wait_until(&server, name, 1, Duration::from_secs(300), |j| j["status"] != "running" && j["status"] != "queued").await;
-        assert_eq!(done["status"], "succeeded", "{}", log_text(&server, &done).await);
+        let done = wait_until(&server, name, 1, Duration::from_secs(300), |j| {
+            j["status"] != "running" && j["status"] != "queued"
+        })
+        .await;
+        assert_eq!(
+            done["status"],
+            "succeeded",
+            "{}",
+            log_text(&server, &done).await
+        );
     }
     for name in &names {
         for job in jobs(&server, name).await {
             let log = log_text(&server, &job).await;
             assert_ne!(job["status"], "running");
             // Every line stored before a kill is still there, in order, as a prefix.
-            for (id, before) in seen_logs.iter().filter(|(id, _)| Some(*id) == job["id"].as_u64()) {
+            for (id, before) in seen_logs
+                .iter()
+                .filter(|(id, _)| Some(*id) == job["id"].as_u64())
+            {
                 assert!(log.starts_with(before.as_str()), "job {id} lost log lines");
             }
             // A tag is pushed to completion at most once.
             for tag in [format!("{name}:r1-"), format!("{name}:latest")] {
-                let completed = log.lines().filter(|l| l.starts_with("kiln: pushed ") && l.contains(&tag)).count();
+                let completed = log
+                    .lines()
+                    .filter(|l| l.starts_with("kiln: pushed ") && l.contains(&tag))
+                    .count();
                 assert!(completed <= 1, "{tag} pushed {completed} times:\n{log}");
             }
         }
     }
+    server.stop();
+}
+
+#[tokio::test]
+async fn a_build_over_its_timeout_fails_and_stops() {
+    if !engine_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let name = unique("orch-timeout");
+    let mut repo = GitRepo::init(&tmp.path().join("repo"));
+    repo.write(
+        &format!("{name}.yaml"),
+        &spec(&name, &["gcc", "g++", "make", "perl"]),
+    );
+    repo.commit("slow");
+    let path = tmp.path().join("kiln.toml");
+    std::fs::write(&path, "build_timeout = 3\nmax_attempts = 1\n").unwrap();
+    let data = tmp.path().join("data");
+    let (code, out, err) = kiln(&[
+        "sync",
+        "--config",
+        &path.display().to_string(),
+        "--repo",
+        &repo.dir.display().to_string(),
+        "--data-dir",
+        &data.display().to_string(),
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    let server = Server::start(&[
+        "--no-build",
+        "--repo",
+        &repo.dir.display().to_string(),
+        "--data-dir",
+        &data.display().to_string(),
+        "--poll-interval",
+        "3600",
+    ])
+    .await;
+    let job = job_of_revision(&server, &name, 1).await.unwrap();
+    assert_eq!(job["status"], "failed");
+    assert_eq!(job["error"], "timed out after 3 s");
+    server.stop();
+    let (_, images) = {
+        let out = Command::new("docker")
+            .args(["images", "-q", &format!("kiln/{name}")])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    assert!(
+        images.trim().is_empty(),
+        "a timed-out build leaves no image"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_lets_builds_finish_within_the_grace_then_requeues_them() {
+    if !engine_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let name = unique("orch-term");
+    let mut repo = GitRepo::init(&tmp.path().join("repo"));
+    repo.write(
+        &format!("{name}.yaml"),
+        &spec(&name, &["gcc", "g++", "make", "perl"]),
+    );
+    repo.commit("slow");
+    let cfg = config(tmp.path(), "127.0.0.1:5000", "shutdown_grace = 1\n");
+    let data = tmp.path().join("data");
+    let args = [
+        "--config",
+        &cfg,
+        "--repo",
+        &repo.dir.display().to_string(),
+        "--data-dir",
+        &data.display().to_string(),
+        "--poll-interval",
+        "1",
+    ];
+    let mut server = Server::start(&args).await;
+    let running = wait_until(&server, &name, 1, Duration::from_secs(60), |j| {
+        j["status"] == "running"
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !log_text(&server, &running).await.contains("Step 3/") {
+        assert!(Instant::now() < deadline, "the build never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let asked = Instant::now();
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(server.child.id().to_string())
+        .status()
+        .unwrap();
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(30),
+            "kiln serve did not stop after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!("stopped {:?} after SIGTERM", asked.elapsed());
+    assert!(status.success(), "exit status {status:?}");
+    drop(server);
+
+    // The interrupted job went back to the queue, with a log line saying why …
+    let observer = Server::start(&[
+        "--no-build",
+        "--repo",
+        &repo.dir.display().to_string(),
+        "--data-dir",
+        &data.display().to_string(),
+        "--poll-interval",
+        "3600",
+    ])
+    .await;
+    let job = job_of_revision(&observer, &name, 1).await.unwrap();
+    assert_eq!(job["status"], "queued", "{job}");
+    assert!(
+        log_text(&observer, &job)
+            .await
+            .contains("stopped by a shutdown of Kiln; re-queued")
+    );
+    observer.stop();
+    // … and the next start builds it.
+    let server = Server::start(&args).await;
+    let done = wait_until(&server, &name, 1, Duration::from_secs(300), |j| {
+        j["status"] == "succeeded" || j["status"] == "failed"
+    })
+    .await;
+    assert_eq!(
+        done["status"],
+        "succeeded",
+        "{}",
+        log_text(&server, &done).await
+    );
+    assert_eq!(done["attempts"], 2);
     server.stop();
 }
