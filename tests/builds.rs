@@ -4,28 +4,11 @@
 
 mod common;
 
-use common::{GitRepo, Server, kiln};
+use common::{GitRepo, Server, engine_available, sync};
 use std::path::Path;
 use std::process::Command;
 
 const ENV_DIR: &str = "/var/lib/kiln-env";
-
-/// The Engine must answer; outside CI a missing Engine skips loudly.
-fn engine_available() -> bool {
-    let ok = Command::new("docker")
-        .arg("info")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI=true but no Docker Engine answers: run scripts/dev-env.sh"
-        );
-        eprintln!("SKIPPED: no Docker Engine (run scripts/dev-env.sh up)");
-    }
-    ok
-}
 
 fn docker(args: &[&str]) -> (bool, String) {
     let out = Command::new("docker")
@@ -65,31 +48,8 @@ fn write_config(dir: &Path, extra: &str) -> String {
     path.display().to_string()
 }
 
-/// `kiln sync` with builds; returns (exit code, stdout+stderr).
-fn sync(config: &str, repo: &Path, data: &Path) -> (i32, String) {
-    let (code, out, err) = kiln(&[
-        "sync",
-        "--config",
-        config,
-        "--repo",
-        &repo.display().to_string(),
-        "--data-dir",
-        &data.display().to_string(),
-    ]);
-    (code, format!("{out}{err}"))
-}
-
 async fn job_of(server: &Server, spec: &str) -> serde_json::Value {
     server.get(&format!("/api/v1/specs/{spec}/jobs")).await[0].clone()
-}
-
-async fn log_of(server: &Server, job: &serde_json::Value) -> String {
-    reqwest::get(format!("{}/api/v1/jobs/{}/log", server.base, job["id"]))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
 }
 
 #[tokio::test]
@@ -110,18 +70,9 @@ async fn apt_and_pip_build_push_label_and_run_and_a_failing_run_fails_alone() {
     let (code, out) = sync(&config, &repo.dir, &data);
     assert_eq!(code, 1, "one job fails, so sync exits 1: {out}");
 
-    let server = Server::start(&[
-        "--no-build",
-        "--repo",
-        &repo.dir.display().to_string(),
-        "--data-dir",
-        &data.display().to_string(),
-        "--poll-interval",
-        "3600",
-    ])
-    .await;
+    let server = Server::observe(&repo.dir, &data).await;
     let job = job_of(&server, "pytools").await;
-    let log = log_of(&server, &job).await;
+    let log = server.log(&job).await;
     assert_eq!(job["status"], "succeeded", "{job}\n{log}");
     let tag = format!("r1-{}", &sha[..7]);
     let image = format!("127.0.0.1:5000/pytools:{tag}");
@@ -185,7 +136,7 @@ async fn apt_and_pip_build_push_label_and_run_and_a_failing_run_fails_alone() {
 
     // The failing RUN: failed, the apt error in the log and in `error`.
     let broken = job_of(&server, "broken").await;
-    let broken_log = log_of(&server, &broken).await;
+    let broken_log = server.log(&broken).await;
     assert_eq!(broken["status"], "failed");
     assert!(
         broken["error"]
@@ -215,18 +166,9 @@ async fn pip_without_the_ca_bundle_fails_with_the_tls_error_in_the_log() {
     let data = tmp.path().join("data");
     let (code, out) = sync(&config, &repo.dir, &data);
     assert_eq!(code, 1, "{out}");
-    let server = Server::start(&[
-        "--no-build",
-        "--repo",
-        &repo.dir.display().to_string(),
-        "--data-dir",
-        &data.display().to_string(),
-        "--poll-interval",
-        "3600",
-    ])
-    .await;
+    let server = Server::observe(&repo.dir, &data).await;
     let job = job_of(&server, "noca").await;
-    let log = log_of(&server, &job).await;
+    let log = server.log(&job).await;
     assert_eq!(job["status"], "failed");
     assert!(log.contains("CERTIFICATE_VERIFY_FAILED"), "{log}");
     server.stop();
@@ -292,16 +234,7 @@ async fn pull_secret_gives_access_to_the_auth_registry_and_never_leaks() {
     let (code, out) = sync(&config2.display().to_string(), &repo2.dir, &data2);
     assert_eq!(code, 1, "{out}");
 
-    let server = Server::start(&[
-        "--no-build",
-        "--repo",
-        &repo.dir.display().to_string(),
-        "--data-dir",
-        &data.display().to_string(),
-        "--poll-interval",
-        "3600",
-    ])
-    .await;
+    let server = Server::observe(&repo.dir, &data).await;
     let none = job_of(&server, "a-nosecret").await;
     assert_eq!(none["status"], "failed");
     let message = none["error"].as_str().unwrap().to_lowercase();
@@ -316,11 +249,11 @@ async fn pull_secret_gives_access_to_the_auth_registry_and_never_leaks() {
         secret["status"],
         "succeeded",
         "{}",
-        log_of(&server, &secret).await
+        server.log(&secret).await
     );
     let mut api_text = server.get("/api/v1/specs").await.to_string();
     for j in [&none, &secret] {
-        api_text.push_str(&log_of(&server, j).await);
+        api_text.push_str(&server.log(j).await);
         api_text.push_str(
             &server
                 .get(&format!("/api/v1/jobs/{}", j["id"]))
@@ -329,23 +262,14 @@ async fn pull_secret_gives_access_to_the_auth_registry_and_never_leaks() {
         );
     }
     server.stop();
-    let server2 = Server::start(&[
-        "--no-build",
-        "--repo",
-        &repo2.dir.display().to_string(),
-        "--data-dir",
-        &data2.display().to_string(),
-        "--poll-interval",
-        "3600",
-    ])
-    .await;
+    let server2 = Server::observe(&repo2.dir, &data2).await;
     let wrong = job_of(&server2, "c-wrong").await;
     assert_eq!(wrong["status"], "failed");
     assert!(
         wrong["error"].as_str().unwrap().contains("refused access"),
         "{wrong}"
     );
-    api_text.push_str(&log_of(&server2, &wrong).await);
+    api_text.push_str(&server2.log(&wrong).await);
     server2.stop();
 
     // The password is nowhere: not in the API output, logs, or any byte of the data dirs.

@@ -64,35 +64,6 @@ fn stop_engine() {
     }
 }
 
-async fn wait_for_job(
-    server: &Server,
-    spec: &str,
-    revision: u64,
-    wanted: &[&str],
-    limit: Duration,
-) -> serde_json::Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let url = format!("{}/api/v1/specs/{spec}/jobs", server.base);
-        let jobs: serde_json::Value = match reqwest::get(&url).await {
-            Ok(resp) if resp.status().is_success() => resp.json().await.unwrap_or_default(),
-            _ => serde_json::Value::Null,
-        };
-        if let Some(job) = jobs
-            .as_array()
-            .and_then(|a| a.iter().find(|j| j["revision"] == revision))
-            && wanted.contains(&job["status"].as_str().unwrap_or(""))
-        {
-            return job.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "job r{revision} of {spec} did not reach {wanted:?}: {jobs}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
 #[tokio::test]
 async fn engine_down_fails_jobs_clearly_and_recovery_builds_the_next_commit() {
     if !engine_answers() {
@@ -122,7 +93,11 @@ async fn engine_down_fails_jobs_clearly_and_recovery_builds_the_next_commit() {
     stop_engine();
     repo.write("down.yaml", &spec("down", &["jq"]));
     repo.commit("a spec while the Engine is down");
-    let job = wait_for_job(&server, "down", 1, &["failed"], Duration::from_secs(60)).await;
+    let job = server
+        .wait_for("down", 1, Duration::from_secs(60), |j| {
+            ["failed"].contains(&j["status"].as_str().unwrap_or(""))
+        })
+        .await;
     let error = job["error"].as_str().unwrap();
     assert!(error.contains("Docker Engine unreachable at"), "{job}");
     assert_eq!(
@@ -134,14 +109,11 @@ async fn engine_down_fails_jobs_clearly_and_recovery_builds_the_next_commit() {
     RestartEngine::up();
     repo.write("down.yaml", &spec("down", &["jq", "less"]));
     repo.commit("the next commit, Engine back");
-    let job = wait_for_job(
-        &server,
-        "down",
-        2,
-        &["succeeded", "failed"],
-        Duration::from_secs(300),
-    )
-    .await;
+    let job = server
+        .wait_for("down", 2, Duration::from_secs(300), |j| {
+            ["succeeded", "failed"].contains(&j["status"].as_str().unwrap_or(""))
+        })
+        .await;
     assert_eq!(job["status"], "succeeded", "{job}");
     server.stop();
     let _ = Command::new("docker")

@@ -4,27 +4,10 @@
 
 mod common;
 
-use common::{GitRepo, Server, free_port, kiln, spec};
-use serde_json::Value;
+use common::{GitRepo, Server, engine_available, free_port, kiln, spec, sync};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn engine_available() -> bool {
-    let ok = Command::new("docker")
-        .arg("info")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI=true but no Docker Engine answers: run scripts/dev-env.sh"
-        );
-        eprintln!("SKIPPED: no Docker Engine (run scripts/dev-env.sh up)");
-    }
-    ok
-}
 
 fn config(dir: &Path, registry: &str, extra: &str) -> String {
     let path = dir.join("kiln.toml");
@@ -34,58 +17,6 @@ fn config(dir: &Path, registry: &str, extra: &str) -> String {
     )
     .unwrap();
     path.display().to_string()
-}
-
-async fn jobs(server: &Server, spec: &str) -> Vec<Value> {
-    let url = format!("{}/api/v1/specs/{spec}/jobs", server.base);
-    match reqwest::get(&url).await {
-        Ok(r) if r.status().is_success() => r
-            .json::<Value>()
-            .await
-            .ok()
-            .and_then(|v| v.as_array().cloned())
-            .unwrap_or_default(),
-        _ => Vec::new(),
-    }
-}
-
-async fn job_of_revision(server: &Server, spec: &str, revision: u64) -> Option<Value> {
-    jobs(server, spec)
-        .await
-        .into_iter()
-        .find(|j| j["revision"] == revision)
-}
-
-async fn wait_until<F: Fn(&Value) -> bool>(
-    server: &Server,
-    spec: &str,
-    revision: u64,
-    limit: Duration,
-    ok: F,
-) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(job) = job_of_revision(server, spec, revision).await
-            && ok(&job)
-        {
-            return job;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "r{revision} of {spec} never got there: {:?}",
-            jobs(server, spec).await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn log_text(server: &Server, job: &Value) -> String {
-    reqwest::get(format!("{}/api/v1/jobs/{}/log", server.base, job["id"]))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
 }
 
 async fn manifest_digest(registry: &str, name: &str, tag: &str) -> Option<String> {
@@ -125,37 +56,17 @@ async fn three_commits_at_once_build_once_and_a_revert_is_reused() {
     }
     let cfg = config(tmp.path(), "127.0.0.1:5000", "");
     let data = tmp.path().join("data");
-    let sync = |repo: &Path| {
-        kiln(&[
-            "sync",
-            "--config",
-            &cfg,
-            "--repo",
-            &repo.display().to_string(),
-            "--data-dir",
-            &data.display().to_string(),
-        ])
-    };
-    let (code, out, err) = sync(&repo.dir);
-    assert_eq!(code, 0, "{out}{err}");
+    let (code, out) = sync(&cfg, &repo.dir, &data);
+    assert_eq!(code, 0, "{out}");
 
     // Revert to r1's content: a re-use, not a build.
     repo.write(&format!("{name}.yaml"), &spec(&name, &["jq"]));
     let revert = repo.commit("revert to jq only");
-    let (code, out, err) = sync(&repo.dir);
-    assert_eq!(code, 0, "{out}{err}");
+    let (code, out) = sync(&cfg, &repo.dir, &data);
+    assert_eq!(code, 0, "{out}");
 
-    let server = Server::start(&[
-        "--no-build",
-        "--repo",
-        &repo.dir.display().to_string(),
-        "--data-dir",
-        &data.display().to_string(),
-        "--poll-interval",
-        "3600",
-    ])
-    .await;
-    let all = jobs(&server, &name).await;
+    let server = Server::observe(&repo.dir, &data).await;
+    let all = server.jobs(&name).await;
     let status = |rev: u64| {
         all.iter()
             .find(|j| j["revision"] == rev)
@@ -164,34 +75,20 @@ async fn three_commits_at_once_build_once_and_a_revert_is_reused() {
     assert_eq!(status(1).as_deref(), Some("cancelled"));
     assert_eq!(status(2).as_deref(), Some("cancelled"));
     assert_eq!(status(3).as_deref(), Some("succeeded"));
-    let r3 = job_of_revision(&server, &name, 3).await.unwrap();
-    let r4 = job_of_revision(&server, &name, 4).await.unwrap();
+    let r3 = server.job(&name, 3).await.unwrap();
+    let r4 = server.job(&name, 4).await.unwrap();
     // r4 has r1's content; r1 was never built (cancelled), so r4 is a build. A fifth commit
     // reverting to r3's content must be a re-use of r3.
-    assert_eq!(
-        r4["status"],
-        "succeeded",
-        "{}",
-        log_text(&server, &r4).await
-    );
+    assert_eq!(r4["status"], "succeeded", "{}", server.log(&r4).await);
     server.stop();
 
     repo.write(&format!("{name}.yaml"), &spec(&name, &["jq", "file"]));
     let r5_sha = repo.commit("back to jq + file");
-    let (code, out, err) = sync(&repo.dir);
-    assert_eq!(code, 0, "{out}{err}");
-    let server = Server::start(&[
-        "--no-build",
-        "--repo",
-        &repo.dir.display().to_string(),
-        "--data-dir",
-        &data.display().to_string(),
-        "--poll-interval",
-        "3600",
-    ])
-    .await;
-    let r5 = job_of_revision(&server, &name, 5).await.unwrap();
-    let log = log_text(&server, &r5).await;
+    let (code, out) = sync(&cfg, &repo.dir, &data);
+    assert_eq!(code, 0, "{out}");
+    let server = Server::observe(&repo.dir, &data).await;
+    let r5 = server.job(&name, 5).await.unwrap();
+    let log = server.log(&r5).await;
     assert_eq!(r5["status"], "reused", "{log}");
     assert_eq!(r5["reused_from"], r3["id"]);
     assert!(log.contains("re-using"), "{log}");
@@ -252,42 +149,42 @@ async fn a_commit_during_a_build_stops_it_and_builds_the_new_one() {
         "1",
     ])
     .await;
-    let running = wait_until(&server, &name, 1, Duration::from_secs(60), |j| {
-        j["status"] == "running"
-    })
-    .await;
+    let running = server
+        .wait_for(&name, 1, Duration::from_secs(60), |j| {
+            j["status"] == "running"
+        })
+        .await;
     // Wait until the build is really under way in the Engine.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !log_text(&server, &running).await.contains("Step 3/") {
+    while !server.log(&running).await.contains("Step 3/") {
         assert!(Instant::now() < deadline, "the build never started");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     repo.write(&format!("{name}.yaml"), &spec(&name, &["jq"]));
     repo.commit("never mind, jq is enough");
-    let seen = wait_until(&server, &name, 2, Duration::from_secs(30), |_| true).await;
+    let seen = server
+        .wait_for(&name, 2, Duration::from_secs(30), |_| true)
+        .await;
     let noticed = Instant::now();
-    let stopped = wait_until(&server, &name, 1, Duration::from_secs(30), |j| {
-        j["status"] == "cancelled"
-    })
-    .await;
+    let stopped = server
+        .wait_for(&name, 1, Duration::from_secs(30), |j| {
+            j["status"] == "cancelled"
+        })
+        .await;
     eprintln!(
         "running build stopped {:?} after the new revision appeared",
         noticed.elapsed()
     );
     assert_eq!(stopped["error"], "superseded by r2");
-    let log = log_text(&server, &stopped).await;
+    let log = server.log(&stopped).await;
     assert!(log.contains("kiln: cancelled: superseded by r2"), "{log}");
     assert!(log.contains("Step 3/"), "the partial log is kept");
-    let r2 = wait_until(&server, &name, 2, Duration::from_secs(180), |j| {
-        j["status"] == "succeeded" || j["status"] == "failed"
-    })
-    .await;
-    assert_eq!(
-        r2["status"],
-        "succeeded",
-        "{}",
-        log_text(&server, &r2).await
-    );
+    let r2 = server
+        .wait_for(&name, 2, Duration::from_secs(180), |j| {
+            j["status"] == "succeeded" || j["status"] == "failed"
+        })
+        .await;
+    assert_eq!(r2["status"], "succeeded", "{}", server.log(&r2).await);
     assert_eq!(
         manifest_digest("127.0.0.1:5000", &name, &format!("r1-{}", &first[..7])).await,
         None,
@@ -376,38 +273,18 @@ async fn a_registry_that_is_down_is_retried_then_reported_and_recovery_pushes() 
     repo.commit("a spec while the registry is down");
     let cfg = config(tmp.path(), &registry_addr, "max_attempts = 3\n");
     let data = tmp.path().join("data");
-    let sync = |repo: &Path| {
-        kiln(&[
-            "sync",
-            "--config",
-            &cfg,
-            "--repo",
-            &repo.display().to_string(),
-            "--data-dir",
-            &data.display().to_string(),
-        ])
-    };
-    let (code, out, err) = sync(&repo.dir);
-    assert_eq!(code, 1, "{out}{err}");
+    let (code, out) = sync(&cfg, &repo.dir, &data);
+    assert_eq!(code, 1, "{out}");
 
     registry.spawn();
     repo.write(&format!("{name}.yaml"), &spec(&name, &["jq", "less"]));
     let second = repo.commit("registry is back");
-    let (code, out, err) = sync(&repo.dir);
-    assert_eq!(code, 0, "{out}{err}");
+    let (code, out) = sync(&cfg, &repo.dir, &data);
+    assert_eq!(code, 0, "{out}");
 
-    let server = Server::start(&[
-        "--no-build",
-        "--repo",
-        &repo.dir.display().to_string(),
-        "--data-dir",
-        &data.display().to_string(),
-        "--poll-interval",
-        "3600",
-    ])
-    .await;
-    let failed = job_of_revision(&server, &name, 1).await.unwrap();
-    let log = log_text(&server, &failed).await;
+    let server = Server::observe(&repo.dir, &data).await;
+    let failed = server.job(&name, 1).await.unwrap();
+    let log = server.log(&failed).await;
     assert_eq!(failed["status"], "failed", "{log}");
     assert_eq!(failed["attempts"], 3);
     assert!(
@@ -424,13 +301,8 @@ async fn a_registry_that_is_down_is_retried_then_reported_and_recovery_pushes() 
         1,
         "the image is built once, only the push is retried: {log}"
     );
-    let ok = job_of_revision(&server, &name, 2).await.unwrap();
-    assert_eq!(
-        ok["status"],
-        "succeeded",
-        "{}",
-        log_text(&server, &ok).await
-    );
+    let ok = server.job(&name, 2).await.unwrap();
+    assert_eq!(ok["status"], "succeeded", "{}", server.log(&ok).await);
     assert!(
         manifest_digest(&registry_addr, &name, &format!("r2-{}", &second[..7]))
             .await
@@ -484,8 +356,8 @@ async fn kill_nine_during_builds_loses_nothing_and_pushes_nothing_twice() {
         tokio::time::sleep(Duration::from_millis(300 + next())).await;
         // What the store acknowledged before the kill.
         for name in &names {
-            for job in jobs(&server, name).await {
-                seen_logs.push((job["id"].as_u64().unwrap(), log_text(&server, &job).await));
+            for job in server.jobs(name).await {
+                seen_logs.push((job["id"].as_u64().unwrap(), server.log(&job).await));
             }
         }
         let _ = server.child.kill(); // SIGKILL: no shutdown, no flush beyond what was acknowledged
@@ -496,20 +368,16 @@ async fn kill_nine_during_builds_loses_nothing_and_pushes_nothing_twice() {
     // A last start runs everything to the end.
     let server = Server::start(&args).await;
     for name in &names {
-        let done = wait_until(&server, name, 1, Duration::from_secs(300), |j| {
-            j["status"] != "running" && j["status"] != "queued"
-        })
-        .await;
-        assert_eq!(
-            done["status"],
-            "succeeded",
-            "{}",
-            log_text(&server, &done).await
-        );
+        let done = server
+            .wait_for(name, 1, Duration::from_secs(300), |j| {
+                j["status"] != "running" && j["status"] != "queued"
+            })
+            .await;
+        assert_eq!(done["status"], "succeeded", "{}", server.log(&done).await);
     }
     for name in &names {
-        for job in jobs(&server, name).await {
-            let log = log_text(&server, &job).await;
+        for job in server.jobs(name).await {
+            let log = server.log(&job).await;
             assert_ne!(job["status"], "running");
             // Every line stored before a kill is still there, in order, as a prefix.
             for (id, before) in seen_logs
@@ -539,10 +407,22 @@ async fn a_build_over_its_timeout_fails_and_stops() {
     let tmp = tempfile::tempdir().unwrap();
     let name = unique("orch-timeout");
     let mut repo = GitRepo::init(&tmp.path().join("repo"));
-    repo.write(
-        &format!("{name}.yaml"),
-        &spec(&name, &["gcc", "g++", "make", "perl"]),
+    // A package set no earlier build cached (the Engine's layer cache would make it fast).
+    let extras = [
+        "bc", "bzip2", "cpio", "dc", "ed", "file", "gawk", "lsof", "m4", "nano", "patch", "psmisc",
+        "rsync", "strace", "tree", "unzip", "zip", "zstd",
+    ];
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as usize;
+    let (a, b) = (
+        extras[nanos % extras.len()],
+        extras[(nanos / 7 + 1) % extras.len()],
     );
+    let mut packages = vec!["gcc", "g++", "make", "perl", a, b];
+    packages.dedup();
+    repo.write(&format!("{name}.yaml"), &spec(&name, &packages));
     repo.commit("slow");
     let path = tmp.path().join("kiln.toml");
     std::fs::write(&path, "build_timeout = 3\nmax_attempts = 1\n").unwrap();
@@ -557,17 +437,8 @@ async fn a_build_over_its_timeout_fails_and_stops() {
         &data.display().to_string(),
     ]);
     assert_eq!(code, 1, "{out}{err}");
-    let server = Server::start(&[
-        "--no-build",
-        "--repo",
-        &repo.dir.display().to_string(),
-        "--data-dir",
-        &data.display().to_string(),
-        "--poll-interval",
-        "3600",
-    ])
-    .await;
-    let job = job_of_revision(&server, &name, 1).await.unwrap();
+    let server = Server::observe(&repo.dir, &data).await;
+    let job = server.job(&name, 1).await.unwrap();
     assert_eq!(job["status"], "failed");
     assert_eq!(job["error"], "timed out after 3 s");
     server.stop();
@@ -613,12 +484,13 @@ async fn sigterm_lets_builds_finish_within_the_grace_then_requeues_them() {
         "1",
     ];
     let mut server = Server::start(&args).await;
-    let running = wait_until(&server, &name, 1, Duration::from_secs(60), |j| {
-        j["status"] == "running"
-    })
-    .await;
+    let running = server
+        .wait_for(&name, 1, Duration::from_secs(60), |j| {
+            j["status"] == "running"
+        })
+        .await;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !log_text(&server, &running).await.contains("Step 3/") {
+    while !server.log(&running).await.contains("Step 3/") {
         assert!(Instant::now() < deadline, "the build never started");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -643,36 +515,24 @@ async fn sigterm_lets_builds_finish_within_the_grace_then_requeues_them() {
     drop(server);
 
     // The interrupted job went back to the queue, with a log line saying why …
-    let observer = Server::start(&[
-        "--no-build",
-        "--repo",
-        &repo.dir.display().to_string(),
-        "--data-dir",
-        &data.display().to_string(),
-        "--poll-interval",
-        "3600",
-    ])
-    .await;
-    let job = job_of_revision(&observer, &name, 1).await.unwrap();
+    let observer = Server::observe(&repo.dir, &data).await;
+    let job = observer.job(&name, 1).await.unwrap();
     assert_eq!(job["status"], "queued", "{job}");
     assert!(
-        log_text(&observer, &job)
+        observer
+            .log(&job)
             .await
             .contains("stopped by a shutdown of Kiln; re-queued")
     );
     observer.stop();
     // … and the next start builds it.
     let server = Server::start(&args).await;
-    let done = wait_until(&server, &name, 1, Duration::from_secs(300), |j| {
-        j["status"] == "succeeded" || j["status"] == "failed"
-    })
-    .await;
-    assert_eq!(
-        done["status"],
-        "succeeded",
-        "{}",
-        log_text(&server, &done).await
-    );
+    let done = server
+        .wait_for(&name, 1, Duration::from_secs(300), |j| {
+            j["status"] == "succeeded" || j["status"] == "failed"
+        })
+        .await;
+    assert_eq!(done["status"], "succeeded", "{}", server.log(&done).await);
     assert_eq!(done["attempts"], 2);
     server.stop();
 }

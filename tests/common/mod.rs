@@ -73,6 +73,24 @@ impl GitRepo {
     }
 }
 
+/// Whether the Docker Engine answers. With `CI=true` a missing Engine fails the test; outside
+/// CI the test is skipped with a loud message.
+pub fn engine_available() -> bool {
+    let ok = Command::new("docker")
+        .arg("info")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI=true but no Docker Engine answers: run scripts/dev-env.sh"
+        );
+        eprintln!("SKIPPED: no Docker Engine (run scripts/dev-env.sh up)");
+    }
+    ok
+}
+
 /// A spec file with the given apt packages on the local base image.
 pub fn spec(name: &str, apt: &[&str]) -> String {
     let list: String = apt.iter().map(|p| format!("    - {p}\n")).collect();
@@ -97,6 +115,20 @@ pub fn kiln(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// One `kiln sync` pass (builds on) with a config file; returns (exit code, stdout+stderr).
+pub fn sync(config: &str, repo: &Path, data: &Path) -> (i32, String) {
+    let (code, out, err) = kiln(&[
+        "sync",
+        "--config",
+        config,
+        "--repo",
+        &repo.display().to_string(),
+        "--data-dir",
+        &data.display().to_string(),
+    ]);
+    (code, format!("{out}{err}"))
 }
 
 /// A free port on 127.0.0.1.
@@ -146,6 +178,76 @@ impl Server {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// `kiln serve --no-build` on an existing data dir: looks at what a run left behind.
+    pub async fn observe(repo: &Path, data: &Path) -> Server {
+        let (repo, data) = (repo.display().to_string(), data.display().to_string());
+        Server::start(&[
+            "--no-build",
+            "--repo",
+            &repo,
+            "--data-dir",
+            &data,
+            "--poll-interval",
+            "3600",
+        ])
+        .await
+    }
+
+    /// The jobs of a spec, newest first; empty while the spec is unknown.
+    pub async fn jobs(&self, spec: &str) -> Vec<serde_json::Value> {
+        match reqwest::get(format!("{}/api/v1/specs/{spec}/jobs", self.base)).await {
+            Ok(r) if r.status().is_success() => r
+                .json::<serde_json::Value>()
+                .await
+                .ok()
+                .and_then(|v| v.as_array().cloned())
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The job of one revision of a spec.
+    pub async fn job(&self, spec: &str, revision: u64) -> Option<serde_json::Value> {
+        self.jobs(spec)
+            .await
+            .into_iter()
+            .find(|j| j["revision"] == revision)
+    }
+
+    /// Wait (bounded) until the job of `revision` satisfies `ok`.
+    pub async fn wait_for(
+        &self,
+        spec: &str,
+        revision: u64,
+        limit: Duration,
+        ok: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(job) = self.job(spec, revision).await
+                && ok(&job)
+            {
+                return job;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "r{revision} of {spec} never got there: {:?}",
+                self.jobs(spec).await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A job's whole log as text.
+    pub async fn log(&self, job: &serde_json::Value) -> String {
+        reqwest::get(format!("{}/api/v1/jobs/{}/log", self.base, job["id"]))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     pub async fn get(&self, path: &str) -> serde_json::Value {
