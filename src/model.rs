@@ -82,6 +82,8 @@ pub struct SpecRecord {
     pub deleted: bool,
     /// The newest job of this spec.
     pub latest_job: Option<JobId>,
+    /// That job's status, kept here so listing 10,000 specs reads no job records.
+    pub latest_status: Option<JobStatus>,
     /// The image of the newest successful (built or re-used) job: what users should pull.
     pub latest_image: Option<String>,
     /// The job that produced `latest_image`.

@@ -191,6 +191,7 @@ fn observe(
         valid: valid_spec.is_some(),
         deleted: false,
         latest_job: current.as_ref().and_then(|r| r.latest_job),
+        latest_status: current.as_ref().and_then(|r| r.latest_status),
         latest_image: current.as_ref().and_then(|r| r.latest_image.clone()),
         latest_image_job: current.as_ref().and_then(|r| r.latest_image_job),
         updated_at: commit.committed_at,

@@ -373,6 +373,7 @@ impl Store {
                     }
                     if let Some(record) = records.get_mut(&new.spec) {
                         record.latest_job = Some(id);
+                        record.latest_status = Some(status);
                     }
                     created.push(id);
                 }
@@ -390,6 +391,19 @@ impl Store {
                     job.finished_at = Some(at);
                     jobs.insert(&cancel.job.to_be_bytes(), encode(&job).map_err(abort)?)?;
                     active.remove(name_key(&job.spec, &job.id.to_be_bytes()))?;
+                    let record = match records.get_mut(&job.spec) {
+                        Some(record) => Some(record),
+                        None => match specs.get(job.spec.as_bytes())? {
+                            Some(bytes) => {
+                                let record: SpecRecord = decode("specs", &bytes).map_err(abort)?;
+                                Some(records.entry(job.spec.clone()).or_insert(record))
+                            }
+                            None => None,
+                        },
+                    };
+                    if let Some(record) = record.filter(|r| r.latest_job == Some(job.id)) {
+                        record.latest_status = Some(JobStatus::Cancelled);
+                    }
                 }
                 for (name, record) in &records {
                     specs.insert(name.as_bytes(), encode(record).map_err(abort)?)?;
@@ -453,17 +467,26 @@ impl Store {
                     name_key(&job.spec, job.digest.as_bytes()),
                     &job.id.to_be_bytes(),
                 )?;
-                if let Some(bytes) = specs.get(job.spec.as_bytes())? {
-                    let mut record: SpecRecord = decode("specs", &bytes).map_err(abort)?;
-                    // An older job finishing late never replaces a newer image.
-                    if record
+            }
+            if let Some(bytes) = specs.get(job.spec.as_bytes())? {
+                let mut record: SpecRecord = decode("specs", &bytes).map_err(abort)?;
+                let mut changed = false;
+                if record.latest_job == Some(job.id) && record.latest_status != Some(job.status) {
+                    record.latest_status = Some(job.status);
+                    changed = true;
+                }
+                // An older job finishing late never replaces a newer image.
+                if job.status.has_image()
+                    && record
                         .latest_image_job
                         .is_none_or(|newest| job.id >= newest)
-                    {
-                        record.latest_image = job.image.clone();
-                        record.latest_image_job = Some(job.id);
-                        specs.insert(job.spec.as_bytes(), encode(&record).map_err(abort)?)?;
-                    }
+                {
+                    record.latest_image = job.image.clone();
+                    record.latest_image_job = Some(job.id);
+                    changed = true;
+                }
+                if changed {
+                    specs.insert(job.spec.as_bytes(), encode(&record).map_err(abort)?)?;
                 }
             }
             Ok(job)

@@ -74,13 +74,9 @@ fn summary(state: &AppState, record: SpecRecord) -> Result<SpecSummary, ApiError
     let status = if !record.valid {
         "invalid".to_string()
     } else {
-        match record.latest_job {
-            Some(id) => state
-                .store
-                .job(id)?
-                .map_or("unknown".into(), |j| j.status.to_string()),
-            None => "none".into(),
-        }
+        record
+            .latest_status
+            .map_or("none".to_string(), |s| s.to_string())
     };
     Ok(SpecSummary {
         status,
