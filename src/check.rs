@@ -85,7 +85,35 @@ pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, CheckError> {
 
 /// Check every file; duplicate names are detected across the whole set.
 pub fn check_files(files: &[PathBuf], ctx: &SpecContext) -> Result<Report, CheckError> {
+    // Files are independent until the duplicate-name check: parse them on every core.
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(files.len().max(1));
+    let chunk = files.len().div_ceil(threads).max(1);
     let mut parsed: Vec<ParsedSpec> = Vec::with_capacity(files.len());
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = files
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || check_part(part, ctx)))
+            .collect();
+        for worker in workers {
+            match worker.join() {
+                Ok(part) => parsed.extend(part?),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        Ok::<(), CheckError>(())
+    })?;
+    spec::check_duplicate_names(&mut parsed);
+    let diagnostics = parsed.into_iter().flat_map(|p| p.diagnostics).collect();
+    Ok(Report {
+        files: files.len(),
+        diagnostics,
+    })
+}
+
+fn check_part(files: &[PathBuf], ctx: &SpecContext) -> Result<Vec<ParsedSpec>, CheckError> {
+    let mut parsed = Vec::with_capacity(files.len());
     for path in files {
         let bytes = read_limited(path)?;
         let mut one = spec::parse_spec(&path.display().to_string(), &bytes, ctx);
@@ -93,12 +121,7 @@ pub fn check_files(files: &[PathBuf], ctx: &SpecContext) -> Result<Report, Check
         one.spec = None;
         parsed.push(one);
     }
-    spec::check_duplicate_names(&mut parsed);
-    let diagnostics = parsed.into_iter().flat_map(|p| p.diagnostics).collect();
-    Ok(Report {
-        files: files.len(),
-        diagnostics,
-    })
+    Ok(parsed)
 }
 
 /// Read at most one byte more than the spec limit: a huge file is refused without loading it.

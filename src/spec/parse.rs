@@ -90,6 +90,7 @@ pub fn parse_spec(path: &str, bytes: &[u8], ctx: &SpecContext) -> ParsedSpec {
     let spec = Walker {
         out: &mut out,
         source: text,
+        lines: text.lines().collect(),
         ctx,
     }
     .spec(&doc);
@@ -148,6 +149,8 @@ fn position_of_byte(bytes: &[u8], offset: usize) -> Pos {
 struct Walker<'a> {
     out: &'a mut ParsedSpec,
     source: &'a str,
+    /// `source` split into lines once, so locating block-string lines stays linear.
+    lines: Vec<&'a str>,
     ctx: &'a SpecContext,
 }
 
@@ -474,12 +477,8 @@ impl Walker<'_> {
         if needle.is_empty() {
             return None;
         }
-        for (index, line) in self
-            .source
-            .lines()
-            .enumerate()
-            .skip(cursor.0.saturating_sub(1) as usize)
-        {
+        let first = cursor.0.saturating_sub(1) as usize;
+        for (index, line) in self.lines.iter().enumerate().skip(first) {
             let lineno = index as u32 + 1;
             let from_char = if lineno == cursor.0 {
                 cursor.1.saturating_sub(1) as usize
@@ -739,6 +738,18 @@ mod tests {
         }
         let (rule, l, c, _) = only("demo.yaml", &format!("{HEAD}packages:\n  apt: curl wget\n"));
         assert_eq!((rule, l, c), (Rule::OnePackagePerLine, 4, 8));
+    }
+
+    #[test]
+    fn pip_names_ending_in_punctuation_are_errors_not_panics() {
+        // Found by the fuzzer: pep508_rs 0.9.2 panics on these.
+        for line in ["numpy- >=1.0", "a. b", "y-/", "_x ==1"] {
+            let yaml = format!("{HEAD}packages:\n  pip:\n    - '{line}'\n");
+            let (rule, ..) = only("demo.yaml", &yaml);
+            assert_eq!(rule, Rule::PipRequirement, "{line}");
+        }
+        let parsed = check("demo.yaml", "packages:\n pip: y-/\n");
+        assert!(!parsed.diagnostics.is_empty());
     }
 
     #[test]

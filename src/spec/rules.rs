@@ -50,6 +50,27 @@ pub fn check_name(name: &str) -> Result<(), String> {
 /// qualified form (`ubuntu` → `docker.io/library/ubuntu:latest`), which is what the digest
 /// hashes so that spelling variants of one image count as the same image.
 pub fn check_image_reference(text: &str) -> Result<String, String> {
+    // Specs share a handful of base images, and the reference parser is regex-heavy: the
+    // answers for recent references are remembered per thread (bounded).
+    thread_local! {
+        static SEEN: std::cell::RefCell<std::collections::HashMap<String, Result<String, String>>> =
+            std::cell::RefCell::new(std::collections::HashMap::new());
+    }
+    if let Some(known) = SEEN.with(|seen| seen.borrow().get(text).cloned()) {
+        return known;
+    }
+    let answer = parse_image_reference(text);
+    SEEN.with(|seen| {
+        let mut seen = seen.borrow_mut();
+        if seen.len() >= 1024 {
+            seen.clear();
+        }
+        seen.insert(text.to_string(), answer.clone());
+    });
+    answer
+}
+
+fn parse_image_reference(text: &str) -> Result<String, String> {
     if text.trim() != text || text.is_empty() {
         return Err(format!(
             "`{text}` is not an image reference (surrounding whitespace)"
@@ -172,13 +193,13 @@ pub fn check_pip(line: &str) -> Result<(), LineError> {
             "`{line}` is a pip option, not a requirement; list packages only"
         )));
     }
-    match pep508_rs::Requirement::<pep508_rs::VerbatimUrl>::from_str(line) {
+    match parse_pep508(line) {
         Ok(_) => Ok(()),
         Err(e) => {
             if let Some(tokens) = several(line, |t| {
                 !t.starts_with('-')
                     && t.starts_with(|c: char| c.is_ascii_alphanumeric())
-                    && pep508_rs::Requirement::<pep508_rs::VerbatimUrl>::from_str(t).is_ok()
+                    && parse_pep508(t).is_ok()
             }) {
                 return Err(LineError::SeveralPackages(tokens));
             }
@@ -189,6 +210,22 @@ pub fn check_pip(line: &str) -> Result<(), LineError> {
             )))
         }
     }
+}
+
+/// PEP 508 parsing with the project name checked first: pep508_rs 0.9.2 panics on a name
+/// that ends in `.`, `-` or `_` when more text follows (`numpy- >=1.0`; fixed upstream, not
+/// released), and input from a commit must never panic Kiln.
+fn parse_pep508(text: &str) -> Result<pep508_rs::Requirement<pep508_rs::VerbatimUrl>, String> {
+    let name_end = text
+        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
+        .unwrap_or(text.len());
+    let name = &text[..name_end];
+    if name.ends_with(['.', '-', '_']) || name.starts_with(['.', '-', '_']) {
+        return Err(format!(
+            "`{name}` is not a valid project name (it must start and end with a letter or digit)"
+        ));
+    }
+    pep508_rs::Requirement::<pep508_rs::VerbatimUrl>::from_str(text).map_err(|e| e.to_string())
 }
 
 /// A conda MatchSpec (`numpy`, `numpy>=1.17`, `conda-forge::numpy==1.17*`, `numpy 1.17.* py38_0`).
@@ -249,7 +286,7 @@ pub fn package_key(manager: crate::spec::Manager, line: &str) -> String {
             let end = line.find(['=', '/']).unwrap_or(line.len());
             line[..end].to_string()
         }
-        Manager::Pip => pep508_rs::Requirement::<pep508_rs::VerbatimUrl>::from_str(line)
+        Manager::Pip => parse_pep508(line)
             .map(|r| r.name.to_string())
             .unwrap_or_else(|_| line.to_lowercase()),
         Manager::Conda => MatchSpec::from_str(line, ParseStrictness::Lenient)
