@@ -166,7 +166,7 @@ impl Config {
             return Err(ConfigError::Listen(listen));
         }
         Ok(Config {
-            source_url: file.source_url.unwrap_or_else(|| repo.clone()),
+            source_url: file.source_url.unwrap_or_else(|| source_url_of(&repo)),
             repo,
             branch: args
                 .branch
@@ -214,6 +214,17 @@ impl Config {
             webhook_secret_files: file.webhook_secret_files,
         })
     }
+}
+
+/// The repository as a URL for image labels: URLs as they are (credentials removed), local
+/// paths as absolute `file://` URLs.
+fn source_url_of(repo: &str) -> String {
+    if repo.contains("://") || repo.contains('@') {
+        return crate::repo::redact(repo);
+    }
+    let path = Path::new(repo);
+    let absolute = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    format!("file://{}", absolute.display())
 }
 
 fn read_file(path: &Path) -> Result<ConfigFile, ConfigError> {

@@ -277,11 +277,9 @@ impl Workers {
     }
 
     async fn run(&self, mut job: Job, cancel: CancellationToken) -> Result<(), JobError> {
-        let (tx, rx) = mpsc::unbounded_channel::<String>();
+        let (tx, rx) = mpsc::channel::<String>(LOG_BUFFER_LINES);
         let writer = tokio::spawn(write_log(self.store.clone(), job.id, rx));
-        let mut log = move |line: String| {
-            let _ = tx.send(line);
-        };
+        let mut log = move |line: String| send_log_line(&tx, line);
 
         let outcome = loop {
             job.status = JobStatus::Running;
@@ -596,39 +594,37 @@ impl Workers {
     /// List what is inside the image (apt, pip, conda) and store it with the job. A listing
     /// that fails is logged, never fails the job: the image is built and pushed already.
     async fn record_installed(&self, job: &Job, image: &str, log: &mut (dyn FnMut(String) + Send)) {
-        let mut packages = InstalledPackages::default();
-        let probes: [(&str, &[&str]); 3] = [
-            ("apt", &["dpkg-query", "-W", "-f=${Package}\t${Version}\n"]),
-            (
-                "pip",
-                &[
-                    "python3",
-                    "-m",
-                    "pip",
-                    "list",
-                    "--format=freeze",
-                    "--disable-pip-version-check",
-                ],
-            ),
-            ("conda", &["conda", "list", "--export"]),
-        ];
-        for (manager, cmd) in probes {
-            match self.engine.run_capture(image, cmd).await {
-                Ok((0, out)) => {
-                    let list = parse_listing(manager, &out);
-                    match manager {
-                        "apt" => packages.apt = list,
-                        "pip" => packages.pip = list,
-                        _ => packages.conda = list,
-                    }
+        // One container for all three listings; a manager the image lacks lists nothing.
+        const SCRIPT: &str = "dpkg-query -W -f='${Package}\\t${Version}\\n' 2>/dev/null; echo '--kiln-pip--'; \
+            python3 -m pip list --format=freeze --disable-pip-version-check 2>/dev/null; echo '--kiln-conda--'; \
+            command -v conda >/dev/null 2>&1 && conda list --export 2>/dev/null; exit 0";
+        let packages = match self
+            .engine
+            .run_capture(image, &["/bin/sh", "-c", SCRIPT])
+            .await
+        {
+            Ok((0, out)) => {
+                let (apt, rest) = out
+                    .split_once("--kiln-pip--\n")
+                    .unwrap_or((out.as_str(), ""));
+                let (pip, conda) = rest.split_once("--kiln-conda--\n").unwrap_or((rest, ""));
+                InstalledPackages {
+                    apt: parse_listing("apt", apt),
+                    pip: parse_listing("pip", pip),
+                    conda: parse_listing("conda", conda),
                 }
-                Ok((127, _)) => {}
-                Ok((code, _)) => log(format!(
-                    "kiln: listing {manager} packages exited with {code}"
-                )),
-                Err(e) => log(format!("kiln: could not list {manager} packages: {e}")),
             }
-        }
+            Ok((code, _)) => {
+                log(format!(
+                    "kiln: listing the installed packages exited with {code}"
+                ));
+                return;
+            }
+            Err(e) => {
+                log(format!("kiln: could not list the installed packages: {e}"));
+                return;
+            }
+        };
         log(format!(
             "kiln: inside the image: {} apt, {} pip, {} conda packages",
             packages.apt.len(),
@@ -672,15 +668,45 @@ fn parse_listing(manager: &str, text: &str) -> Vec<InstalledPackage> {
         .collect()
 }
 
+/// Lines buffered between the Engine's stream and the store. When the store falls behind, the
+/// build stream waits (and with it the Engine, through TCP flow control), so memory stays flat
+/// however much a build prints.
+const LOG_BUFFER_LINES: usize = 8192;
+/// Lines stored (and flushed) per batch at most: large batches under a flood, single lines
+/// when a build is quiet, so a live tail stays live.
+const LOG_BATCH_LINES: usize = 20_000;
+
+/// Hand one line to the writer, waiting when its buffer is full.
+fn send_log_line(tx: &mpsc::Sender<String>, line: String) {
+    match tx.try_send(line) {
+        Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+        Err(mpsc::error::TrySendError::Full(line)) => {
+            // The Engine's stream is read inside an async task, and the log callback is
+            // synchronous: block this worker thread (tokio moves its other tasks away) rather
+            // than buffer without bound.
+            if tokio::runtime::Handle::current().runtime_flavor()
+                == tokio::runtime::RuntimeFlavor::MultiThread
+            {
+                let _ = tokio::task::block_in_place(|| tx.blocking_send(line));
+            } else {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(line).await;
+                });
+            }
+        }
+    }
+}
+
 /// Drain log lines from the channel into the store in batches.
-async fn write_log(store: Store, job: JobId, mut rx: mpsc::UnboundedReceiver<String>) {
+async fn write_log(store: Store, job: JobId, mut rx: mpsc::Receiver<String>) {
     let mut batch: Vec<LogLine> = Vec::new();
     while let Some(first) = rx.recv().await {
         batch.push(LogLine {
             at_ms: now_ms(),
             text: first,
         });
-        while batch.len() < 1000 {
+        while batch.len() < LOG_BATCH_LINES {
             match rx.try_recv() {
                 Ok(line) => batch.push(LogLine {
                     at_ms: now_ms(),

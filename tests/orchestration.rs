@@ -38,6 +38,22 @@ async fn manifest_digest(registry: &str, name: &str, tag: &str) -> Option<String
         .map(str::to_string)
 }
 
+/// A slow build that no earlier build cached: a compiler toolchain plus two packages picked by
+/// the clock (the Engine's layer cache would otherwise make a repeated build fast).
+fn slow_uncached_packages() -> Vec<&'static str> {
+    const EXTRAS: [&str; 18] = [
+        "bc", "bzip2", "cpio", "dc", "ed", "file", "gawk", "lsof", "m4", "nano", "patch", "psmisc",
+        "rsync", "strace", "tree", "unzip", "zip", "zstd",
+    ];
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as usize;
+    let first = nanos % EXTRAS.len();
+    let second = (first + 1 + (nanos / 7) % (EXTRAS.len() - 1)) % EXTRAS.len();
+    vec!["gcc", "g++", "make", "perl", EXTRAS[first], EXTRAS[second]]
+}
+
 fn unique(name: &str) -> String {
     format!("{name}-{}", std::process::id())
 }
@@ -133,7 +149,7 @@ async fn a_commit_during_a_build_stops_it_and_builds_the_new_one() {
     // A slow first revision: a compiler toolchain takes a while to download and unpack.
     repo.write(
         &format!("{name}.yaml"),
-        &spec(&name, &["gcc", "g++", "make"]),
+        &spec(&name, &slow_uncached_packages()),
     );
     let first = repo.commit("slow build");
     let cfg = config(tmp.path(), "127.0.0.1:5000", "");
@@ -176,8 +192,17 @@ async fn a_commit_during_a_build_stops_it_and_builds_the_new_one() {
         noticed.elapsed()
     );
     assert_eq!(stopped["error"], "superseded by r2");
-    let log = server.log(&stopped).await;
-    assert!(log.contains("kiln: cancelled: superseded by r2"), "{log}");
+    // The store says `cancelled` at once; the worker's last line follows when its build ends.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut log = server.log(&stopped).await;
+    while !log.contains("kiln: cancelled: superseded by r2") {
+        assert!(
+            Instant::now() < deadline,
+            "the worker never logged the cancellation: {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        log = server.log(&stopped).await;
+    }
     assert!(log.contains("Step 3/"), "the partial log is kept");
     let r2 = server
         .wait_for(&name, 2, Duration::from_secs(180), |j| {
@@ -407,21 +432,7 @@ async fn a_build_over_its_timeout_fails_and_stops() {
     let tmp = tempfile::tempdir().unwrap();
     let name = unique("orch-timeout");
     let mut repo = GitRepo::init(&tmp.path().join("repo"));
-    // A package set no earlier build cached (the Engine's layer cache would make it fast).
-    let extras = [
-        "bc", "bzip2", "cpio", "dc", "ed", "file", "gawk", "lsof", "m4", "nano", "patch", "psmisc",
-        "rsync", "strace", "tree", "unzip", "zip", "zstd",
-    ];
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as usize;
-    let (a, b) = (
-        extras[nanos % extras.len()],
-        extras[(nanos / 7 + 1) % extras.len()],
-    );
-    let mut packages = vec!["gcc", "g++", "make", "perl", a, b];
-    packages.dedup();
+    let packages = slow_uncached_packages();
     repo.write(&format!("{name}.yaml"), &spec(&name, &packages));
     repo.commit("slow");
     let path = tmp.path().join("kiln.toml");
@@ -468,7 +479,7 @@ async fn sigterm_lets_builds_finish_within_the_grace_then_requeues_them() {
     let mut repo = GitRepo::init(&tmp.path().join("repo"));
     repo.write(
         &format!("{name}.yaml"),
-        &spec(&name, &["gcc", "g++", "make", "perl"]),
+        &spec(&name, &slow_uncached_packages()),
     );
     repo.commit("slow");
     let cfg = config(tmp.path(), "127.0.0.1:5000", "shutdown_grace = 1\n");

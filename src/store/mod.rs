@@ -107,6 +107,10 @@ pub struct Store {
 const LAST_COMMIT: &[u8] = b"last_commit";
 const SCHEMA: &[u8] = b"schema_version";
 const SYNC: &[u8] = b"sync";
+const NEXT_JOB_ID: &[u8] = b"next_job_id";
+/// sled's page cache. Its default (1 GiB) lets a process grow to hundreds of MB after reading
+/// or writing one large log; logs are read in pages, so a small cache costs little.
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 impl Store {
     /// Open (or create) the store in `dir`. Fails at once, not after a hang, when another
@@ -115,6 +119,7 @@ impl Store {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
         let path = dir.join("db");
         let db = sled::Config::new()
+            .cache_capacity(CACHE_BYTES)
             .path(&path)
             .open()
             .map_err(|e| match e {
@@ -340,7 +345,13 @@ impl Store {
                     )?;
                 }
                 for new in &plan.jobs {
-                    let id = jobs.generate_id()? + 1;
+                    // Our own counter, in the same transaction: ids stay dense (sled's
+                    // generate_id jumps by millions after every restart).
+                    let id = match meta.get(NEXT_JOB_ID)? {
+                        Some(v) => v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(1),
+                        None => 1,
+                    };
+                    meta.insert(NEXT_JOB_ID, &(id + 1).to_be_bytes())?;
                     let status = if new.cancelled.is_some() {
                         JobStatus::Cancelled
                     } else {
