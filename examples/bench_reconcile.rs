@@ -288,10 +288,13 @@ fn main() -> Res<()> {
         let mut by_name: BTreeMap<String, Vec<ObservedFile>> = BTreeMap::new();
         for f in files {
             if let Some(name) = name_of_path(&f.path) {
-                by_name.entry(name.to_string()).or_default().push(ObservedFile {
-                    path: f.path,
-                    bytes: f.bytes,
-                });
+                by_name
+                    .entry(name.to_string())
+                    .or_default()
+                    .push(ObservedFile {
+                        path: f.path,
+                        bytes: f.bytes,
+                    });
             }
         }
         let step = ObservedStep {
@@ -339,58 +342,85 @@ fn main() -> Res<()> {
     // round 0 is a warm-up ----
     type Timed<'a> = Box<dyn FnMut() -> Res<Duration> + 'a>;
     let mut benches: Vec<(&'static str, Timed<'_>)> = vec![
-        ("Repo::steps(last, head)", Box::new(|| {
-            let t = Instant::now();
-            drop(repo.steps(Some(last), head, &specs_dir)?);
-            Ok(t.elapsed())
-        })),
-        ("observe (paths_of, siblings)", Box::new(|| {
-            let t = Instant::now();
-            drop(observe(&repo, &store, &steps)?);
-            Ok(t.elapsed())
-        })),
-        ("reconcile::reconcile", Box::new(|| {
-            let t = Instant::now();
-            drop(reconcile::reconcile(&store, &observed, &settings));
-            Ok(t.elapsed())
-        })),
-        ("**incremental total** (steps + observe + reconcile)", Box::new(|| {
-            let t = Instant::now();
-            let steps = repo.steps(Some(last), head, &specs_dir)?;
-            let observed = observe(&repo, &store, &steps)?;
-            drop(reconcile::reconcile(&store, &observed, &settings));
-            Ok(t.elapsed())
-        })),
-        ("Syncer::sync_once (incl. Store::apply + flush)", Box::new(|| Ok(sync_once()?.0))),
-        ("Repo::spec_files_at(head)", Box::new(|| {
-            let t = Instant::now();
-            drop(repo.spec_files_at(head, &specs_dir)?);
-            Ok(t.elapsed())
-        })),
-        ("parse_spec of every file", Box::new(|| {
-            let t = Instant::now();
-            for f in &files {
-                drop(spec::parse_spec(&f.path, &f.bytes, &ctx));
-            }
-            Ok(t.elapsed())
-        })),
-        ("**full rescan total** (spec_files_at + parse_spec of every file)", Box::new(|| {
-            let t = Instant::now();
-            for f in repo.spec_files_at(head, &specs_dir)? {
-                drop(spec::parse_spec(&f.path, &f.bytes, &ctx));
-            }
-            Ok(t.elapsed())
-        })),
-        ("full rescan through reconcile (spec_files_at + reconcile of all)", Box::new(|| {
-            let t = Instant::now();
-            drop(rescan(&repo)?);
-            Ok(t.elapsed())
-        })),
+        (
+            "Repo::steps(last, head)",
+            Box::new(|| {
+                let t = Instant::now();
+                drop(repo.steps(Some(last), head, &specs_dir)?);
+                Ok(t.elapsed())
+            }),
+        ),
+        (
+            "observe (paths_of, siblings)",
+            Box::new(|| {
+                let t = Instant::now();
+                drop(observe(&repo, &store, &steps)?);
+                Ok(t.elapsed())
+            }),
+        ),
+        (
+            "reconcile::reconcile",
+            Box::new(|| {
+                let t = Instant::now();
+                drop(reconcile::reconcile(&store, &observed, &settings));
+                Ok(t.elapsed())
+            }),
+        ),
+        (
+            "**incremental total** (steps + observe + reconcile)",
+            Box::new(|| {
+                let t = Instant::now();
+                let steps = repo.steps(Some(last), head, &specs_dir)?;
+                let observed = observe(&repo, &store, &steps)?;
+                drop(reconcile::reconcile(&store, &observed, &settings));
+                Ok(t.elapsed())
+            }),
+        ),
+        (
+            "Syncer::sync_once (incl. Store::apply + flush)",
+            Box::new(|| Ok(sync_once()?.0)),
+        ),
+        (
+            "Repo::spec_files_at(head)",
+            Box::new(|| {
+                let t = Instant::now();
+                drop(repo.spec_files_at(head, &specs_dir)?);
+                Ok(t.elapsed())
+            }),
+        ),
+        (
+            "parse_spec of every file",
+            Box::new(|| {
+                let t = Instant::now();
+                for f in &files {
+                    drop(spec::parse_spec(&f.path, &f.bytes, &ctx));
+                }
+                Ok(t.elapsed())
+            }),
+        ),
+        (
+            "**full rescan total** (spec_files_at + parse_spec of every file)",
+            Box::new(|| {
+                let t = Instant::now();
+                for f in repo.spec_files_at(head, &specs_dir)? {
+                    drop(spec::parse_spec(&f.path, &f.bytes, &ctx));
+                }
+                Ok(t.elapsed())
+            }),
+        ),
+        (
+            "full rescan through reconcile (spec_files_at + reconcile of all)",
+            Box::new(|| {
+                let t = Instant::now();
+                drop(rescan(&repo)?);
+                Ok(t.elapsed())
+            }),
+        ),
     ];
     let mut series: Vec<Series> = benches
         .iter()
         .map(|(name, _)| Series {
-            name: *name,
+            name,
             warm: Vec::with_capacity(args.runs),
         })
         .collect();
@@ -411,8 +441,18 @@ fn main() -> Res<()> {
             warm: opens[1..].to_vec(),
         },
     );
-    let [steps_s, observe_s, reconcile_s, incr_s, open_s, sync_s, list_s, parse_s, rescan_s, rescan_rec_s] =
-        &series[..]
+    let [
+        steps_s,
+        observe_s,
+        reconcile_s,
+        incr_s,
+        open_s,
+        sync_s,
+        list_s,
+        parse_s,
+        rescan_s,
+        rescan_rec_s,
+    ] = &series[..]
     else {
         unreachable!("ten series")
     };

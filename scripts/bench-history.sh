@@ -15,7 +15,8 @@
 # * (b) incremental: one more commit touching one spec (gen-history.py --touch), then
 #   `kiln sync --no-build` on a copy of the imported data dir, --repeats times; and a no-op
 #   sync (nothing new) for the process start-up cost;
-# * (c) examples/bench_reconcile: the in-process part, --runs times each;
+# * (c) examples/bench_reconcile: the in-process part, --runs times each, interleaved; then
+#   `--loop steps 200` and `--loop rescan 5` (back to back, warm caches), 3 processes each;
 # * (d) `kiln serve --no-build` on 127.0.0.1 (free port), `wrk -t2 -c16 -d<duration>s --latency`
 #   on /api/v1/specs and /api/v1/specs/spec-00042, --repeats times each;
 # * --profile: `perf record` of one first import, one incremental sync and loops of
@@ -161,6 +162,12 @@ timeout 1800 "$EXAMPLE" --repo "$REPO" --data-dir "$WORK/pre" --runs "$RUNS" \
   >"$RES/reconcile.out" 2>"$RES/reconcile.err" || {
   cat "$RES/reconcile.err" >&2; exit 1; }
 cat "$RES/reconcile.out" >&2
+# The same phases back to back in a loop (warm caches), 3 times each.
+for i in $(seq 3); do
+  timeout 900 "$EXAMPLE" --repo "$REPO" --data-dir "$WORK/pre" --loop steps 200 >"$RES/loop-steps-$i.out"
+  timeout 900 "$EXAMPLE" --repo "$REPO" --data-dir "$WORK/pre" --loop rescan 5 >"$RES/loop-rescan-$i.out"
+done
+cat "$RES"/loop-*.out >&2
 
 # ---- (d) API throughput ----
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -177,6 +184,14 @@ done
 [ "$up" = 1 ] || { echo "bench-history: kiln serve did not come up" >&2; cat "$RES/serve.err" >&2; exit 1; }
 curl -fsS "http://127.0.0.1:$PORT/api/v1/specs" -o "$RES/specs.json"
 curl -fsS "http://127.0.0.1:$PORT/api/v1/specs/spec-00042" -o "$RES/spec-00042.json"
+# One request at a time (no concurrency): the cost of one response.
+for target in specs one; do
+  url=http://127.0.0.1:$PORT/api/v1/specs
+  [ "$target" = one ] && url=$url/spec-00042
+  for _ in $(seq 30); do
+    curl -fsS -o /dev/null -w '%{time_total}\n' --max-time 30 "$url"
+  done >"$RES/curl-$target.out"
+done
 for i in $(seq "$REPEATS"); do
   for target in specs one; do
     url=http://127.0.0.1:$PORT/api/v1/specs
@@ -330,7 +345,8 @@ w("The store is the imported data dir (at the previous head); the new head is on
   "`Repo::steps(last, head)`, the observation of the touched names, and `reconcile::reconcile` against "
   "the sled store. *Full rescan* is `Repo::spec_files_at(head)` plus `spec::parse_spec` of every file; the "
   "last row also feeds all of them to `reconcile` (what a controller that rescans on every commit would do). "
-  f"One cold run, one warm-up, then {runs} timed runs.")
+  f"One warm-up round, then {runs} rounds; each round runs every measurement once (interleaved, so "
+  "that the machine's changing load hits all rows alike).")
 w("")
 lines = rec.splitlines()
 start = next(i for i, l in enumerate(lines) if l.startswith("| measurement"))
@@ -342,6 +358,16 @@ w("")
 for l in lines[:start]:
     if l.strip():
         w(f"- {l.strip()}")
+w("")
+def loop(phase):
+    vals = [float(re.search(r"([\d.]+) ms per run", read(f"loop-{phase}-{i}.out")).group(1)) for i in (1, 2, 3)]
+    return med(vals), min(vals), max(vals)
+ls, lr = loop("steps"), loop("rescan")
+w(f"Back to back in one loop (warm caches; `bench_reconcile --loop steps 200` and `--loop rescan 5`, "
+  f"median of 3 processes): `Repo::steps` of the one-spec commit **{ls[0]:.2f} ms** per call "
+  f"({ls[1]:.2f} – {ls[2]:.2f}); full rescan (list + parse) **{lr[0]:.0f} ms** ({lr[1]:.0f} – {lr[2]:.0f}). "
+  "In the interleaved table each incremental run follows a full rescan that pushed the specs tree out of "
+  "libgit2's caches, so it is the less favourable figure.")
 w("")
 w(f"**Ratio** full rescan / incremental (medians): **{j['ratio']:.0f}×** (list + parse), "
   f"**{j['ratio_reconcile']:.0f}×** (list + reconcile of all). "
@@ -356,15 +382,17 @@ specs_json = json.loads(read("specs.json"))
 size_kb = os.path.getsize(os.path.join(res, "specs.json")) / 1024
 w(f"`GET /api/v1/specs` returns {len(specs_json)} specs, {size_kb:.0f} KiB of JSON (no compression "
   "requested). Client and server share the 2 cores. Medians of "
-  f"{repeats} runs of {duration} s each.")
+  f"{repeats} runs of {duration} s each. The last column is the median of 30 sequential `curl` requests "
+  "(no concurrency).")
 w("")
-w("| endpoint | req/s (median) | req/s range | p50 ms | p99 ms | transfer/s | non-2xx |")
-w("|---|---:|---:|---:|---:|---:|---:|")
+w("| endpoint | req/s (median) | req/s range | p50 ms | p99 ms | transfer/s | non-2xx | one request alone, ms |")
+w("|---|---:|---:|---:|---:|---:|---:|---:|")
 for target, label in (("specs", f"`GET /api/v1/specs` ({len(specs_json)} specs)"), ("one", "`GET /api/v1/specs/spec-00042`")):
     rows = [wrk(f"wrk-{target}-{i}.out") for i in range(1, repeats + 1)]
     rps = [r[0] for r in rows]
     w(f"| {label} | {med(rps):.1f} | {min(rps):.1f} – {max(rps):.1f} | {med(r[1] for r in rows):.2f} | "
-      f"{med(r[2] for r in rows):.2f} | {rows[len(rows) // 2][3]} | {max(int(r[4]) for r in rows)} |")
+      f"{med(r[2] for r in rows):.2f} | {rows[len(rows) // 2][3]} | {max(int(r[4]) for r in rows)} | "
+      f"{med(float(x) * 1000 for x in read(f'curl-{target}.out').split()):.2f} |")
 try:
     w("")
     w("Server memory after the runs: " + ", ".join(l.replace("\t", " ").strip() for l in read("serve.rss").splitlines()) + ".")

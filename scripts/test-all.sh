@@ -10,6 +10,9 @@ step() { printf '\n==> %s\n' "$*"; }
 step "environment (Docker Engine, registries, base images)"
 bash scripts/dev-env.sh up
 
+step "browser for the dashboard tests (Debian's chromium + chromium-driver)"
+bash scripts/install-browser.sh
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -89,6 +89,7 @@ struct ConfigFile {
     shutdown_grace: Option<u64>,
     source_url: Option<String>,
     commit_url: Option<String>,
+    repo_web_url: Option<String>,
     watch: Option<bool>,
     webhook_secret_file: Option<PathBuf>,
     #[serde(default)]
@@ -125,6 +126,9 @@ pub struct Config {
     pub source_url: String,
     /// Link template for commits on the dashboard, `{sha}` replaced.
     pub commit_url: Option<String>,
+    /// Web view of the repository for links to spec files: a base URL (`…/blob/BRANCH/PATH`
+    /// is appended) or a template with `{path}` and `{branch}`.
+    pub repo_web_url: Option<String>,
     /// Watch a local repository's refs for changes (polling stays as a safety net).
     pub watch: bool,
     /// File with the webhook secret shared by every provider (`KILN_WEBHOOK_SECRET` beats it).
@@ -206,6 +210,7 @@ impl Config {
             retry_backoff: Duration::from_secs(file.retry_backoff.unwrap_or(2)),
             shutdown_grace: Duration::from_secs(file.shutdown_grace.unwrap_or(30)),
             commit_url: file.commit_url,
+            repo_web_url: file.repo_web_url,
             watch: !args.no_watch && file.watch.unwrap_or(true),
             webhook_secret_file: args
                 .webhook_secret_file

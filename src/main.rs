@@ -289,7 +289,7 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
             poll_interval_secs: config.poll_interval.as_secs(),
             watching: watcher.as_ref().map(|w| w.git_dir().display().to_string()),
             commit_url: config.commit_url.clone(),
-            ..AppInfo::default()
+            repo_web_url: config.repo_web_url.clone(),
         }),
         sync_trigger: Arc::clone(&sync_trigger),
         counters: Arc::clone(&counters),

@@ -102,6 +102,10 @@ pub struct Store {
     installed: sled::Tree,
     meta: sled::Tree,
     events: broadcast::Sender<StoreEvent>,
+    /// One writing transaction at a time: Kiln has one writer process, and serializing its
+    /// multi-tree transactions (plan applies, job updates) avoids sled retry storms and a hang
+    /// seen with many concurrent `update_job` calls.
+    writes: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 const LAST_COMMIT: &[u8] = b"last_commit";
@@ -174,6 +178,7 @@ impl Store {
             meta,
             db,
             events,
+            writes: std::sync::Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
@@ -323,6 +328,7 @@ impl Store {
     /// Apply a reconcile plan and record `commit` as processed, atomically. Returns the ids of
     /// the jobs created, in plan order.
     pub async fn apply(&self, plan: &Plan, commit: &str) -> Result<Vec<JobId>, StoreError> {
+        let _writing = self.writes.lock().await;
         let at = now();
         let trees = (
             &self.specs,
@@ -452,6 +458,7 @@ impl Store {
     /// Record a job's new state (from the builder). Keeps the active set, the built-image
     /// index and the spec's latest image in step, then flushes.
     pub async fn update_job(&self, job: &Job) -> Result<Job, StoreError> {
+        let _writing = self.writes.lock().await;
         let trees = (&self.jobs, &self.active, &self.built, &self.specs);
         let stored = trees.transaction(|(jobs, active, built, specs)| {
             let abort = ConflictableTransactionError::Abort;

@@ -150,3 +150,45 @@ async fn schema_mismatch_is_refused_with_advice() {
     let err = Store::open(dir.path()).err().expect("must refuse");
     assert!(err.to_string().contains("schema version 99"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_job_updates_all_land() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let steps: Vec<ObservedStep> = (0..16u8)
+        .map(|i| {
+            let mut s = step(1, &format!("s{i}"), "curl");
+            s.commit = commit(1);
+            s
+        })
+        .collect();
+    let all: Vec<_> = steps.iter().flat_map(|s| s.specs.clone()).collect();
+    let ids = pass(
+        &store,
+        &[ObservedStep {
+            commit: commit(1),
+            specs: all,
+        }],
+    )
+    .await;
+    assert_eq!(ids.len(), 16);
+    let mut tasks = Vec::new();
+    for id in ids.clone() {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut job = store.job(id).unwrap().unwrap();
+            for status in [JobStatus::Running, JobStatus::Succeeded] {
+                job.status = status;
+                job = store.update_job(&job).await.unwrap();
+            }
+        }));
+    }
+    let all = futures_util::future::join_all(tasks);
+    tokio::time::timeout(std::time::Duration::from_secs(30), all)
+        .await
+        .expect("concurrent updates finish");
+    for id in ids {
+        assert_eq!(store.job(id).unwrap().unwrap().status, JobStatus::Succeeded);
+    }
+    assert!(store.active_jobs().unwrap().is_empty());
+}

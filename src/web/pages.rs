@@ -25,9 +25,10 @@ use crate::model::{Job, JobId, JobStatus, Revision, Timestamp, now};
 use crate::store::StoreError;
 use askama::Template;
 use askama_web::WebTemplate;
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
 use index::{SpecRow, SpecStatus};
@@ -52,7 +53,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/metrics", get(super::metrics::metrics))
         .route("/static/{name}", get(assets::serve))
         .fallback(not_found_page)
-        .layer(Extension(Caches::new(&state.store)))
+        .layer(Extension(Caches::new(&state.store, &state.inner)))
 }
 
 /// The Content-Security-Policy of every response: scripts, styles and images only from this
@@ -156,7 +157,7 @@ pub fn thousands(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -323,17 +324,10 @@ pub struct Chip {
     active: bool,
 }
 
-pub struct SpecRowView {
-    name: String,
-    href: String,
-    status: &'static str,
-    job_href: Option<String>,
-    image: Option<String>,
-    revision: u64,
-    commit: Option<String>,
-    commit_href: Option<String>,
-    updated: When,
-    deleted: bool,
+pub struct SpecRowView<'a> {
+    row: &'a SpecRow,
+    /// `5 min ago` (the rest of the row is computed when the index is built).
+    rel: String,
 }
 
 pub struct Pager {
@@ -348,7 +342,7 @@ pub struct Pager {
 
 #[derive(Template, WebTemplate)]
 #[template(path = "specs.html", config = "web/askama.toml")]
-struct SpecListPage {
+struct SpecListPage<'a> {
     layout: Layout,
     q: String,
     status: Option<&'static str>,
@@ -356,7 +350,7 @@ struct SpecListPage {
     chips: Vec<Chip>,
     deleted_count: usize,
     deleted_href: String,
-    rows: Vec<SpecRowView>,
+    rows: Vec<SpecRowView<'a>>,
     pager: Pager,
     /// The store has no spec at all.
     no_specs: bool,
@@ -402,6 +396,10 @@ async fn spec_list(
     let status = query.status.as_deref().and_then(SpecStatus::parse);
     let show_deleted = matches!(query.deleted.as_deref(), Some("1" | "true" | "on"));
     let page = page_number(query.page.as_deref());
+    let key = list_href(&q, status.map(SpecStatus::as_str), show_deleted, page);
+    if let Some(body) = caches.pages.get(&key, &index) {
+        return Ok(Html(body).into_response());
+    }
 
     let matches = |row: &&SpecRow| {
         (show_deleted || !row.deleted)
@@ -420,19 +418,8 @@ async fn spec_list(
         .skip(skip)
         .take(SPECS_PAGE)
         .map(|row| SpecRowView {
-            href: format!("/specs/{}", encode(&row.name)),
-            status: row.status.as_str(),
-            job_href: row.latest_job.map(|id| format!("/jobs/{id}")),
-            image: row.image.clone(),
-            revision: row.revision,
-            commit_href: row
-                .commit
-                .as_deref()
-                .and_then(|c| state.inner.commit_href(c)),
-            commit: row.commit.as_deref().map(|c| short(c).to_string()),
-            updated: When::at_now(row.updated_at, now),
-            deleted: row.deleted,
-            name: row.name.clone(),
+            rel: relative(now - row.updated_at, &row.updated_exact),
+            row,
         })
         .collect();
 
@@ -483,7 +470,15 @@ async fn spec_list(
         rows,
         q,
     };
-    Ok(page_view.into_response())
+    let body = Bytes::from(page_view.render().map_err(|e| {
+        tracing::error!(error = %e, "template failed");
+        PageError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "The page could not be rendered.".into(),
+        )
+    })?);
+    caches.pages.put(key, &index, body.clone());
+    Ok(Html(body).into_response())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -563,14 +558,10 @@ async fn spec_page(
         .spec(&name)?
         .ok_or_else(|| PageError::not_found(format!("No spec is named “{name}”.")))?;
     let current = store.revision(&name, record.revision)?;
-    let latest = match record.latest_job {
-        Some(id) => store.job(id)?,
-        None => None,
-    };
     let status = if !record.valid {
         "invalid"
     } else {
-        latest.as_ref().map_or("none", |j| j.status.as_str())
+        record.latest_status.map_or("none", JobStatus::as_str)
     };
     let job_total = store.job_count_of_spec(&name);
     let pages = job_total.div_ceil(JOBS_PAGE).max(1);
@@ -581,7 +572,7 @@ async fn spec_page(
     let mut subjects: std::collections::HashMap<u64, String> = Default::default();
     let mut rows = Vec::with_capacity(jobs.len());
     for job in &jobs {
-        if !subjects.contains_key(&job.revision) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = subjects.entry(job.revision) {
             let subject = if current.as_ref().is_some_and(|r| r.number == job.revision) {
                 current.as_ref().map(|r| r.commit.subject.clone())
             } else {
@@ -589,7 +580,7 @@ async fn spec_page(
                     .revision(&name, job.revision)?
                     .map(|r| r.commit.subject)
             };
-            subjects.insert(job.revision, subject.unwrap_or_default());
+            slot.insert(subject.unwrap_or_default());
         }
         rows.push(JobRowView {
             id: job.id,
@@ -667,6 +658,8 @@ pub struct Fact {
     label: &'static str,
     value: String,
     when: Option<When>,
+    /// RFC 3339 start of a duration that is still growing (the script keeps it counting).
+    since: Option<String>,
 }
 
 pub struct PackageList {
@@ -721,12 +714,14 @@ fn timing_facts(job: &Job) -> Vec<Fact> {
         label: "Created",
         value: String::new(),
         when: Some(When::at(job.created_at)),
+        since: None,
     }];
     if let Some(started) = job.started_at {
         facts.push(Fact {
             label: "Started",
             value: format!("after {} in the queue", duration(started - job.created_at)),
             when: Some(When::at(started)),
+            since: None,
         });
     }
     match (job.started_at, job.finished_at) {
@@ -737,22 +732,26 @@ fn timing_facts(job: &Job) -> Vec<Fact> {
                 None => String::new(),
             },
             when: Some(When::at(finished)),
+            since: None,
         }),
         (Some(started), None) => facts.push(Fact {
             label: "Running for",
             value: duration(t - started),
             when: None,
+            since: Some(crate::model::rfc3339(started)),
         }),
         (None, None) => facts.push(Fact {
             label: "Waiting for",
             value: duration(t - job.created_at),
             when: None,
+            since: Some(crate::model::rfc3339(job.created_at)),
         }),
     }
     facts.push(Fact {
         label: "Attempts",
         value: job.attempts.to_string(),
         when: None,
+        since: None,
     });
     facts
 }

@@ -1,16 +1,20 @@
 //! A real headless Chromium for the dashboard tests: Debian's `chromium` driven through its
-//! `chromedriver` (installed by `scripts/install-browser.sh`) with fantoccini.
+//! `chromedriver` (installed by `scripts/install-browser.sh`), spoken to in plain W3C
+//! WebDriver JSON over reqwest.
 //!
 //! Each [`Browser`] runs its own chromedriver on a free 127.0.0.1 port with a fresh profile
 //! directory, and kills it on drop. With `CI=true` a missing browser fails loudly; otherwise
 //! the test prints `SKIPPED` and returns.
 #![allow(dead_code)]
 
-use fantoccini::{Client, ClientBuilder, Locator};
+use base64::Engine as _;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// The W3C WebDriver element reference key.
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
@@ -30,15 +34,13 @@ pub fn available() -> Option<(PathBuf, PathBuf)> {
             std::env::var("CI").map(|v| v != "true").unwrap_or(true),
             "CI=true but chromium/chromedriver are missing: run scripts/install-browser.sh"
         );
-        eprintln!(
-            "\n*** SKIPPED: no chromium/chromedriver (run scripts/install-browser.sh) ***\n"
-        );
+        eprintln!("\n*** SKIPPED: no chromium/chromedriver (run scripts/install-browser.sh) ***\n");
     }
     found
 }
 
 pub struct Browser {
-    pub client: Client,
+    http: reqwest::Client,
     driver: Child,
     driver_url: String,
     session: String,
@@ -91,19 +93,25 @@ impl Browser {
             }),
         );
         caps.insert("goog:loggingPrefs".into(), json!({ "browser": "ALL" }));
-        let client = ClientBuilder::rustls()
-            .expect("rustls connector")
-            .capabilities(caps)
-            .connect(&driver_url)
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let resp: Value = http
+            .post(format!("{driver_url}/session"))
+            .json(&json!({ "capabilities": { "alwaysMatch": Value::Object(caps) } }))
+            .send()
             .await
-            .expect("a chromium session starts");
-        let session = client
-            .session_id()
+            .expect("chromedriver answers")
+            .json()
             .await
-            .unwrap()
-            .expect("a session id");
+            .unwrap();
+        let session = resp["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no chromium session: {resp}"))
+            .to_string();
         Some(Browser {
-            client,
+            http,
             driver,
             driver_url,
             session,
@@ -111,14 +119,65 @@ impl Browser {
         })
     }
 
-    pub async fn goto(&self, url: &str) {
-        self.client.goto(url).await.expect("page loads");
+    /// One WebDriver command; panics with the driver's message on an error.
+    async fn cmd(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        match self.try_cmd(method, path, body).await {
+            Ok(v) => v,
+            Err(e) => panic!("webdriver {path}: {e}"),
+        }
     }
 
-    /// Resize so the *viewport* (not the window) is `width` wide.
+    async fn try_cmd(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, String> {
+        let url = format!("{}/session/{}{path}", self.driver_url, self.session);
+        let mut req = self.http.request(method, url);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.map_err(|e| e.to_string())?;
+        let ok = resp.status().is_success();
+        let value: Value = resp.json().await.map_err(|e| e.to_string())?;
+        if ok {
+            Ok(value["value"].clone())
+        } else {
+            Err(value["value"].to_string())
+        }
+    }
+
+    pub async fn goto(&self, url: &str) {
+        self.cmd(reqwest::Method::POST, "/url", Some(json!({ "url": url })))
+            .await;
+    }
+
+    pub async fn url(&self) -> reqwest::Url {
+        let v = self.cmd(reqwest::Method::GET, "/url", None).await;
+        v.as_str().unwrap().parse().unwrap()
+    }
+
+    /// The text of an open alert dialog, if one is open.
+    pub async fn alert_text(&self) -> Option<String> {
+        self.try_cmd(reqwest::Method::GET, "/alert/text", None)
+            .await
+            .ok()
+            .map(|v| v.as_str().unwrap_or_default().to_string())
+    }
+
+    async fn set_window_size(&self, width: u32, height: u32) {
+        self.cmd(
+            reqwest::Method::POST,
+            "/window/rect",
+            Some(json!({ "width": width, "height": height })),
+        )
+        .await;
+    }
+
+    /// Resize so the *viewport* (not the window) is `width` × `height`.
     pub async fn viewport(&self, width: u32, height: u32) {
-        self.client.set_window_size(width, height).await.unwrap();
-        // Headless windows have no frame, but check and correct if they do.
+        self.set_window_size(width, height).await;
         let inner = self
             .js("return [window.innerWidth, window.innerHeight];")
             .await;
@@ -127,53 +186,74 @@ impl Browser {
             inner[1].as_u64().unwrap_or(height as u64) as u32,
         );
         if iw != width || ih != height {
-            self.client
-                .set_window_size(width + (width - iw.min(width)), height + (height - ih.min(height)))
-                .await
-                .unwrap();
+            self.set_window_size(
+                width + width.saturating_sub(iw),
+                height + height.saturating_sub(ih),
+            )
+            .await;
         }
     }
 
     pub async fn js(&self, script: &str) -> Value {
-        self.client
-            .execute(script, Vec::new())
-            .await
-            .unwrap_or_else(|e| panic!("script failed: {e}\n{script}"))
+        self.cmd(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({ "script": script, "args": [] })),
+        )
+        .await
     }
 
+    async fn find(&self, css: &str) -> String {
+        let v = self
+            .try_cmd(
+                reqwest::Method::POST,
+                "/element",
+                Some(json!({ "using": "css selector", "value": css })),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("no element {css}: {e}"));
+        v[ELEMENT].as_str().unwrap().to_string()
+    }
+
+    /// The rendered text of the first element matching `css`.
     pub async fn text(&self, css: &str) -> String {
-        self.client
-            .find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("no element {css}: {e}"))
-            .text()
-            .await
-            .unwrap()
+        let id = self.find(css).await;
+        let v = self
+            .cmd(reqwest::Method::GET, &format!("/element/{id}/text"), None)
+            .await;
+        v.as_str().unwrap_or_default().to_string()
     }
 
     pub async fn count(&self, css: &str) -> usize {
-        self.client
-            .find_all(Locator::Css(css))
-            .await
-            .map(|v| v.len())
-            .unwrap_or(0)
+        self.try_cmd(
+            reqwest::Method::POST,
+            "/elements",
+            Some(json!({ "using": "css selector", "value": css })),
+        )
+        .await
+        .ok()
+        .and_then(|v| v.as_array().map(Vec::len))
+        .unwrap_or(0)
     }
 
     pub async fn click(&self, css: &str) {
-        self.client
-            .find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("no element {css}: {e}"))
-            .click()
-            .await
-            .unwrap();
+        let id = self.find(css).await;
+        self.cmd(
+            reqwest::Method::POST,
+            &format!("/element/{id}/click"),
+            Some(json!({})),
+        )
+        .await;
     }
 
     /// Browser console entries since the last call (chromedriver's log endpoint).
     pub async fn console(&self) -> Vec<Value> {
-        let http = reqwest::Client::new();
-        let resp = http
-            .post(format!("{}/session/{}/se/log", self.driver_url, self.session))
+        let resp = self
+            .http
+            .post(format!(
+                "{}/session/{}/se/log",
+                self.driver_url, self.session
+            ))
             .json(&json!({ "type": "browser" }))
             .send()
             .await
@@ -204,7 +284,10 @@ impl Browser {
             .unwrap_or(800) as u32;
         self.viewport(width, height.clamp(400, max_height)).await;
         tokio::time::sleep(Duration::from_millis(150)).await;
-        let png = self.client.screenshot().await.expect("screenshot");
+        let b64 = self.cmd(reqwest::Method::GET, "/screenshot", None).await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(b64.as_str().expect("base64 screenshot"))
+            .unwrap();
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)

@@ -59,6 +59,23 @@
     });
   }
 
+  // ---- growing durations ("Running for 2 min 3 s") ------------------------------------
+  function duration(secs) {
+    secs = Math.max(0, Math.floor(secs));
+    if (secs < 60) { return secs + " s"; }
+    if (secs < 3600) { return Math.floor(secs / 60) + " min " + (secs % 60) + " s"; }
+    return Math.floor(secs / 3600) + " h " + Math.floor((secs % 3600) / 60) + " min";
+  }
+  function refreshElapsed() {
+    document.querySelectorAll("[data-elapsed]").forEach(function (el) {
+      var t = Date.parse(el.getAttribute("data-elapsed"));
+      if (!isNaN(t)) { el.textContent = duration((Date.now() - t) / 1000); }
+    });
+  }
+  function stopElapsed() {
+    document.querySelectorAll("[data-elapsed]").forEach(function (el) { el.removeAttribute("data-elapsed"); });
+  }
+
   // ---- live log tail --------------------------------------------------------------------
   var MAX_LINES = 5000; // keep the page light on very long builds; the raw log has everything
 
@@ -160,6 +177,7 @@
       source.close();
       flush();
       setStatus(event.data);
+      stopElapsed();
       setState("finished: " + event.data + " — reload for the image and timings", false);
     });
     source.onerror = function () {
@@ -174,6 +192,7 @@
     initCopy();
     refreshTimes();
     setInterval(refreshTimes, 30000);
+    if (document.querySelector("[data-elapsed]")) { setInterval(refreshElapsed, 1000); }
     initLog();
   }
   if (document.readyState === "loading") {

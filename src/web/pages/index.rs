@@ -11,10 +11,14 @@
 //! log events do not. A stale cache is rebuilt once, on a blocking thread, while concurrent
 //! requests wait for that one rebuild.
 
-use crate::model::{JobId, JobStatus, Timestamp};
+use crate::model::{JobStatus, Timestamp};
 use crate::store::{Store, StoreError, StoreEvent};
+use crate::web::AppInfo;
+use axum::body::Bytes;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 use tokio::sync::broadcast::{self, error::TryRecvError};
 
 /// What the list shows as a spec's status.
@@ -58,19 +62,23 @@ impl SpecStatus {
     }
 }
 
-/// One spec, as the list shows it.
+/// One spec, as the list shows it, with its display strings computed once per rebuild.
 #[derive(Clone, Debug)]
 pub struct SpecRow {
     pub name: String,
     /// Lower-case name and path, for the filter.
     pub haystack: String,
+    pub href: String,
     pub status: SpecStatus,
+    pub job_href: Option<String>,
     pub image: Option<String>,
     pub revision: u64,
-    /// Commit of the current revision.
+    /// Short SHA of the current revision's commit, and its link.
     pub commit: Option<String>,
-    pub latest_job: Option<JobId>,
+    pub commit_href: Option<String>,
     pub updated_at: Timestamp,
+    pub updated_iso: String,
+    pub updated_exact: String,
     pub deleted: bool,
 }
 
@@ -89,47 +97,45 @@ impl SpecIndex {
         self.counts[status.slot()]
     }
 
-    fn build(store: &Store) -> Result<SpecIndex, StoreError> {
+    fn build(store: &Store, info: &AppInfo) -> Result<SpecIndex, StoreError> {
         let mut index = SpecIndex {
             rows: Vec::with_capacity(store.spec_count()),
             ..SpecIndex::default()
         };
         for record in store.specs() {
             let record = record?;
-            let job = match record.latest_job {
-                Some(id) => store.job(id)?,
-                None => None,
-            };
+            // The spec record carries its newest job's status: no job record is read.
             let status = if !record.valid {
                 SpecStatus::Invalid
             } else {
-                match &job {
-                    Some(job) => SpecStatus::Job(job.status),
-                    None => SpecStatus::None,
-                }
+                record
+                    .latest_status
+                    .map_or(SpecStatus::None, SpecStatus::Job)
             };
-            let commit = match &job {
-                Some(job) if job.revision == record.revision => Some(job.commit.clone()),
-                _ => store
-                    .revision(&record.name, record.revision)?
-                    .map(|r| r.commit.sha),
-            };
+            let commit = store
+                .revision(&record.name, record.revision)?
+                .map(|r| r.commit.sha);
             if record.deleted {
                 index.deleted += 1;
             } else {
                 index.live += 1;
                 index.counts[status.slot()] += 1;
             }
+            let when = super::When::at_now(record.updated_at, record.updated_at);
             index.rows.push(SpecRow {
                 haystack: format!("{}\n{}", record.name, record.path).to_lowercase(),
-                name: record.name,
+                href: format!("/specs/{}", super::encode(&record.name)),
                 status,
+                job_href: record.latest_job.map(|id| format!("/jobs/{id}")),
                 image: record.latest_image,
                 revision: record.revision,
-                commit,
-                latest_job: record.latest_job,
+                commit_href: commit.as_deref().and_then(|c| info.commit_href(c)),
+                commit: commit.map(|c| c.get(..7).unwrap_or(&c).to_string()),
                 updated_at: record.updated_at,
+                updated_iso: when.iso,
+                updated_exact: when.exact,
                 deleted: record.deleted,
+                name: record.name,
             });
         }
         Ok(index)
@@ -146,7 +152,7 @@ pub struct JobStats {
 }
 
 impl JobStats {
-    fn build(store: &Store) -> Result<JobStats, StoreError> {
+    fn build(store: &Store, _info: &AppInfo) -> Result<JobStats, StoreError> {
         let mut stats = JobStats::default();
         // Every job belongs to exactly one spec record (deleted specs keep theirs).
         for record in store.specs() {
@@ -175,17 +181,23 @@ pub struct Cached<T> {
     stale: AtomicBool,
     current: RwLock<Option<Arc<T>>>,
     rebuild: tokio::sync::Mutex<()>,
-    build: fn(&Store) -> Result<T, StoreError>,
+    build: fn(&Store, &AppInfo) -> Result<T, StoreError>,
+    info: Arc<AppInfo>,
 }
 
 impl<T: Send + Sync + 'static> Cached<T> {
-    fn new(store: &Store, build: fn(&Store) -> Result<T, StoreError>) -> Self {
+    fn new(
+        store: &Store,
+        info: &Arc<AppInfo>,
+        build: fn(&Store, &AppInfo) -> Result<T, StoreError>,
+    ) -> Self {
         Cached {
             events: Mutex::new(store.subscribe()),
             stale: AtomicBool::new(true),
             current: RwLock::new(None),
             rebuild: tokio::sync::Mutex::new(()),
             build,
+            info: Arc::clone(info),
         }
     }
 
@@ -226,7 +238,8 @@ impl<T: Send + Sync + 'static> Cached<T> {
         self.stale.store(false, Ordering::SeqCst);
         let build = self.build;
         let store = store.clone();
-        let built = tokio::task::spawn_blocking(move || build(&store))
+        let info = Arc::clone(&self.info);
+        let built = tokio::task::spawn_blocking(move || build(&store, &info))
             .await
             .map_err(|e| StoreError::Corrupt {
                 tree: "index",
@@ -249,17 +262,159 @@ impl<T: Send + Sync + 'static> Cached<T> {
     }
 }
 
+/// Rendered spec-list pages, kept for at most [`PAGE_TTL`] and only while the index they were
+/// rendered from is current: a burst of requests for the same page renders it once, and no
+/// status is ever shown older than the store's last change event. (Relative times may lag by
+/// up to the TTL.)
+pub struct PageCache {
+    entries: Mutex<HashMap<String, (Instant, usize, Bytes)>>,
+}
+
+/// How long a rendered spec-list page is re-used.
+pub const PAGE_TTL: Duration = Duration::from_secs(1);
+const PAGE_CACHE_ENTRIES: usize = 256;
+
+impl PageCache {
+    /// The page for `key` rendered from `index`, if fresh.
+    pub fn get(&self, key: &str, index: &Arc<SpecIndex>) -> Option<Bytes> {
+        let entries = self.entries.lock().ok()?;
+        let (at, from, body) = entries.get(key)?;
+        (*from == Arc::as_ptr(index) as usize && at.elapsed() < PAGE_TTL).then(|| body.clone())
+    }
+
+    pub fn put(&self, key: String, index: &Arc<SpecIndex>, body: Bytes) {
+        if let Ok(mut entries) = self.entries.lock() {
+            if entries.len() >= PAGE_CACHE_ENTRIES {
+                entries.retain(|_, (at, _, _)| at.elapsed() < PAGE_TTL);
+                if entries.len() >= PAGE_CACHE_ENTRIES {
+                    entries.clear();
+                }
+            }
+            entries.insert(key, (Instant::now(), Arc::as_ptr(index) as usize, body));
+        }
+    }
+}
+
 /// The caches a router shares.
 pub struct Caches {
     pub specs: Cached<SpecIndex>,
     pub jobs: Cached<JobStats>,
+    pub pages: PageCache,
 }
 
 impl Caches {
-    pub fn new(store: &Store) -> Arc<Caches> {
+    pub fn new(store: &Store, info: &Arc<AppInfo>) -> Arc<Caches> {
         Arc::new(Caches {
-            specs: Cached::new(store, SpecIndex::build),
-            jobs: Cached::new(store, JobStats::build),
+            specs: Cached::new(store, info, SpecIndex::build),
+            jobs: Cached::new(store, info, JobStats::build),
+            pages: PageCache {
+                entries: Mutex::new(HashMap::new()),
+            },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{CommitMeta, JobPlan, Revision, SpecRecord};
+    use crate::reconcile::{NewJob, Plan};
+
+    fn plan(names: &[&str]) -> Plan {
+        let mut plan = Plan::default();
+        for name in names {
+            plan.revisions.push(Revision {
+                spec: name.to_string(),
+                number: 1,
+                commit: CommitMeta {
+                    sha: "0123456789abcdef".into(),
+                    author: "a".into(),
+                    committed_at: 0,
+                    subject: "s".into(),
+                },
+                path: format!("{name}.yaml"),
+                digest: Some("d".into()),
+                errors: Vec::new(),
+                yaml: String::new(),
+            });
+            plan.jobs.push(NewJob {
+                spec: name.to_string(),
+                revision: 1,
+                commit: "0123456789abcdef".into(),
+                digest: "d".into(),
+                plan: JobPlan::Build,
+                dockerfile: String::new(),
+                cancelled: None,
+            });
+            plan.specs.insert(
+                name.to_string(),
+                SpecRecord {
+                    name: name.to_string(),
+                    path: format!("{name}.yaml"),
+                    revision: 1,
+                    content_key: "d".into(),
+                    valid: true,
+                    deleted: false,
+                    latest_job: None,
+                    latest_status: None,
+                    latest_image: None,
+                    latest_image_job: None,
+                    updated_at: 0,
+                },
+            );
+        }
+        plan
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn index_follows_store_events_and_ignores_log_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let info = Arc::new(AppInfo::default());
+        let caches = Caches::new(&store, &info);
+        let empty = caches.specs.get(&store).await.unwrap();
+        assert!(empty.rows.is_empty());
+
+        let ids = store.apply(&plan(&["b", "a"]), "c1").await.unwrap();
+        let index = caches.specs.get(&store).await.unwrap();
+        assert_eq!(
+            index
+                .rows
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert_eq!(index.count(SpecStatus::Job(JobStatus::Queued)), 2);
+        assert_eq!(index.rows[0].commit.as_deref(), Some("0123456"));
+
+        // Log lines do not invalidate; a job change does.
+        store
+            .append_log(
+                ids[0],
+                &[crate::store::LogLine {
+                    at_ms: 0,
+                    text: "x".into(),
+                }],
+            )
+            .await
+            .unwrap();
+        assert!(Arc::ptr_eq(
+            &index,
+            &caches.specs.get(&store).await.unwrap()
+        ));
+        let mut job = store.job(ids[0]).unwrap().unwrap();
+        job.status = JobStatus::Failed;
+        store.update_job(&job).await.unwrap();
+        let index = caches.specs.get(&store).await.unwrap();
+        assert_eq!(index.count(SpecStatus::Job(JobStatus::Failed)), 1);
+        let stats = caches.jobs.get(&store).await.unwrap();
+        assert_eq!(
+            stats.by_status[JobStatus::ALL
+                .iter()
+                .position(|s| *s == JobStatus::Failed)
+                .unwrap()],
+            1
+        );
     }
 }
