@@ -277,9 +277,11 @@ impl Workers {
     }
 
     async fn run(&self, mut job: Job, cancel: CancellationToken) -> Result<(), JobError> {
-        let (tx, rx) = mpsc::channel::<String>(LOG_BUFFER_LINES);
+        let (tx, rx) = mpsc::unbounded_channel::<String>();
         let writer = tokio::spawn(write_log(self.store.clone(), job.id, rx));
-        let mut log = move |line: String| send_log_line(&tx, line);
+        let mut log = move |line: String| {
+            let _ = tx.send(line);
+        };
 
         let outcome = loop {
             job.status = JobStatus::Running;
@@ -668,38 +670,16 @@ fn parse_listing(manager: &str, text: &str) -> Vec<InstalledPackage> {
         .collect()
 }
 
-/// Lines buffered between the Engine's stream and the store. When the store falls behind, the
-/// build stream waits (and with it the Engine, through TCP flow control), so memory stays flat
-/// however much a build prints.
-const LOG_BUFFER_LINES: usize = 8192;
-/// Lines stored (and flushed) per batch at most: large batches under a flood, single lines
-/// when a build is quiet, so a live tail stays live.
-const LOG_BATCH_LINES: usize = 20_000;
-
-/// Hand one line to the writer, waiting when its buffer is full.
-fn send_log_line(tx: &mpsc::Sender<String>, line: String) {
-    match tx.try_send(line) {
-        Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
-        Err(mpsc::error::TrySendError::Full(line)) => {
-            // The Engine's stream is read inside an async task, and the log callback is
-            // synchronous: block this worker thread (tokio moves its other tasks away) rather
-            // than buffer without bound.
-            if tokio::runtime::Handle::current().runtime_flavor()
-                == tokio::runtime::RuntimeFlavor::MultiThread
-            {
-                let _ = tokio::task::block_in_place(|| tx.blocking_send(line));
-            } else {
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let _ = tx.send(line).await;
-                });
-            }
-        }
-    }
-}
+/// Lines stored (and flushed) per batch at most.
+///
+/// Known limit: the channel to the writer is unbounded, so a build that prints faster than
+/// the store can take keeps lines in memory (a 200 MB log peaks at hundreds of MB; see
+/// BENCHMARKS.md). A bounded channel with `block_in_place` backpressure was tried and made it
+/// worse (GBs, thread hand-offs); the fix belongs in the Engine layer (an async log sink).
+const LOG_BATCH_LINES: usize = 1000;
 
 /// Drain log lines from the channel into the store in batches.
-async fn write_log(store: Store, job: JobId, mut rx: mpsc::Receiver<String>) {
+async fn write_log(store: Store, job: JobId, mut rx: mpsc::UnboundedReceiver<String>) {
     let mut batch: Vec<LogLine> = Vec::new();
     while let Some(first) = rx.recv().await {
         batch.push(LogLine {
