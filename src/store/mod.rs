@@ -39,7 +39,8 @@ use thiserror::Error;
 use tokio::sync::broadcast;
 
 /// Bump when a record layout changes; `open` refuses a data dir of another version.
-pub const SCHEMA_VERSION: u32 = 1;
+/// 2: `SpecRecord.latest_status` / `latest_image_job`, `Job.pushed`, the `installed` tree.
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -225,6 +226,7 @@ impl Store {
         self.specs.iter().values().map(|v| decode("specs", &v?))
     }
 
+    /// Number of specs. sled counts by scanning the tree: not for hot paths.
     pub fn spec_count(&self) -> usize {
         self.specs.len()
     }

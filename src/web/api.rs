@@ -108,7 +108,7 @@ async fn healthz(State(state): State<AppState>) -> Response {
 }
 
 async fn list_specs(State(state): State<AppState>) -> Result<Json<Vec<SpecSummary>>, ApiError> {
-    let mut out = Vec::with_capacity(state.store.spec_count());
+    let mut out = Vec::new();
     for record in state.store.specs() {
         out.push(summary(&state, record?)?);
     }

@@ -99,7 +99,7 @@ impl SpecIndex {
 
     fn build(store: &Store, info: &AppInfo) -> Result<SpecIndex, StoreError> {
         let mut index = SpecIndex {
-            rows: Vec::with_capacity(store.spec_count()),
+            rows: Vec::new(),
             ..SpecIndex::default()
         };
         for record in store.specs() {
