@@ -6,8 +6,10 @@
 //!
 //! * [`RefWatcher`]: a local repository (a bare repository on the git server, or a work tree)
 //!   is watched with `notify` (inotify on Linux). Only the git directory is watched —
-//!   non-recursively for `HEAD` and `packed-refs`, and `refs/` recursively — never the work
-//!   tree, so an uncommitted edit (or `git add`, which writes `index`) triggers nothing.
+//!   non-recursively for `HEAD` and `packed-refs`, `refs/heads/` recursively (`refs/` itself
+//!   flat: tags, remotes and a mirror's thousands of `refs/pull/*` folders cost no watches) —
+//!   never the work tree, so an uncommitted edit (or `git add`, which writes `index`)
+//!   triggers nothing.
 //!   Events are hints: the sync pass re-reads the branch with git2, so a spurious trigger costs
 //!   one cheap look and a missed detail cannot corrupt anything. `*.lock` files are ignored
 //!   (git writes `refs/heads/main.lock` and renames it over `refs/heads/main`, so the rename
@@ -180,9 +182,21 @@ impl RefWatcher {
                 .watch(&common_dir, RecursiveMode::NonRecursive)
                 .map_err(|e| fail(&common_dir, &e))?;
         }
-        watcher
-            .watch(&paths.refs, RecursiveMode::Recursive)
-            .map_err(|e| fail(&paths.refs, &e))?;
+        // Branches live under refs/heads: watched recursively (nested names like feature/x),
+        // refs/ itself flat. Tags, remotes and `refs/pull/*` of a big mirror cost no watches.
+        let heads = paths.refs.join("heads");
+        if heads.is_dir() {
+            for (dir, mode) in [
+                (&paths.refs, RecursiveMode::NonRecursive),
+                (&heads, RecursiveMode::Recursive),
+            ] {
+                watcher.watch(dir, mode).map_err(|e| fail(dir, &e))?;
+            }
+        } else {
+            watcher
+                .watch(&paths.refs, RecursiveMode::Recursive)
+                .map_err(|e| fail(&paths.refs, &e))?;
+        }
 
         let dir = git_dir.clone();
         std::thread::Builder::new()
