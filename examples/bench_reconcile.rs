@@ -32,11 +32,11 @@ use kiln::model::CommitMeta;
 use kiln::reconcile::{
     self, Observation, ObservedFile, ObservedStep, Plan, Settings, name_of_path,
 };
-use kiln::repo::{FileChange, Oid, Repo, RepoLocation, Step};
+use kiln::repo::{Oid, Repo, RepoLocation, Step};
 use kiln::spec::{self, SpecContext};
 use kiln::store::Store;
 use kiln::sync::Syncer;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -113,69 +113,9 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// What `sync::observe` does: the files claiming each touched name after each step.
+/// The observation phase of a sync pass, as `Syncer` runs it.
 fn observe(repo: &Repo, store: &Store, steps: &[Step]) -> Res<Vec<ObservedStep>> {
-    let mut paths: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut out = Vec::with_capacity(steps.len());
-    for step in steps {
-        let mut touched: BTreeMap<String, BTreeMap<String, Option<Vec<u8>>>> = BTreeMap::new();
-        for change in &step.changes {
-            let Some(name) = name_of_path(change.path()) else {
-                continue;
-            };
-            let bytes = match change {
-                FileChange::Upserted { bytes, .. } => Some(bytes.clone()),
-                FileChange::Deleted { .. } => None,
-            };
-            touched
-                .entry(name.to_string())
-                .or_default()
-                .insert(change.path().to_string(), bytes);
-        }
-        let commit_id = Oid::from_str(&step.commit.sha).ok();
-        let mut specs = Vec::with_capacity(touched.len());
-        for (name, changes) in touched {
-            if !paths.contains_key(&name) {
-                let known = store.paths_of(&name)?.into_iter().collect();
-                paths.insert(name.clone(), known);
-            }
-            let known = paths.get_mut(&name).expect("inserted above");
-            for (path, bytes) in &changes {
-                match bytes {
-                    Some(_) => known.insert(path.clone()),
-                    None => known.remove(path),
-                };
-            }
-            let mut files = Vec::with_capacity(known.len());
-            for path in known.iter() {
-                let bytes = match changes.get(path) {
-                    Some(Some(bytes)) => Some(bytes.clone()),
-                    _ => match commit_id {
-                        Some(id) => repo.file_at(id, path)?,
-                        None => None,
-                    },
-                };
-                if let Some(bytes) = bytes {
-                    files.push(ObservedFile {
-                        path: path.clone(),
-                        bytes,
-                    });
-                }
-            }
-            specs.push(Observation { name, files });
-        }
-        let c = &step.commit;
-        out.push(ObservedStep {
-            commit: CommitMeta {
-                sha: c.sha.clone(),
-                author: c.author.clone(),
-                committed_at: c.committed_at,
-                subject: c.subject.clone(),
-            },
-            specs,
-        });
-    }
-    Ok(out)
+    Ok(kiln::sync::observe(repo, store, steps)?)
 }
 
 fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {

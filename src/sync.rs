@@ -141,7 +141,8 @@ impl Syncer {
 
 /// Turn git steps into observations of names: for every name a step touches, all files that
 /// claim it after the step (siblings unchanged in this step are read at the step's commit).
-fn observe(
+/// Public for benchmarks that time this phase on its own.
+pub fn observe(
     repo: &Repo,
     store: &Store,
     steps: &[crate::repo::Step],
