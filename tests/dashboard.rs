@@ -459,6 +459,7 @@ async fn pages_navigation_escaping_and_headers() {
         "kiln_last_sync_success_timestamp_seconds ",
         "kiln_sync_error 0",
         "kiln_webhooks_total{outcome=\"rejected\"} 0",
+        "kiln_sync_passes_total{outcome=\"failed\"} 0",
     ] {
         assert!(
             metrics.contains(expect),

@@ -166,6 +166,19 @@ async fn render(state: &AppState, caches: &Caches) -> Result<String, crate::stor
         "kiln_webhooks_total{{outcome=\"rejected\"}} {}",
         counters.webhooks_rejected.load(Ordering::Relaxed)
     );
+    let _ = writeln!(
+        w,
+        "# HELP kiln_sync_passes_total Looks at the repository (fetch + reconcile) since start, by outcome."
+    );
+    let _ = writeln!(w, "# TYPE kiln_sync_passes_total counter");
+    let passes = counters.sync_passes.load(Ordering::Relaxed);
+    let failures = counters.sync_failures.load(Ordering::Relaxed);
+    let _ = writeln!(
+        w,
+        "kiln_sync_passes_total{{outcome=\"ok\"}} {}",
+        passes.saturating_sub(failures)
+    );
+    let _ = writeln!(w, "kiln_sync_passes_total{{outcome=\"failed\"}} {failures}");
     let _ = writeln!(w, "# HELP kiln_build_info Version of this Kiln.");
     let _ = writeln!(w, "# TYPE kiln_build_info gauge");
     let _ = writeln!(
