@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{GitRepo, Server, engine_available, free_port, kiln, spec, sync};
+use common::{GitRepo, Server, engine_available, free_port, spec, sync};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -54,6 +54,20 @@ fn slow_uncached_packages() -> Vec<&'static str> {
     vec!["gcc", "g++", "make", "perl", EXTRAS[first], EXTRAS[second]]
 }
 
+/// Wait until r1 of `spec` runs and its build is really under way in the Engine.
+async fn wait_until_building(server: &Server, spec: &str) {
+    let running = server
+        .wait_for(spec, 1, Duration::from_secs(60), |j| {
+            j["status"] == "running"
+        })
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !server.log(&running).await.contains("Step 3/") {
+        assert!(Instant::now() < deadline, "the build never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn unique(name: &str) -> String {
     format!("{name}-{}", std::process::id())
 }
@@ -77,7 +91,7 @@ async fn three_commits_at_once_build_once_and_a_revert_is_reused() {
 
     // Revert to r1's content: a re-use, not a build.
     repo.write(&format!("{name}.yaml"), &spec(&name, &["jq"]));
-    let revert = repo.commit("revert to jq only");
+    repo.commit("revert to jq only");
     let (code, out) = sync(&cfg, &repo.dir, &data);
     assert_eq!(code, 0, "{out}");
 
@@ -134,7 +148,6 @@ async fn three_commits_at_once_build_once_and_a_revert_is_reused() {
         "{packages}"
     );
     assert!(packages["pip"].as_array().unwrap().is_empty());
-    let _ = revert;
     server.stop();
 }
 
@@ -165,17 +178,7 @@ async fn a_commit_during_a_build_stops_it_and_builds_the_new_one() {
         "1",
     ])
     .await;
-    let running = server
-        .wait_for(&name, 1, Duration::from_secs(60), |j| {
-            j["status"] == "running"
-        })
-        .await;
-    // Wait until the build is really under way in the Engine.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !server.log(&running).await.contains("Step 3/") {
-        assert!(Instant::now() < deadline, "the build never started");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_building(&server, &name).await;
     repo.write(&format!("{name}.yaml"), &spec(&name, &["jq"]));
     repo.commit("never mind, jq is enough");
     let seen = server
@@ -438,16 +441,8 @@ async fn a_build_over_its_timeout_fails_and_stops() {
     let path = tmp.path().join("kiln.toml");
     std::fs::write(&path, "build_timeout = 3\nmax_attempts = 1\n").unwrap();
     let data = tmp.path().join("data");
-    let (code, out, err) = kiln(&[
-        "sync",
-        "--config",
-        &path.display().to_string(),
-        "--repo",
-        &repo.dir.display().to_string(),
-        "--data-dir",
-        &data.display().to_string(),
-    ]);
-    assert_eq!(code, 1, "{out}{err}");
+    let (code, out) = sync(&path.display().to_string(), &repo.dir, &data);
+    assert_eq!(code, 1, "{out}");
     let server = Server::observe(&repo.dir, &data).await;
     let job = server.job(&name, 1).await.unwrap();
     assert_eq!(job["status"], "failed");
@@ -495,16 +490,7 @@ async fn sigterm_lets_builds_finish_within_the_grace_then_requeues_them() {
         "1",
     ];
     let mut server = Server::start(&args).await;
-    let running = server
-        .wait_for(&name, 1, Duration::from_secs(60), |j| {
-            j["status"] == "running"
-        })
-        .await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !server.log(&running).await.contains("Step 3/") {
-        assert!(Instant::now() < deadline, "the build never started");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_building(&server, &name).await;
     let asked = Instant::now();
     Command::new("kill")
         .arg("-TERM")
