@@ -16,6 +16,10 @@
 #   - images kiln/bookworm:minbase (debootstrap --variant=minbase) and kiln/bookworm-python:minbase
 #     (+ python3, python3-pip), pushed to 127.0.0.1:500{0,1}/kiln/...:minbase
 #   - $KILN_ENV_DIR/dockerd.env           flags dockerd was started with, network builds must use
+#   - the same dockerd also on tcp://127.0.0.1:2376 with mutual TLS (--tlsverify): a CA, server and
+#     client certificates made with openssl in $KILN_ENV_DIR/docker-tls/ (client files in
+#     docker-tls/client/{ca,cert,key}.pem, the DOCKER_CERT_PATH layout; a client signed by
+#     another CA in docker-tls/wrong-ca/ for tests that must be refused)
 #
 # Environment overrides:
 #   KILN_ENV_DIR            state dir (default /var/lib/kiln-env)
@@ -44,7 +48,9 @@ PY_CACHE=$CACHE_DIR/bookworm-python-minbase.tar     # docker save archive (docke
 REGISTRY_USER=kiln
 OPEN_PORT=5000
 AUTH_PORT=5001
-PACKAGES=(docker.io docker-registry debootstrap apache2-utils curl jq)
+PACKAGES=(docker.io docker-registry debootstrap apache2-utils curl jq openssl)
+TLS_DIR=$STATE/docker-tls
+TLS_PORT=2376
 
 DOCKER=()          # docker client command that talks to the engine (set by pick_docker)
 BUILD_NETWORK=default
@@ -187,6 +193,53 @@ try_dockerd() {
     return 1
 }
 
+# A CA, a server certificate for 127.0.0.1/localhost and a client certificate for dockerd's
+# TLS listener, made once (10 years); plus a client from an unrelated CA for refusal tests.
+ensure_tls_certs() {
+    if [[ -s $TLS_DIR/client/key.pem && -s $TLS_DIR/wrong-ca/key.pem && -s $TLS_DIR/server-key.pem ]]; then
+        say "docker TLS: certificates already in $TLS_DIR"
+        return 0
+    fi
+    local tmp log=$LOG_DIR/openssl.log
+    tmp=$(mktemp -d "$STATE/tls.XXXXXX")
+    : >"$log"
+    (
+        set -e
+        cd "$tmp"
+        mkdir client wrong-ca
+        ossl() { openssl "$@" >>"$log" 2>&1; }
+        ossl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=Kiln test Docker CA" -keyout ca-key.pem -out ca.pem
+        ossl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout server-key.pem -out server.csr
+        printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >server.ext
+        ossl x509 -req -days 3650 -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -extfile server.ext -out server-cert.pem
+        ossl req -newkey rsa:2048 -nodes -subj "/CN=kiln-client" -keyout client/key.pem -out client.csr
+        printf 'extendedKeyUsage=clientAuth\n' >client.ext
+        ossl x509 -req -days 3650 -in client.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -extfile client.ext -out client/cert.pem
+        cp ca.pem client/ca.pem
+        # wrong-ca: a CA dockerd does not trust; its ca.pem does not vouch for dockerd either.
+        ossl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=Unrelated CA" -keyout wrong-ca/ca-key.pem -out wrong-ca/ca.pem
+        ossl req -newkey rsa:2048 -nodes -subj "/CN=stranger" -keyout wrong-ca/key.pem -out wrong.csr
+        ossl x509 -req -days 3650 -in wrong.csr -CA wrong-ca/ca.pem -CAkey wrong-ca/ca-key.pem -CAcreateserial -extfile client.ext -out wrong-ca/cert.pem
+        rm -f ./*.csr ./*.ext ./*.srl wrong-ca/ca-key.pem
+        chmod 600 ca-key.pem server-key.pem client/key.pem wrong-ca/key.pem
+    ) || { tail_log "$log"; rm -rf "$tmp"; die "openssl could not make the docker TLS certificates"; }
+    rm -rf "$TLS_DIR"
+    mv "$tmp" "$TLS_DIR"
+    chmod 755 "$TLS_DIR"
+    say "docker TLS: made CA, server and client certificates in $TLS_DIR"
+}
+
+# dockerd flags for the TLS listener (the unix socket stays as it is, unauthenticated for root).
+tls_flags() {
+    printf '%s ' -H unix:///var/run/docker.sock -H "tcp://127.0.0.1:$TLS_PORT" --tlsverify \
+        --tlscacert "$TLS_DIR/ca.pem" --tlscert "$TLS_DIR/server-cert.pem" --tlskey "$TLS_DIR/server-key.pem"
+}
+
+tls_answers() {
+    curl -sf -m 5 --cacert "$TLS_DIR/client/ca.pem" --cert "$TLS_DIR/client/cert.pem" \
+        --key "$TLS_DIR/client/key.pem" "https://127.0.0.1:$TLS_PORT/_ping" >/dev/null 2>&1
+}
+
 ensure_dockerd() {
     if pick_docker; then
         local ver drv
@@ -201,7 +254,18 @@ ensure_dockerd() {
             # shellcheck disable=SC1090
             BUILD_NETWORK=$(. "$DOCKERD_ENV" && printf '%s' "${KILN_ENV_BUILD_NETWORK:-default}")
         fi
-        return 0
+        if tls_answers; then
+            say "dockerd: TLS listener answers on tcp://127.0.0.1:$TLS_PORT"
+            return 0
+        fi
+        local running
+        if ! running=$(live_pid "$DOCKERD_PID" dockerd); then
+            say "dockerd: WARNING no TLS listener on 127.0.0.1:$TLS_PORT, and this dockerd was not started here (the TLS Engine tests will fail)"
+            return 0
+        fi
+        # Started by an older version of this script: restart it once with the TLS listener.
+        say "dockerd: restarting (pid $running) to add the TLS listener on 127.0.0.1:$TLS_PORT"
+        stop_pid "$DOCKERD_PID" dockerd 30 "dockerd"
     fi
     command -v dockerd >/dev/null || die "dockerd not found (package docker.io)"
     local pid
@@ -230,12 +294,13 @@ ensure_dockerd() {
         flags=${a%|*}
         net=${a##*|}
         local -a argv=()
-        read -r -a argv <<<"$flags"
+        read -r -a argv <<<"$(tls_flags) $flags"
         say "dockerd: starting (dockerd --data-root $DATA_ROOT ${flags:-<no extra flags>}; log $DOCKERD_LOG)"
         if try_dockerd "${argv[@]}"; then
             BUILD_NETWORK=$net
             printf 'KILN_ENV_DOCKERD_FLAGS=%q\nKILN_ENV_BUILD_NETWORK=%s\n' "$flags" "$net" >"$DOCKERD_ENV"
-            say "dockerd: running (pid $(<"$DOCKERD_PID"), Engine $("${DOCKER[@]}" version --format '{{.Server.Version}}'), storage $("${DOCKER[@]}" info --format '{{.Driver}}'), build network '$net', client ${DOCKER[0]})"
+            tls_answers || say "dockerd: WARNING the TLS listener on 127.0.0.1:$TLS_PORT does not answer (see $DOCKERD_LOG)"
+            say "dockerd: running (pid $(<"$DOCKERD_PID"), TLS on tcp://127.0.0.1:$TLS_PORT, Engine $("${DOCKER[@]}" version --format '{{.Server.Version}}'), storage $("${DOCKER[@]}" info --format '{{.Driver}}'), build network '$net', client ${DOCKER[0]})"
             return 0
         fi
         say "dockerd: did not come up with '${flags}'"
@@ -553,6 +618,7 @@ cmd_up() {
     flock -w 900 9 || die "another dev-env.sh holds $STATE/.lock"
     local t0=$SECONDS
     ensure_packages
+    ensure_tls_certs
     ensure_dockerd
     ensure_credentials
     ensure_registry "$OPEN_PORT"
@@ -564,7 +630,7 @@ cmd_up() {
     for img in "$BASE_IMAGE" "$PY_IMAGE"; do
         for port in "$OPEN_PORT" "$AUTH_PORT"; do ensure_pushed "$img" "$port"; done
     done
-    say "ready in $((SECONDS - t0)) s: docker ${DOCKER[0]}, build network '$BUILD_NETWORK', registries 127.0.0.1:$OPEN_PORT (open) 127.0.0.1:$AUTH_PORT (auth: $AUTH_ENV, docker --config $DOCKER_CONFIG_DIR)"
+    say "ready in $((SECONDS - t0)) s: docker ${DOCKER[0]} (TLS: tcp://127.0.0.1:$TLS_PORT, DOCKER_CERT_PATH=$TLS_DIR/client), build network '$BUILD_NETWORK', registries 127.0.0.1:$OPEN_PORT (open) 127.0.0.1:$AUTH_PORT (auth: $AUTH_ENV, docker --config $DOCKER_CONFIG_DIR)"
 }
 
 cmd_stop() {
@@ -591,6 +657,12 @@ cmd_status() {
         for img in "$BASE_IMAGE" "$PY_IMAGE"; do
             if image_exists "$img"; then say "image $img: present ($(image_size "$img"))"; else say "image $img: missing"; rc=1; fi
         done
+        if tls_answers; then
+            say "engine: TLS listener answers on tcp://127.0.0.1:$TLS_PORT (client files $TLS_DIR/client)"
+        else
+            say "engine: no TLS listener on tcp://127.0.0.1:$TLS_PORT"
+            rc=1
+        fi
     else
         say "engine: 'docker info' does not answer"
         rc=1

@@ -78,6 +78,8 @@ struct ConfigFile {
     no_build: Option<bool>,
     poll_interval: Option<u64>,
     docker_host: Option<String>,
+    docker_tls_verify: Option<bool>,
+    docker_cert_path: Option<PathBuf>,
     docker_config: Option<PathBuf>,
     #[serde(default)]
     pull_secrets: BTreeMap<String, String>,
@@ -109,6 +111,11 @@ pub struct Config {
     pub poll_interval: Duration,
     /// Engine endpoint; `None` = `DOCKER_HOST` or the local socket.
     pub docker_host: Option<String>,
+    /// Speak mutual TLS to a `tcp://` Engine; `None` = as `DOCKER_TLS_VERIFY` says.
+    pub docker_tls_verify: Option<bool>,
+    /// Directory with the Engine's TLS client files `ca.pem`, `cert.pem`, `key.pem`;
+    /// `None` = `DOCKER_CERT_PATH`, else `~/.docker`.
+    pub docker_cert_path: Option<PathBuf>,
     /// docker `config.json` with registry credentials.
     pub docker_config: Option<PathBuf>,
     /// Credential names usable as `pullSecret` → registry host in `docker_config`.
@@ -201,6 +208,8 @@ impl Config {
                     .max(1),
             ),
             docker_host: file.docker_host,
+            docker_tls_verify: file.docker_tls_verify,
+            docker_cert_path: file.docker_cert_path,
             docker_config: file.docker_config,
             pull_secrets: file.pull_secrets,
             ca_bundle: file.ca_bundle,

@@ -4,7 +4,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use kiln::build::auth::RegistryAuths;
 use kiln::build::dockerfile::{self, RenderOptions, RevisionInfo};
-use kiln::build::engine::Engine;
+use kiln::build::engine::{Engine, EngineEndpoint};
 use kiln::check::{self, Format};
 use kiln::config::{Config, ConfigArgs};
 use kiln::jobs::{BuildSettings, Workers};
@@ -199,12 +199,17 @@ async fn open(config: &Config) -> anyhow::Result<Syncer> {
     Ok(Syncer::new(config, store)?)
 }
 
-/// The worker pool, unless builds are off.
-async fn workers(config: &Config, store: &Store) -> anyhow::Result<Option<Workers>> {
-    if config.no_build {
-        return Ok(None);
+/// Where the Engine is, from the config (unset fields fall back to `DOCKER_*` variables).
+fn engine_endpoint(config: &Config) -> EngineEndpoint {
+    EngineEndpoint {
+        host: config.docker_host.clone(),
+        tls_verify: config.docker_tls_verify,
+        cert_path: config.docker_cert_path.clone(),
     }
-    let engine = Engine::connect(config.docker_host.as_deref()).await?;
+}
+
+/// What every build needs besides the Engine: registry, credentials, CA bundle, limits.
+fn build_settings(config: &Config) -> anyhow::Result<BuildSettings> {
     let auths = match config
         .docker_config
         .clone()
@@ -220,7 +225,7 @@ async fn workers(config: &Config, store: &Store) -> anyhow::Result<Option<Worker
         ),
         None => None,
     };
-    let settings = BuildSettings {
+    Ok(BuildSettings {
         registry: config.registry.clone(),
         auths,
         pull_secrets: config.pull_secrets.clone(),
@@ -231,8 +236,21 @@ async fn workers(config: &Config, store: &Store) -> anyhow::Result<Option<Worker
         retry_backoff: config.retry_backoff,
         shutdown_grace: config.shutdown_grace,
         source_url: config.source_url.clone(),
-    };
-    Ok(Some(Workers::new(store.clone(), engine, settings)))
+    })
+}
+
+/// The worker pool for a one-shot `kiln sync`, unless builds are off: an Engine that does
+/// not answer fails the command at once (the jobs stay queued for the next run).
+async fn workers(config: &Config, store: &Store) -> anyhow::Result<Option<Workers>> {
+    if config.no_build {
+        return Ok(None);
+    }
+    let engine = Engine::connect_to(&engine_endpoint(config)).await?;
+    Ok(Some(Workers::new(
+        store.clone(),
+        engine,
+        build_settings(config)?,
+    )))
 }
 
 async fn sync(config: Config) -> anyhow::Result<ExitCode> {
@@ -300,14 +318,22 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     println!("Kiln dashboard and API: http://{}/", listener.local_addr()?);
 
     // Builds stop taking jobs on `shutdown`; running ones get the grace period.
-    let builder = match workers(&config, syncer.store()).await? {
-        Some(workers) => {
-            let shutdown = shutdown.clone();
-            Some(tokio::spawn(
-                async move { workers.run_forever(shutdown).await },
-            ))
-        }
-        None => None,
+    // Set-up mistakes (a missing TLS file, an unreadable ca_bundle) stop the start; an Engine
+    // that does not answer yet does not: the dashboard serves and jobs wait for it.
+    let builder = if config.no_build {
+        None
+    } else {
+        let settings = build_settings(&config)?;
+        let endpoint = engine_endpoint(&config);
+        endpoint.resolve(|name| std::env::var(name).ok())?;
+        let (store, shutdown) = (syncer.store().clone(), shutdown.clone());
+        Some(tokio::spawn(async move {
+            if let Some(engine) = Engine::connect_when_ready(&endpoint, &shutdown).await {
+                Workers::new(store, engine, settings)
+                    .run_forever(shutdown)
+                    .await
+            }
+        }))
     };
     let poller = tokio::spawn(kiln::watch::sync_loop(
         Arc::clone(&syncer),

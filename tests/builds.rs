@@ -300,3 +300,83 @@ fn base64_encode(text: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(text)
 }
+
+/// `docker_host` + `docker_cert_path` in kiln.toml: the build goes through the Engine's mutual
+/// TLS listener (dev-env's tcp://127.0.0.1:2376) and pushes. With a client certificate the
+/// Engine does not trust, the job fails with the Engine named and the TLS refusal in `error`,
+/// and is not retried.
+#[tokio::test]
+async fn builds_through_a_tls_engine_endpoint() {
+    if !engine_available() {
+        return;
+    }
+    let tls = Path::new(ENV_DIR).join("docker-tls");
+    assert!(
+        tls.join("client/key.pem").exists(),
+        "scripts/dev-env.sh up makes {}",
+        tls.display()
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let mut repo = GitRepo::init(&tmp.path().join("repo"));
+    repo.write(
+        "overtls.yaml",
+        "name: overtls\nbaseImage: 127.0.0.1:5000/kiln/bookworm:minbase\n",
+    );
+    repo.commit("a spec without packages");
+    let config = write_config(
+        tmp.path(),
+        &format!(
+            "registry = '127.0.0.1:5000'\ndocker_host = 'tcp://127.0.0.1:2376'\ndocker_cert_path = '{}'\n",
+            tls.join("client").display()
+        ),
+    );
+    let data = tmp.path().join("data");
+    let (code, out) = sync(&config, &repo.dir, &data);
+    assert_eq!(code, 0, "{out}");
+    let server = Server::observe(&repo.dir, &data).await;
+    let job = job_of(&server, "overtls").await;
+    let log = server.log(&job).await;
+    assert_eq!(job["status"], "succeeded", "{job}\n{log}");
+    let image = job["image"].as_str().unwrap().to_string();
+    server.stop();
+    let (ok, out) = docker(&["image", "inspect", "--format", "{{.Id}}", &image]);
+    assert!(ok, "{out}");
+
+    // A client certificate from a CA the Engine does not know.
+    let stranger = tmp.path().join("stranger");
+    std::fs::create_dir(&stranger).unwrap();
+    std::fs::copy(tls.join("client/ca.pem"), stranger.join("ca.pem")).unwrap();
+    for name in ["cert.pem", "key.pem"] {
+        std::fs::copy(tls.join("wrong-ca").join(name), stranger.join(name)).unwrap();
+    }
+    repo.write(
+        "overtls.yaml",
+        "name: overtls\nbaseImage: 127.0.0.1:5000/kiln/bookworm:minbase\npackages:\n  apt: [jq]\n",
+    );
+    repo.commit("second revision");
+    let config = write_config(
+        tmp.path(),
+        &format!(
+            "registry = '127.0.0.1:5000'\ndocker_host = 'tcp://127.0.0.1:2376'\ndocker_cert_path = '{}'\nretry_backoff = 1\n",
+            stranger.display()
+        ),
+    );
+    let (code, out) = sync(&config, &repo.dir, &data);
+    assert_eq!(code, 1, "{out}");
+    let server = Server::observe(&repo.dir, &data).await;
+    let job = job_of(&server, "overtls").await;
+    let log = server.log(&job).await;
+    assert_eq!(job["status"], "failed", "{job}\n{log}");
+    let error = job["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("Docker Engine unreachable at tcp://127.0.0.1:2376: "),
+        "{job}"
+    );
+    assert!(
+        log.contains("attempt 1/3") && !log.contains("attempt 2/3"),
+        "a refused certificate is not retried:\n{log}"
+    );
+    assert!(log.contains("BadCertificate"), "{log}");
+    server.stop();
+    let _ = docker(&["rmi", "-f", &image, "127.0.0.1:5000/overtls:latest"]);
+}

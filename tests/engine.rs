@@ -7,7 +7,7 @@
 //! deleted through the registry API.
 
 use kiln::build::auth::{Credential, RegistryAuths};
-use kiln::build::engine::{BuildRequest, Engine, EngineError};
+use kiln::build::engine::{BuildRequest, Engine, EngineEndpoint, EngineError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -721,7 +721,107 @@ async fn run_capture_exit_codes_and_limits() {
     assert!(matches!(err, EngineError::NoImage(_)), "{err:?}");
 }
 
-/// Endpoints that do not answer, and TLS that this build cannot do — no Engine needed.
+/// dev-env's TLS listener of the same Engine, and its client files (DOCKER_CERT_PATH layout).
+const TLS_HOST: &str = "tcp://127.0.0.1:2376";
+
+fn tls_dir() -> std::path::PathBuf {
+    let dir = std::env::var("KILN_ENV_DIR").unwrap_or_else(|_| "/var/lib/kiln-env".into());
+    std::path::PathBuf::from(dir).join("docker-tls")
+}
+
+/// A cert directory made of dev-env's files: `ca` from one directory, `cert`+`key` from another.
+fn cert_dir_of(ca_from: &str, client_from: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let src = tls_dir();
+    std::fs::copy(src.join(ca_from).join("ca.pem"), dir.path().join("ca.pem")).unwrap();
+    for name in ["cert.pem", "key.pem"] {
+        std::fs::copy(src.join(client_from).join(name), dir.path().join(name)).unwrap();
+    }
+    dir
+}
+
+fn tls_endpoint(cert_path: &std::path::Path) -> EngineEndpoint {
+    EngineEndpoint {
+        host: Some(TLS_HOST.into()),
+        tls_verify: Some(true),
+        cert_path: Some(cert_path.into()),
+    }
+}
+
+/// The same Engine over TCP with mutual TLS: a build through it lands in the Engine; a client
+/// that does not trust the Engine's certificate, a client whose certificate the Engine does
+/// not trust, and a plain-HTTP client are all refused, and not as "try again later".
+#[tokio::test]
+async fn tls_endpoint_builds_and_refuses_strangers() {
+    let test = "tls";
+    let unix = engine_or_skip!(test);
+    if !tls_dir().join("client/key.pem").exists() {
+        skip(
+            test,
+            "no TLS listener",
+            "scripts/dev-env.sh up makes docker-tls/",
+        );
+        return;
+    }
+    let mut cleanup = Cleanup::default();
+    let good = cert_dir_of("client", "client");
+    let engine = Engine::connect_to(&tls_endpoint(good.path()))
+        .await
+        .unwrap_or_else(|e| panic!("TLS connect: {e}"));
+    assert_eq!(engine.endpoint(), TLS_HOST);
+    engine.ping().await.unwrap();
+
+    let name = repo(None, test);
+    let tags = vec![format!("{name}:r1-abc1234")];
+    cleanup.image(&tags[0]);
+    let log = Log::default();
+    let text = dockerfile(BASE, "LABEL kiln.test=tls\nRUN echo over-tls");
+    let id = build(&engine, &text, &tags, None, &log).await.unwrap();
+    assert!(
+        log.lines().iter().any(|l| l == "over-tls"),
+        "{}",
+        log.text()
+    );
+    assert_eq!(
+        unix.image_id(&tags[0]).await.unwrap().as_deref(),
+        Some(id.as_str())
+    );
+
+    // Kiln does not trust the Engine (ca.pem of another CA).
+    let untrusting = cert_dir_of("wrong-ca", "client");
+    let err = Engine::connect_to(&tls_endpoint(untrusting.path()))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!("Docker Engine unreachable at {TLS_HOST}: ")),
+        "{text}"
+    );
+    assert!(text.to_lowercase().contains("certificate"), "{text}");
+    assert!(!err.is_transient(), "{text}");
+
+    // The Engine does not trust Kiln (client certificate of another CA).
+    let stranger = cert_dir_of("client", "wrong-ca");
+    let err = Engine::connect_to(&tls_endpoint(stranger.path()))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!("Docker Engine unreachable at {TLS_HOST}: ")),
+        "{text}"
+    );
+    assert!(!err.is_transient(), "{text}");
+
+    // Plain HTTP to the TLS port.
+    let plain = EngineEndpoint {
+        host: Some(TLS_HOST.into()),
+        tls_verify: Some(false),
+        cert_path: None,
+    };
+    assert!(Engine::connect_to(&plain).await.is_err());
+}
+
+/// Endpoints that do not answer, and TLS set-up mistakes — no Engine needed.
 #[tokio::test]
 async fn unreachable_endpoints_are_named_and_transient() {
     for endpoint in ["unix:///nonexistent/kiln.sock", "tcp://127.0.0.1:1"] {
@@ -733,8 +833,11 @@ async fn unreachable_endpoints_are_named_and_transient() {
         );
         assert!(err.is_transient());
     }
-    let err = Engine::connect(Some("https://127.0.0.1:2376"))
+    let missing = tempfile::tempdir().unwrap();
+    let err = Engine::connect_to(&tls_endpoint(missing.path()))
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("TLS"), "{err}");
+    assert!(matches!(err, EngineError::TlsSetup { .. }), "{err}");
+    assert!(err.to_string().contains("ca.pem"), "{err}");
+    assert!(!err.is_transient());
 }

@@ -115,3 +115,62 @@ async fn engine_down_fails_jobs_clearly_and_recovery_builds_the_next_commit() {
         .args(["rmi", "-f", "kiln/down:latest"])
         .output();
 }
+
+/// Kiln starts while its Engine does not answer (a socket path where nothing listens yet, so
+/// the shared Engine stays up): the dashboard serves and the job waits `queued`; once the
+/// socket appears (a symlink to the real Engine's) the job builds without a restart.
+#[tokio::test]
+async fn serve_starts_before_the_engine_and_builds_once_it_answers() {
+    if !engine_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut repo = GitRepo::init(&tmp.path().join("repo"));
+    repo.write(
+        "early.yaml",
+        "name: early\nbaseImage: 127.0.0.1:5000/kiln/bookworm:minbase\n",
+    );
+    repo.commit("a spec");
+    let socket = tmp.path().join("engine.sock");
+    let config = tmp.path().join("kiln.toml");
+    std::fs::write(
+        &config,
+        format!("docker_host = 'unix://{}'\n", socket.display()),
+    )
+    .unwrap();
+    let (repo_dir, data) = (
+        repo.dir.display().to_string(),
+        tmp.path().join("data").display().to_string(),
+    );
+    let server = Server::start(&[
+        "--config",
+        &config.display().to_string(),
+        "--repo",
+        &repo_dir,
+        "--data-dir",
+        &data,
+    ])
+    .await;
+    let queued = server
+        .wait_for("early", 1, Duration::from_secs(30), |job| {
+            job["status"] == "queued"
+        })
+        .await;
+    // A few retry rounds of the Engine wait (0.5, 1, 2 s) pass; the job must still wait.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let job = server.job("early", 1).await.unwrap();
+    assert_eq!(job["status"], "queued", "{job}");
+    assert_eq!(job["id"], queued["id"]);
+    assert_eq!(server.status("/healthz").await, 200);
+
+    std::os::unix::fs::symlink("/var/run/docker.sock", &socket).unwrap();
+    let job = server
+        .wait_for("early", 1, Duration::from_secs(120), |job| {
+            job["status"] == "succeeded" || job["status"] == "failed"
+        })
+        .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let image = job["image"].as_str().unwrap_or_default().to_string();
+    server.stop();
+    let _ = Command::new("docker").args(["rmi", "-f", &image]).output();
+}

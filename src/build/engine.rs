@@ -24,9 +24,11 @@
 //!   versioned URL), so the Engine answers in its own newest API version; the models are
 //!   lenient enough for 20.10 and newer.
 //!
-//! TLS endpoints (`https://`, or `tcp://` with `DOCKER_TLS_VERIFY`) need bollard's `ssl`
-//! feature, which Kiln does not enable yet; [`Engine::connect`] says so instead of silently
-//! talking plain HTTP.
+//!
+//! TCP endpoints speak mutual TLS the way the Docker CLI does (`DOCKER_TLS_VERIFY`,
+//! `DOCKER_CERT_PATH` with `ca.pem`, `cert.pem`, `key.pem`), resolved by [`EngineEndpoint`];
+//! Kiln always verifies the Engine's certificate (`DOCKER_TLS` without verification is
+//! treated as verification, never as a silent downgrade).
 
 use crate::build::auth::{Credential, registry_of};
 use crate::build::dockerfile::CA_BUNDLE_CONTEXT_NAME;
@@ -41,6 +43,7 @@ use bollard::query_parameters::{
 use bollard::{API_DEFAULT_VERSION, BollardRequest, Docker};
 use futures_util::StreamExt;
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -72,6 +75,10 @@ pub enum EngineError {
     /// The registry refused access (no or wrong credentials, or no permission).
     #[error("registry {registry} refused access: {message}")]
     Auth { registry: String, message: String },
+    /// The TLS set-up for the endpoint is incomplete or contradictory (a missing `ca.pem`,
+    /// `tls_verify` on an `http://` endpoint): fixing the configuration is the only cure.
+    #[error("Docker Engine at {endpoint}: {message}")]
+    TlsSetup { endpoint: String, message: String },
     /// The operation was cancelled through its token.
     #[error("cancelled")]
     Cancelled,
@@ -95,7 +102,8 @@ impl EngineError {
     /// Dockerfile, a refused credential, a missing image or a cancellation are not transient.
     pub fn is_transient(&self) -> bool {
         match self {
-            EngineError::Unreachable { .. } => true,
+            // A certificate the Engine or Kiln refuses will be refused again.
+            EngineError::Unreachable { message, .. } => !looks_like_tls_refusal(message),
             EngineError::BuildFailed(message) => {
                 !message.contains("returned a non-zero code") && looks_transient(message)
             }
@@ -106,9 +114,26 @@ impl EngineError {
                 status, message, ..
             } => *status >= 500 || looks_transient(message),
             EngineError::Other(message) => looks_transient(message),
-            EngineError::Auth { .. } | EngineError::Cancelled | EngineError::NoImage(_) => false,
+            EngineError::Auth { .. }
+            | EngineError::TlsSetup { .. }
+            | EngineError::Cancelled
+            | EngineError::NoImage(_) => false,
         }
     }
+}
+
+/// A TLS handshake that failed on a certificate (rustls' and Go's words): not network trouble.
+fn looks_like_tls_refusal(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    [
+        "certificate",
+        "unknownissuer",
+        "bad certificate",
+        "handshake failure",
+    ]
+    .iter()
+    .any(|p| message.contains(p))
+        && !message.contains("tls handshake timeout")
 }
 
 /// Network trouble and overloaded registries, as the Engine words them.
@@ -192,6 +217,159 @@ impl std::fmt::Debug for BuildRequest<'_> {
 }
 
 /// A connection to one Docker Engine.
+/// Where the Engine listens and, for TCP, the TLS client files: Kiln's `docker_host`,
+/// `docker_tls_verify` and `docker_cert_path` settings. Each unset field falls back to the
+/// Docker CLI's environment (`DOCKER_HOST`, `DOCKER_TLS_VERIFY`/`DOCKER_TLS`,
+/// `DOCKER_CERT_PATH`), so a machine set up for `docker` works for Kiln unchanged.
+#[derive(Clone, Debug, Default)]
+pub struct EngineEndpoint {
+    /// `unix:///path`, `/path`, `tcp://host:port`, `http://host:port` or `https://host:port`.
+    pub host: Option<String>,
+    /// Speak mutual TLS to a `tcp://` endpoint. `Some(false)` forces plain HTTP.
+    pub tls_verify: Option<bool>,
+    /// Directory with `ca.pem`, `cert.pem` and `key.pem` (the Docker CLI's layout). Setting it
+    /// asks for TLS on a `tcp://` endpoint unless `tls_verify` is `Some(false)`.
+    pub cert_path: Option<PathBuf>,
+}
+
+/// The three files of a TLS client, as the Docker CLI names them in its cert directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A resolved [`EngineEndpoint`]: how bollard is to connect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// A unix socket: the endpoint as given, and the socket's path.
+    Unix { host: String, path: String },
+    /// Plain HTTP over TCP (`tcp://` or `http://` as given).
+    Http(String),
+    /// Mutual TLS over TCP; `host` is the endpoint as given.
+    Tls { host: String, files: TlsFiles },
+}
+
+impl Transport {
+    /// The endpoint as the operator wrote it, for messages.
+    pub fn host(&self) -> &str {
+        match self {
+            Transport::Unix { host, .. } | Transport::Http(host) | Transport::Tls { host, .. } => {
+                host
+            }
+        }
+    }
+}
+
+impl EngineEndpoint {
+    /// Decides the transport from the fields, else from `env` (the process environment in
+    /// production, a map in tests). Fails when TLS is asked for and a client file is missing
+    /// or unreadable, when TLS is asked for an `http://` or unix endpoint, and on an unknown
+    /// scheme. Nothing is connected yet.
+    pub fn resolve(&self, env: impl Fn(&str) -> Option<String>) -> Result<Transport, EngineError> {
+        let set = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+        let host = self
+            .host
+            .as_deref()
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(str::to_owned)
+            .or_else(|| set("DOCKER_HOST").map(|h| h.trim().to_owned()))
+            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
+        let tls_setup = |message: String| EngineError::TlsSetup {
+            endpoint: host.clone(),
+            message,
+        };
+        let env_cert_path = set("DOCKER_CERT_PATH").map(PathBuf::from);
+        let wants_tls = match self.tls_verify {
+            Some(verify) => verify,
+            None => {
+                let flag = |name: &str| set(name).is_some_and(|v| v.trim() != "0");
+                flag("DOCKER_TLS_VERIFY")
+                    || flag("DOCKER_TLS")
+                    || self.cert_path.is_some()
+                    || env_cert_path.is_some()
+            }
+        };
+
+        if let Some(path) = host
+            .strip_prefix("unix://")
+            .or(host.starts_with('/').then_some(host.as_str()))
+        {
+            if self.tls_verify == Some(true) {
+                return Err(tls_setup(
+                    "docker_tls_verify is set, but a unix socket does not speak TLS".into(),
+                ));
+            }
+            return Ok(Transport::Unix {
+                path: path.to_owned(),
+                host,
+            });
+        }
+        let tls = if host.starts_with("https://") {
+            if self.tls_verify == Some(false) {
+                return Err(tls_setup(
+                    "an https:// endpoint needs TLS, but docker_tls_verify is false".into(),
+                ));
+            }
+            true
+        } else if host.starts_with("http://") {
+            if self.tls_verify == Some(true) {
+                return Err(tls_setup(
+                    "docker_tls_verify is set for an http:// endpoint; write tcp:// or https://"
+                        .into(),
+                ));
+            }
+            false
+        } else if host.starts_with("tcp://") {
+            wants_tls
+        } else {
+            return Err(EngineError::Other(format!(
+                "unsupported Docker endpoint {host:?} (expected unix:///path, tcp://host:port, http://host:port or https://host:port)"
+            )));
+        };
+        if !tls {
+            return Ok(Transport::Http(host));
+        }
+
+        let dir = self
+            .cert_path
+            .clone()
+            .or(env_cert_path)
+            .or_else(|| set("HOME").map(|home| Path::new(&home).join(".docker")))
+            .ok_or_else(|| {
+                tls_setup(
+                    "TLS needs a cert directory: set docker_cert_path or DOCKER_CERT_PATH".into(),
+                )
+            })?;
+        let files = TlsFiles {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+        };
+        for (role, path) in [
+            ("CA certificate", &files.ca),
+            ("client certificate", &files.cert),
+            ("client key", &files.key),
+        ] {
+            let text = std::fs::read(path).map_err(|e| {
+                tls_setup(format!(
+                    "cannot read the TLS {role} {}: {e}",
+                    path.display()
+                ))
+            })?;
+            if !text.windows(11).any(|w| w == b"-----BEGIN ") {
+                return Err(tls_setup(format!(
+                    "the TLS {role} {} holds no PEM block",
+                    path.display()
+                )));
+            }
+        }
+        Ok(Transport::Tls { host, files })
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Engine {
     docker: Docker,
@@ -208,58 +386,104 @@ enum Op<'a> {
 }
 
 impl Engine {
-    /// Connects to `endpoint`, else `DOCKER_HOST`, else [`DEFAULT_ENDPOINT`], and negotiates
-    /// the API version. Accepted: `unix:///path`, a bare `/path` to a socket, `tcp://host:port`
-    /// and `http://host:port`. TLS (`https://`, or `DOCKER_TLS_VERIFY`, `DOCKER_TLS` or
-    /// `DOCKER_CERT_PATH` set for a `tcp://` endpoint) is refused with an explanation:
-    /// bollard's `ssl` feature is not enabled.
+    /// Connects to `endpoint`, else `DOCKER_HOST`, else [`DEFAULT_ENDPOINT`], with TLS as the
+    /// Docker CLI's environment asks for it; see [`Engine::connect_to`].
     pub async fn connect(endpoint: Option<&str>) -> Result<Engine, EngineError> {
-        let endpoint = endpoint
-            .map(str::trim)
-            .filter(|e| !e.is_empty())
-            .map(str::to_owned)
-            .or_else(|| {
-                std::env::var("DOCKER_HOST")
-                    .ok()
-                    .filter(|h| !h.trim().is_empty())
-            })
-            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
-        // TLS is asked for by DOCKER_TLS_VERIFY / DOCKER_TLS, and implied by DOCKER_CERT_PATH
-        // (certificates were provided: plain HTTP would be a silent downgrade).
-        let env_set = |name: &str| std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0");
-        let tls_env =
-            env_set("DOCKER_TLS_VERIFY") || env_set("DOCKER_TLS") || env_set("DOCKER_CERT_PATH");
-        let unreachable = |message: String| EngineError::Unreachable {
-            endpoint: endpoint.clone(),
-            message,
-        };
+        Engine::connect_to(&EngineEndpoint {
+            host: endpoint.map(str::to_owned),
+            ..EngineEndpoint::default()
+        })
+        .await
+    }
 
-        let docker = if let Some(path) = endpoint
-            .strip_prefix("unix://")
-            .or(endpoint.starts_with('/').then_some(endpoint.as_str()))
-        {
-            Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
-                .map_err(|e| unreachable(bollard_message(&e)))?
-        } else if endpoint.starts_with("https://") || (tls_env && endpoint.starts_with("tcp://")) {
-            return Err(EngineError::Other(format!(
-                "Docker endpoint {endpoint} needs TLS (https://, DOCKER_TLS_VERIFY or DOCKER_CERT_PATH), but this Kiln build has no TLS \
-                 support for the Engine API (bollard's \"ssl\" feature is off); use a unix socket, plain tcp://, or an \
-                 ssh/stunnel tunnel"
-            )));
-        } else if endpoint.starts_with("tcp://") || endpoint.starts_with("http://") {
-            Docker::connect_with_http(&endpoint, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
-                .map_err(|e| unreachable(bollard_message(&e)))?
-        } else {
-            return Err(EngineError::Other(format!(
-                "unsupported Docker endpoint {endpoint:?} (expected unix:///path, tcp://host:port or http://host:port)"
-            )));
-        };
-        let docker = docker
-            .with_request_modifier(url_safe_registry_headers)
-            .negotiate_version()
-            .await
-            .map_err(|e| unreachable(bollard_message(&e)))?;
-        Ok(Engine { docker, endpoint })
+    /// Connects to the Engine `endpoint` describes (see [`EngineEndpoint::resolve`]) and
+    /// negotiates the API version: fails when the Engine does not answer.
+    pub async fn connect_to(endpoint: &EngineEndpoint) -> Result<Engine, EngineError> {
+        let engine = Engine::unverified(endpoint)?;
+        let docker =
+            engine
+                .docker
+                .negotiate_version()
+                .await
+                .map_err(|e| EngineError::Unreachable {
+                    endpoint: engine.endpoint.clone(),
+                    message: bollard_message(&e),
+                })?;
+        Ok(Engine { docker, ..engine })
+    }
+
+    /// [`Engine::connect_to`] for a controller: waits while the Engine does not answer (e.g.
+    /// `dockerd` still starting after a reboot; the caller's jobs stay queued meanwhile) and
+    /// says so every minute. An Engine that answers but refuses Kiln's TLS certificate is
+    /// taken as it is: every job then fails with the refusal in its `error`, where the
+    /// operator sees it. `None` when `shutdown` comes first.
+    pub async fn connect_when_ready(
+        endpoint: &EngineEndpoint,
+        shutdown: &CancellationToken,
+    ) -> Option<Engine> {
+        let mut delay = Duration::from_millis(500);
+        let mut last_warning: Option<std::time::Instant> = None;
+        loop {
+            match Engine::connect_to(endpoint).await {
+                Ok(engine) => {
+                    if last_warning.is_some() {
+                        tracing::info!(endpoint = %engine.endpoint(), "the Docker Engine answers; building");
+                    }
+                    return Some(engine);
+                }
+                Err(e) if e.is_transient() => {
+                    if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                        tracing::warn!(error = %e, "waiting for the Docker Engine; jobs stay queued");
+                        last_warning = Some(std::time::Instant::now());
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the Docker Engine refuses Kiln; jobs will fail until this is fixed");
+                    match Engine::unverified(endpoint) {
+                        Ok(engine) => return Some(engine),
+                        Err(e) => tracing::error!(error = %e, "cannot set up the Engine client"),
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    /// A client for `endpoint` that has not talked to the Engine yet (no I/O besides reading
+    /// the TLS files): for a controller that must start while its Engine is down. Requests
+    /// fail with [`EngineError::Unreachable`] until the Engine answers; paths carry no API
+    /// version, so nothing depends on the skipped negotiation.
+    pub fn unverified(endpoint: &EngineEndpoint) -> Result<Engine, EngineError> {
+        let transport = endpoint.resolve(|name| std::env::var(name).ok())?;
+        let host = transport.host().to_owned();
+        let docker = match &transport {
+            Transport::Unix { path, .. } => {
+                Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
+            }
+            Transport::Http(url) => {
+                Docker::connect_with_http(url, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
+            }
+            Transport::Tls { host, files } => Docker::connect_with_ssl(
+                host,
+                &files.key,
+                &files.cert,
+                &files.ca,
+                REQUEST_TIMEOUT_SECS,
+                API_DEFAULT_VERSION,
+            ),
+        }
+        .map_err(|e| EngineError::Unreachable {
+            endpoint: host.clone(),
+            message: bollard_message(&e),
+        })?;
+        Ok(Engine {
+            docker: docker.with_request_modifier(url_safe_registry_headers),
+            endpoint: host,
+        })
     }
 
     /// The endpoint text, for messages.
@@ -1229,6 +1453,199 @@ mod tests {
     use base64::Engine as _;
     use base64::engine::general_purpose::{STANDARD, URL_SAFE};
     use std::sync::{Arc, Mutex};
+
+    /// A cert directory with the three files, PEM-looking enough for `resolve`.
+    fn cert_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["ca.pem", "cert.pem", "key.pem"] {
+            std::fs::write(
+                dir.path().join(name),
+                "-----BEGIN X-----\n-----END X-----\n",
+            )
+            .unwrap();
+        }
+        dir
+    }
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn endpoint_defaults_to_the_local_socket_and_docker_host() {
+        let none = EngineEndpoint::default();
+        assert_eq!(
+            none.resolve(env_of(&[])).unwrap(),
+            Transport::Unix {
+                host: DEFAULT_ENDPOINT.into(),
+                path: "/var/run/docker.sock".into()
+            }
+        );
+        assert_eq!(
+            none.resolve(env_of(&[("DOCKER_HOST", "tcp://10.0.0.1:2375")]))
+                .unwrap(),
+            Transport::Http("tcp://10.0.0.1:2375".into())
+        );
+        let given = EngineEndpoint {
+            host: Some("/run/other.sock".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            given
+                .resolve(env_of(&[("DOCKER_HOST", "tcp://10.0.0.1:2375")]))
+                .unwrap(),
+            Transport::Unix {
+                host: "/run/other.sock".into(),
+                path: "/run/other.sock".into()
+            }
+        );
+    }
+
+    #[test]
+    fn tcp_speaks_tls_when_the_config_or_the_environment_asks() {
+        let certs = cert_dir();
+        let dir = certs.path().to_str().unwrap();
+        let files = TlsFiles {
+            ca: certs.path().join("ca.pem"),
+            cert: certs.path().join("cert.pem"),
+            key: certs.path().join("key.pem"),
+        };
+        let tls = Transport::Tls {
+            host: "tcp://127.0.0.1:2376".into(),
+            files: files.clone(),
+        };
+        let host = Some("tcp://127.0.0.1:2376".to_string());
+        // Config: a cert path alone asks for TLS.
+        let configured = EngineEndpoint {
+            host: host.clone(),
+            tls_verify: None,
+            cert_path: Some(certs.path().into()),
+        };
+        assert_eq!(configured.resolve(env_of(&[])).unwrap(), tls);
+        // Environment, the Docker CLI's way.
+        let bare = EngineEndpoint {
+            host: host.clone(),
+            ..Default::default()
+        };
+        for env in [
+            vec![("DOCKER_TLS_VERIFY", "1"), ("DOCKER_CERT_PATH", dir)],
+            vec![("DOCKER_CERT_PATH", dir)],
+            vec![("DOCKER_TLS", "1"), ("DOCKER_CERT_PATH", dir)],
+        ] {
+            assert_eq!(bare.resolve(env_of(&env)).unwrap(), tls, "{env:?}");
+        }
+        // ~/.docker when no path is given.
+        let home = tempfile::tempdir().unwrap();
+        std::fs::create_dir(home.path().join(".docker")).unwrap();
+        for name in ["ca.pem", "cert.pem", "key.pem"] {
+            std::fs::copy(
+                certs.path().join(name),
+                home.path().join(".docker").join(name),
+            )
+            .unwrap();
+        }
+        let verify = EngineEndpoint {
+            host: host.clone(),
+            tls_verify: Some(true),
+            cert_path: None,
+        };
+        let resolved = verify
+            .resolve(env_of(&[("HOME", home.path().to_str().unwrap())]))
+            .unwrap();
+        assert!(
+            matches!(&resolved, Transport::Tls { files, .. } if files.ca.starts_with(home.path())),
+            "{resolved:?}"
+        );
+        // Plain when nothing asks, or when the config says no despite the environment.
+        assert_eq!(
+            bare.resolve(env_of(&[("DOCKER_TLS_VERIFY", "0")])).unwrap(),
+            Transport::Http("tcp://127.0.0.1:2376".into())
+        );
+        let off = EngineEndpoint {
+            host,
+            tls_verify: Some(false),
+            cert_path: Some(certs.path().into()),
+        };
+        assert_eq!(
+            off.resolve(env_of(&[("DOCKER_TLS_VERIFY", "1")])).unwrap(),
+            Transport::Http("tcp://127.0.0.1:2376".into())
+        );
+        // https:// always means TLS.
+        let https = EngineEndpoint {
+            host: Some("https://engine.example:2376".into()),
+            tls_verify: None,
+            cert_path: Some(certs.path().into()),
+        };
+        assert!(matches!(
+            https.resolve(env_of(&[])).unwrap(),
+            Transport::Tls { .. }
+        ));
+    }
+
+    #[test]
+    fn tls_set_up_mistakes_name_the_file_and_are_not_retried() {
+        let certs = cert_dir();
+        std::fs::remove_file(certs.path().join("key.pem")).unwrap();
+        let endpoint = EngineEndpoint {
+            host: Some("tcp://127.0.0.1:2376".into()),
+            tls_verify: Some(true),
+            cert_path: Some(certs.path().into()),
+        };
+        let err = endpoint.resolve(env_of(&[])).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with(
+                "Docker Engine at tcp://127.0.0.1:2376: cannot read the TLS client key "
+            ),
+            "{text}"
+        );
+        assert!(text.contains("key.pem"), "{text}");
+        assert!(!err.is_transient());
+
+        std::fs::write(certs.path().join("key.pem"), "not a key").unwrap();
+        let text = endpoint.resolve(env_of(&[])).unwrap_err().to_string();
+        assert!(text.contains("holds no PEM block"), "{text}");
+
+        for (host, verify) in [
+            ("http://127.0.0.1:2376", Some(true)),
+            ("unix:///var/run/docker.sock", Some(true)),
+            ("https://127.0.0.1:2376", Some(false)),
+        ] {
+            let endpoint = EngineEndpoint {
+                host: Some(host.into()),
+                tls_verify: verify,
+                cert_path: None,
+            };
+            let err = endpoint.resolve(env_of(&[])).unwrap_err();
+            assert!(matches!(err, EngineError::TlsSetup { .. }), "{host}: {err}");
+        }
+        let err = EngineEndpoint {
+            host: Some("ssh://engine".into()),
+            ..Default::default()
+        }
+        .resolve(env_of(&[]))
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("unsupported Docker endpoint"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn certificate_refusals_are_not_transient_but_timeouts_are() {
+        let refused = |message: &str| EngineError::Unreachable {
+            endpoint: "tcp://127.0.0.1:2376".into(),
+            message: message.into(),
+        };
+        assert!(!refused("invalid peer certificate: UnknownIssuer").is_transient());
+        assert!(!refused("received fatal alert: BadCertificate").is_transient());
+        assert!(refused("net/http: TLS handshake timeout").is_transient());
+        assert!(refused("Connection refused (os error 111)").is_transient());
+    }
 
     #[test]
     fn line_buffer_reassembles_unaligned_chunks() {
