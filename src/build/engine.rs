@@ -43,7 +43,9 @@ use bollard::query_parameters::{
 use bollard::{API_DEFAULT_VERSION, BollardRequest, Docker};
 use futures_util::StreamExt;
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -57,6 +59,27 @@ pub const RUN_CAPTURE_TIMEOUT: Duration = Duration::from_secs(600);
 const REQUEST_TIMEOUT_SECS: u64 = 120;
 /// A line longer than this without a newline is emitted in pieces.
 const MAX_LINE: usize = 64 * 1024;
+
+/// Where the Engine layer puts log lines, one whole line per call.
+///
+/// [`LogSink::ready`] is the backpressure: the build, pull and push loops await it after each
+/// Engine message, so a sink that cannot keep up (a store writing to disk) slows the reading
+/// of the Engine's stream instead of buffering lines without bound. A closure is a sink that
+/// is always ready.
+pub trait LogSink: Send {
+    /// Takes one line; never blocks.
+    fn line(&mut self, line: String);
+    /// Resolves once the sink can take more lines without growing past its bound.
+    fn ready(&mut self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(std::future::ready(()))
+    }
+}
+
+impl<F: FnMut(String) + Send> LogSink for F {
+    fn line(&mut self, line: String) {
+        self(line)
+    }
+}
 
 /// What can go wrong talking to the Engine. Messages never contain registry passwords.
 #[derive(Debug, thiserror::Error)]
@@ -519,10 +542,10 @@ impl Engine {
         &self,
         image: &str,
         auth: Option<&Credential>,
-        log: &mut (dyn FnMut(String) + Send),
+        log: &mut dyn LogSink,
     ) -> Result<Option<String>, EngineError> {
         if self.image_id(image).await?.is_some() {
-            log(format!("base image {image} is present"));
+            log.line(format!("base image {image} is present"));
         } else {
             self.pull(image, auth, log).await?;
         }
@@ -542,10 +565,10 @@ impl Engine {
         &self,
         image: &str,
         auth: Option<&Credential>,
-        log: &mut (dyn FnMut(String) + Send),
+        log: &mut dyn LogSink,
     ) -> Result<(), EngineError> {
         let (repo, tag) = split_reference(image);
-        log(format!("pulling {image}"));
+        log.line(format!("pulling {image}"));
         let auth = credential_for(image, auth, log);
         let options = CreateImageOptionsBuilder::default()
             .from_image(repo)
@@ -570,7 +593,7 @@ impl Engine {
     pub async fn build(
         &self,
         req: &BuildRequest<'_>,
-        log: &mut (dyn FnMut(String) + Send),
+        log: &mut dyn LogSink,
         cancel: &CancellationToken,
     ) -> Result<BuiltImage, EngineError> {
         let Some(first_tag) = req.tags.first() else {
@@ -601,7 +624,7 @@ impl Engine {
             && c.registry() != from_registry
         {
             // X-Registry-Config is keyed by registry: the Engine will not use it for this FROM.
-            log(format!(
+            log.line(format!(
                 "note: the pull credential is for {} but the base image is on {from_registry}",
                 c.registry()
             ));
@@ -677,7 +700,7 @@ impl Engine {
         &self,
         image_ref: &str,
         auth: Option<&Credential>,
-        log: &mut (dyn FnMut(String) + Send),
+        log: &mut dyn LogSink,
         cancel: &CancellationToken,
     ) -> Result<String, EngineError> {
         let failed = |message: String| EngineError::PushFailed {
@@ -1018,7 +1041,7 @@ impl BuildOutcome {
 /// nothing.
 async fn drain_build<S>(
     stream: S,
-    log: &mut (dyn FnMut(String) + Send),
+    log: &mut dyn LogSink,
     auth: Option<&Credential>,
     cancel: &CancellationToken,
 ) -> Drained<BuildOutcome>
@@ -1029,30 +1052,35 @@ where
     let mut lines = LineBuffer::default();
     let mut progress = ProgressCondenser::default();
     let mut outcome = BuildOutcome::default();
-    let mut emit = |line: String, outcome: &mut BuildOutcome| {
+    let emit = |line: String, outcome: &mut BuildOutcome, log: &mut dyn LogSink| {
         if let Some(id) = line.strip_prefix("Successfully built ") {
             outcome.built_line_id = Some(id.trim().to_string());
         }
-        log(redact(line, auth));
+        log.line(redact(line, auth));
     };
     let ended = loop {
+        // Read the next message only once the sink has room: a 200 MB build log streams
+        // through a bounded buffer instead of piling up in memory.
         let item = tokio::select! {
             biased;
             _ = cancel.cancelled() => break Drained::Cancelled,
-            item = stream.next() => item,
+            item = async {
+                log.ready().await;
+                stream.next().await
+            } => item,
         };
         match item {
             None => break Drained::Done(()),
             Some(Ok(info)) => {
                 if let Some(text) = info.stream.as_deref() {
                     for line in lines.push(text) {
-                        emit(line, &mut outcome);
+                        emit(line, &mut outcome, log);
                     }
                 }
                 if let Some(status) = info.status.as_deref() {
                     let total = info.progress_detail.as_ref().and_then(|d| d.total);
                     if let Some(line) = progress.update(info.id.as_deref(), status, total) {
-                        emit(line, &mut outcome);
+                        emit(line, &mut outcome, log);
                     }
                 }
                 if let Some(id) = info.aux.and_then(|a| a.id).filter(|id| !id.is_empty()) {
@@ -1071,7 +1099,7 @@ where
     };
     drop(stream);
     if let Some(rest) = lines.finish() {
-        emit(rest, &mut outcome);
+        emit(rest, &mut outcome, log);
     }
     match ended {
         Drained::Done(()) if cancel.is_cancelled() => Drained::Cancelled,
@@ -1085,7 +1113,7 @@ where
 /// digest of a push's final "<tag>: digest: sha256:… size: N" status, if one came.
 async fn drain_progress<S>(
     stream: S,
-    log: &mut (dyn FnMut(String) + Send),
+    log: &mut dyn LogSink,
     auth: Option<&Credential>,
     cancel: &CancellationToken,
 ) -> Drained<Option<String>>
@@ -1099,7 +1127,10 @@ where
         let item = tokio::select! {
             biased;
             _ = cancel.cancelled() => return Drained::Cancelled,
-            item = stream.next() => item,
+            item = async {
+                log.ready().await;
+                stream.next().await
+            } => item,
         };
         match item {
             None => return Drained::Done(digest),
@@ -1119,7 +1150,7 @@ where
                 }
                 let total = info.progress_detail.as_ref().and_then(|d| d.total);
                 if let Some(line) = progress.update(info.id.as_deref(), status, total) {
-                    log(redact(line, auth));
+                    log.line(redact(line, auth));
                 }
             }
             Some(Err(e)) => return Drained::Failed(e),
@@ -1178,14 +1209,14 @@ fn redact(text: String, auth: Option<&Credential>) -> String {
 fn credential_for<'c>(
     image: &str,
     auth: Option<&'c Credential>,
-    log: &mut (dyn FnMut(String) + Send),
+    log: &mut dyn LogSink,
 ) -> Option<&'c Credential> {
     let auth = auth?;
     let registry = registry_of(image);
     if auth.registry() == registry {
         Some(auth)
     } else {
-        log(format!(
+        log.line(format!(
             "note: not sending the credential for {} to {registry} (the registry of {image})",
             auth.registry()
         ));
@@ -2179,6 +2210,60 @@ mod tests {
             *lines.lock().unwrap(),
             ["Step 2/2 : RUN sleep 60", "partial"]
         );
+    }
+
+    /// A sink that takes `room` lines, then is not ready until `open` fires.
+    struct GatedSink {
+        lines: Vec<String>,
+        room: usize,
+        open: Arc<tokio::sync::Notify>,
+    }
+
+    impl LogSink for GatedSink {
+        fn line(&mut self, line: String) {
+            self.lines.push(line);
+        }
+        fn ready(&mut self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+            Box::pin(async move {
+                if self.lines.len() >= self.room {
+                    self.open.notified().await;
+                    self.room = usize::MAX;
+                }
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn build_stream_is_read_no_faster_than_the_sink_takes_it() {
+        let items = build_items(&[
+            r#"{"stream":"one\n"}"#,
+            r#"{"stream":"two\n"}"#,
+            r#"{"stream":"three\n"}"#,
+            r#"{"aux":{"ID":"sha256:abc"}}"#,
+        ]);
+        let read = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&read);
+        let stream = futures_util::stream::iter(items).inspect(move |_| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        });
+        let open = Arc::new(tokio::sync::Notify::new());
+        let mut sink = GatedSink {
+            lines: Vec::new(),
+            room: 1,
+            open: Arc::clone(&open),
+        };
+        let cancel = CancellationToken::new();
+        {
+            let mut drain = std::pin::pin!(drain_build(stream, &mut sink, None, &cancel));
+            assert!(futures_util::poll!(drain.as_mut()).is_pending());
+            // One message read and logged, then the reader waits for the sink.
+            assert_eq!(read.load(std::sync::atomic::Ordering::SeqCst), 1);
+            open.notify_one();
+            let drained = drain.await;
+            assert!(matches!(drained, Drained::Done(_)), "{drained:?}");
+        }
+        assert_eq!(read.load(std::sync::atomic::Ordering::SeqCst), 4);
+        assert_eq!(sink.lines, ["one", "two", "three"]);
     }
 
     #[tokio::test]

@@ -22,20 +22,22 @@
 //! * **Bounded.** A per-job timeout stops the build ("timed out after …"); on shutdown running
 //!   builds get a grace period, then are stopped and re-queued for the next start.
 
+mod log_sink;
+
 use crate::build::auth::{Credential, RegistryAuths, registry_of};
 use crate::build::dockerfile::{self, RenderOptions, RevisionInfo};
-use crate::build::engine::{BuildRequest, Engine, EngineError};
+use crate::build::engine::{BuildRequest, Engine, EngineError, LogSink};
 use crate::model::{
     InstalledPackage, InstalledPackages, Job, JobId, JobPlan, JobStatus, now, rfc3339,
 };
 use crate::spec::{self, SpecContext};
-use crate::store::{LogLine, Store, StoreError, StoreEvent};
+use crate::store::{Store, StoreError, StoreEvent};
+use log_sink::JobLog;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use thiserror::Error;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Error)]
@@ -277,11 +279,7 @@ impl Workers {
     }
 
     async fn run(&self, mut job: Job, cancel: CancellationToken) -> Result<(), JobError> {
-        let (tx, rx) = mpsc::unbounded_channel::<String>();
-        let writer = tokio::spawn(write_log(self.store.clone(), job.id, rx));
-        let mut log = move |line: String| {
-            let _ = tx.send(line);
-        };
+        let (mut log, writer) = JobLog::start(self.store.clone(), job.id);
 
         let outcome = loop {
             job.status = JobStatus::Running;
@@ -293,7 +291,7 @@ impl Workers {
             if job.status == JobStatus::Cancelled {
                 break Attempt::Failed(JobError::Engine(EngineError::Cancelled));
             }
-            log(format!(
+            log.line(format!(
                 "kiln: job {} attempt {}/{}: spec {} r{} at {} ({})",
                 job.id,
                 job.attempts,
@@ -324,7 +322,7 @@ impl Workers {
                 {
                     let delay = self.settings.retry_backoff
                         * 2u32.saturating_pow(job.attempts.saturating_sub(1));
-                    log(format!(
+                    log.line(format!(
                         "kiln: attempt {} failed ({e}); retrying in {}",
                         job.attempts,
                         humanize(delay)
@@ -346,18 +344,20 @@ impl Workers {
             .and_then(|j| j.error);
         match (outcome, cancelled_reason) {
             (_, Some(reason)) => {
-                log(format!("kiln: cancelled: {reason}"));
+                log.line(format!("kiln: cancelled: {reason}"));
                 job.status = JobStatus::Cancelled;
                 job.error = Some(reason);
             }
             (Attempt::Failed(JobError::Engine(EngineError::Cancelled)), None)
                 if self.stopping.load(Ordering::SeqCst) =>
             {
-                log("kiln: stopped by a shutdown of Kiln; re-queued for the next start".into());
+                log.line(
+                    "kiln: stopped by a shutdown of Kiln; re-queued for the next start".into(),
+                );
                 job.status = JobStatus::Queued;
             }
             (Attempt::Done(status), None) => {
-                log(format!(
+                log.line(format!(
                     "kiln: {status}: {}",
                     job.image.as_deref().unwrap_or("")
                 ));
@@ -365,12 +365,12 @@ impl Workers {
             }
             (Attempt::Failed(e), None) => {
                 let message = e.to_string();
-                log(format!("kiln: failed: {message}"));
+                log.line(format!("kiln: failed: {message}"));
                 job.status = JobStatus::Failed;
                 job.error = Some(message);
             }
         }
-        drop(log);
+        log.close().await;
         let _ = writer.await;
         if job.status.is_final() {
             job.finished_at = Some(now());
@@ -384,7 +384,7 @@ impl Workers {
     async fn produce(
         &self,
         job: &mut Job,
-        log: &mut (dyn FnMut(String) + Send),
+        log: &mut dyn LogSink,
         cancel: &CancellationToken,
     ) -> Result<JobStatus, JobError> {
         let tags = self.settings.tags(job);
@@ -398,7 +398,7 @@ impl Workers {
             && job.image.as_deref() == Some(tags[0].as_str())
             && let Some(id) = self.engine.image_id(&tags[0]).await?
         {
-            log(format!(
+            log.line(format!(
                 "kiln: {} was built by an earlier attempt ({id}); not building again",
                 tags[0]
             ));
@@ -417,7 +417,7 @@ impl Workers {
         &self,
         job: &mut Job,
         tags: &[String],
-        log: &mut (dyn FnMut(String) + Send),
+        log: &mut dyn LogSink,
         cancel: &CancellationToken,
     ) -> Result<(), JobError> {
         let revision = self
@@ -454,13 +454,13 @@ impl Workers {
         // Always refresh the base: the registry checks the credential on every build (a base
         // cached in the Engine must not let a spec without access use it) and a moved tag is
         // picked up. A base that only exists locally is used as it is.
-        log(format!("kiln: pulling base image {}", spec.base_image));
+        log.line(format!("kiln: pulling base image {}", spec.base_image));
         match self.engine.pull(&spec.base_image, pull_auth, log).await {
             Ok(()) => {}
             Err(e @ EngineError::Auth { .. }) => return Err(e.into()),
             Err(e @ EngineError::Unreachable { .. }) => return Err(e.into()),
             Err(e) if self.engine.image_id(&spec.base_image).await?.is_some() => {
-                log(format!(
+                log.line(format!(
                     "kiln: could not refresh the base image ({e}); using the copy in the Engine"
                 ));
             }
@@ -484,7 +484,7 @@ impl Workers {
         job.dockerfile = dockerfile::render(&spec, &info, &options);
         *job = self.store.update_job(job).await?;
 
-        log(format!("kiln: building {}", tags[0]));
+        log.line(format!("kiln: building {}", tags[0]));
         let request = BuildRequest {
             dockerfile: &job.dockerfile,
             ca_bundle: self.settings.ca_bundle.as_deref(),
@@ -493,7 +493,7 @@ impl Workers {
             network: None,
         };
         let built = self.engine.build(&request, log, cancel).await?;
-        log(format!("kiln: built image {}", built.image_id));
+        log.line(format!("kiln: built image {}", built.image_id));
         job.image = Some(tags[0].clone());
         job.image_digest = Some(built.image_id);
         *job = self.store.update_job(job).await?;
@@ -507,23 +507,23 @@ impl Workers {
         job: &mut Job,
         from: JobId,
         tags: &[String],
-        log: &mut (dyn FnMut(String) + Send),
+        log: &mut dyn LogSink,
         cancel: &CancellationToken,
     ) -> Result<Option<JobStatus>, JobError> {
         let Some(from_job) = self.store.job(from)? else {
-            log(format!(
+            log.line(format!(
                 "kiln: job {from} is gone; building instead of re-using"
             ));
             return Ok(None);
         };
         let Some(source) = from_job.image.clone() else {
-            log(format!(
+            log.line(format!(
                 "kiln: job {from} recorded no image; building instead of re-using"
             ));
             return Ok(None);
         };
         if self.engine.image_id(&source).await?.is_none() {
-            log(format!(
+            log.line(format!(
                 "kiln: {source} is not in the Engine; pulling it from the registry"
             ));
             if let Err(e) = self
@@ -531,7 +531,7 @@ impl Workers {
                 .pull(&source, self.settings.push_credential(&source), log)
                 .await
             {
-                log(format!(
+                log.line(format!(
                     "kiln: the image of job {from} is gone from the Engine and the registry ({e}); building instead of re-using"
                 ));
                 self.store.forget_built(&from_job.spec, &from_job.digest)?;
@@ -539,7 +539,7 @@ impl Workers {
                 return Ok(None);
             }
         }
-        log(format!(
+        log.line(format!(
             "kiln: same content as job {from}: re-using {source}"
         ));
         for tag in tags {
@@ -558,11 +558,11 @@ impl Workers {
         &self,
         job: &mut Job,
         tags: &[String],
-        log: &mut (dyn FnMut(String) + Send),
+        log: &mut dyn LogSink,
         cancel: &CancellationToken,
     ) -> Result<(), JobError> {
         if self.settings.registry.is_none() {
-            log(format!(
+            log.line(format!(
                 "kiln: no registry configured; the image stays in the local Engine as {}",
                 tags[0]
             ));
@@ -570,7 +570,7 @@ impl Workers {
         }
         for (i, tag) in tags.iter().enumerate() {
             if job.pushed.contains(tag) {
-                log(format!(
+                log.line(format!(
                     "kiln: {tag} was pushed by an earlier attempt; not pushing again"
                 ));
                 continue;
@@ -578,12 +578,12 @@ impl Workers {
             if cancel.is_cancelled() {
                 return Err(EngineError::Cancelled.into());
             }
-            log(format!("kiln: pushing {tag}"));
+            log.line(format!("kiln: pushing {tag}"));
             let digest = self
                 .engine
                 .push(tag, self.settings.push_credential(tag), log, cancel)
                 .await?;
-            log(format!("kiln: pushed {tag}, digest {digest}"));
+            log.line(format!("kiln: pushed {tag}, digest {digest}"));
             if i == 0 {
                 job.image_digest = Some(digest);
             }
@@ -595,7 +595,7 @@ impl Workers {
 
     /// List what is inside the image (apt, pip, conda) and store it with the job. A listing
     /// that fails is logged, never fails the job: the image is built and pushed already.
-    async fn record_installed(&self, job: &Job, image: &str, log: &mut (dyn FnMut(String) + Send)) {
+    async fn record_installed(&self, job: &Job, image: &str, log: &mut dyn LogSink) {
         // One container for all three listings; a manager the image lacks lists nothing.
         const SCRIPT: &str = "dpkg-query -W -f='${Package}\\t${Version}\\n' 2>/dev/null; echo '--kiln-pip--'; \
             python3 -m pip list --format=freeze --disable-pip-version-check 2>/dev/null; echo '--kiln-conda--'; \
@@ -617,17 +617,17 @@ impl Workers {
                 }
             }
             Ok((code, _)) => {
-                log(format!(
+                log.line(format!(
                     "kiln: listing the installed packages exited with {code}"
                 ));
                 return;
             }
             Err(e) => {
-                log(format!("kiln: could not list the installed packages: {e}"));
+                log.line(format!("kiln: could not list the installed packages: {e}"));
                 return;
             }
         };
-        log(format!(
+        log.line(format!(
             "kiln: inside the image: {} apt, {} pip, {} conda packages",
             packages.apt.len(),
             packages.pip.len(),
@@ -668,42 +668,6 @@ fn parse_listing(manager: &str, text: &str) -> Vec<InstalledPackage> {
             })
         })
         .collect()
-}
-
-/// Lines stored (and flushed) per batch at most.
-///
-/// Known limit: the channel to the writer is unbounded, so a build that prints faster than
-/// the store can take keeps lines in memory (a 200 MB log peaks at hundreds of MB; see
-/// BENCHMARKS.md). A bounded channel with `block_in_place` backpressure was tried and made it
-/// worse (GBs, thread hand-offs); the fix belongs in the Engine layer (an async log sink).
-const LOG_BATCH_LINES: usize = 1000;
-
-/// Drain log lines from the channel into the store in batches.
-async fn write_log(store: Store, job: JobId, mut rx: mpsc::UnboundedReceiver<String>) {
-    let mut batch: Vec<LogLine> = Vec::new();
-    while let Some(first) = rx.recv().await {
-        batch.push(LogLine {
-            at_ms: now_ms(),
-            text: first,
-        });
-        while batch.len() < LOG_BATCH_LINES {
-            match rx.try_recv() {
-                Ok(line) => batch.push(LogLine {
-                    at_ms: now_ms(),
-                    text: line,
-                }),
-                Err(_) => break,
-            }
-        }
-        if let Err(e) = store.append_log(job, &batch).await {
-            tracing::error!(job, error = %e, "cannot store log lines");
-        }
-        batch.clear();
-    }
-}
-
-fn now_ms() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
 fn humanize(d: Duration) -> String {
