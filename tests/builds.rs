@@ -134,6 +134,24 @@ async fn apt_and_pip_build_push_label_and_run_and_a_failing_run_fails_alone() {
             .starts_with("sha256:")
     );
 
+    // What is inside, as Kiln recorded it from the image.
+    let packages = server
+        .get(&format!("/api/v1/jobs/{}/packages", job["id"]))
+        .await;
+    let has = |manager: &str, name: &str, version: Option<&str>| {
+        packages[manager].as_array().is_some_and(|list| {
+            list.iter()
+                .any(|p| p["name"] == name && version.is_none_or(|v| p["version"] == v))
+        })
+    };
+    assert!(has("pip", "six", Some("1.16.0")), "{packages}");
+    assert!(has("pip", "pip", None), "{packages}");
+    assert!(
+        has("apt", "jq", None) && has("apt", "curl", None),
+        "{packages}"
+    );
+    assert_eq!(packages["conda"], serde_json::json!([]), "{packages}");
+
     // The failing RUN: failed, the apt error in the log and in `error`.
     let broken = job_of(&server, "broken").await;
     let broken_log = server.log(&broken).await;
