@@ -71,9 +71,18 @@ fi
 # The commit time, not the build time: the same commit gives the same labels (and image id).
 created=$(git log -1 --format=%cI 2>/dev/null || echo unknown)
 
-say "docker build -f deploy/Dockerfile --target prebuilt --build-arg BASE_IMAGE=$base -t $tag (kiln $version, $revision)"
+# The network RUN steps need, as scripts/dev-env.sh found it (bridge NAT, or host as fallback).
+network=()
+env_file=${KILN_ENV_DIR:-/var/lib/kiln-env}/dockerd.env
+if [[ -r $env_file ]]; then
+    # shellcheck disable=SC1090
+    build_network=$(. "$env_file" && printf '%s' "${KILN_ENV_BUILD_NETWORK:-default}")
+    [[ $build_network != default ]] && network=(--network "$build_network")
+fi
+
+say "docker build -f deploy/Dockerfile --target prebuilt --build-arg BASE_IMAGE=$base ${network[*]} -t $tag (kiln $version, $revision)"
 start=$SECONDS
-docker build -f deploy/Dockerfile --target prebuilt \
+docker build -f deploy/Dockerfile --target prebuilt "${network[@]}" \
     --build-arg "BASE_IMAGE=$base" \
     --build-arg KILN_BINARY=kiln \
     --build-arg "KILN_VERSION=$version" \
