@@ -589,6 +589,24 @@ fn systemd_unit_runs_kiln_hardened_and_waits_out_the_grace_period() {
         complaints.is_empty(),
         "systemd-analyze verify: {complaints:?}"
     );
+
+    // The hardening, scored by systemd itself (0 = locked down, 10 = none): stays "OK".
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(&unit)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    match text
+        .lines()
+        .find_map(|l| l.split_once("Overall exposure level for kiln.service: "))
+    {
+        Some((_, rest)) => {
+            let score: f64 = rest.split_whitespace().next().unwrap().parse().unwrap();
+            assert!(score <= 2.0, "exposure {score} (was 1.3):\n{text}");
+        }
+        None => eprintln!("systemd-analyze security --offline not supported here: not scored"),
+    }
 }
 
 // ---- the container image ---------------------------------------------------------------------
