@@ -20,6 +20,8 @@ step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
 step "cargo test (unit, integration against the real Engine, registries and git)"
-# CI=true makes Docker-dependent tests fail loudly instead of skipping.
+# CI=true makes Docker-dependent tests fail loudly instead of skipping. tests/deploy.rs builds
+# Kiln's image from the test build's own binary (no release build here; ~1 min cold, mostly
+# apt-get in the image's runtime stage).
 export CI="${CI:-true}"
 cargo test --all-targets -- --test-threads=2

@@ -66,7 +66,8 @@ pub struct ConfigArgs {
 }
 
 /// The file layer. Unknown keys are errors, so a typo never silently falls back to a default.
-#[derive(Debug, Default, Deserialize)]
+/// Its JSON Schema lists the accepted keys ([`file_keys`]).
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
     repo: Option<String>,
@@ -230,6 +231,19 @@ impl Config {
     }
 }
 
+/// Every top-level key `kiln.toml` accepts, sorted (the reference `deploy/kiln.toml` is checked
+/// against it).
+pub fn file_keys() -> Vec<String> {
+    let schema = schemars::schema_for!(ConfigFile);
+    let mut keys: Vec<String> = schema
+        .get("properties")
+        .and_then(|p| p.as_object())
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default();
+    keys.sort();
+    keys
+}
+
 /// The repository as a URL for image labels: URLs as they are (credentials removed), local
 /// paths as absolute `file://` URLs.
 fn source_url_of(repo: &str) -> String {
@@ -279,5 +293,33 @@ mod tests {
         assert!(err.to_string().contains("brnach"), "{err}");
         let err = Config::from_toml("branch = 'main'\n", Path::new("kiln.toml")).unwrap_err();
         assert!(matches!(err, ConfigError::NoRepo));
+    }
+
+    #[test]
+    fn file_keys_are_the_keys_the_file_accepts() {
+        let keys = file_keys();
+        assert!(keys.len() > 20, "{keys:?}");
+        for key in [
+            "repo",
+            "shutdown_grace",
+            "pull_secrets",
+            "webhook_secret_files",
+        ] {
+            assert!(keys.iter().any(|k| k == key), "{key} missing from {keys:?}");
+        }
+        // Every listed key is accepted by the parser, and nothing else is.
+        for key in &keys {
+            let value = match key.as_str() {
+                "pull_secrets" | "webhook_secret_files" => "{}",
+                _ => "0",
+            };
+            let err = toml::from_str::<ConfigFile>(&format!("{key} = {value}\n"))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(!err.contains("unknown field"), "{key}: {err}");
+        }
+        let err = toml::from_str::<ConfigFile>("not_a_key = 0\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
     }
 }
