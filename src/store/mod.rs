@@ -11,7 +11,7 @@
 //! | `active`       | name `\0` job id           | () — queued or running jobs   |
 //! | `built`        | name `\0` digest           | job id that produced an image |
 //! | `paths`        | name                       | files claiming the name       |
-//! | `logs`         | job id ++ line number      | [`LogLine`]                   |
+//! | `log_chunks`   | job id ++ first line number | zstd chunk of [`LogLine`]s (see `logs.rs`) |
 //! | `installed`    | job id                     | packages found in the image   |
 //! | `meta`         | `schema_version`, `last_commit`, `sync` | …                |
 //!
@@ -38,9 +38,11 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 use tokio::sync::broadcast;
 
-/// Bump when a record layout changes; `open` refuses a data dir of another version.
+/// Bump when a record layout changes; `open` migrates the versions it knows (2 → 3) and
+/// refuses any other.
 /// 2: `SpecRecord.latest_status` / `latest_image_job`, `Job.pushed`, the `installed` tree.
-pub const SCHEMA_VERSION: u32 = 2;
+/// 3: logs in compressed chunks (`log_chunks`) instead of one key per line (`logs`).
+pub const SCHEMA_VERSION: u32 = 3;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -150,7 +152,20 @@ impl Store {
                         message: "schema_version".into(),
                     }
                 })?);
-                if found != SCHEMA_VERSION {
+                if found == 2 {
+                    // Logs move from one key per line to chunks; nothing else changed.
+                    let old = db.open_tree("logs")?;
+                    let lines = logs::migrate_line_logs(&old, &db.open_tree("log_chunks")?)?;
+                    db.flush()?;
+                    drop(old);
+                    db.drop_tree("logs")?;
+                    meta.insert(SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
+                    db.flush()?;
+                    tracing::info!(
+                        lines,
+                        "store migrated from schema 2 to 3 (logs in compressed chunks)"
+                    );
+                } else if found != SCHEMA_VERSION {
                     let hint = if found > SCHEMA_VERSION {
                         "upgrade Kiln or restore a backup made by this version"
                     } else {
@@ -174,7 +189,7 @@ impl Store {
             active: db.open_tree("active")?,
             built: db.open_tree("built")?,
             paths: db.open_tree("paths")?,
-            logs: db.open_tree("logs")?,
+            logs: db.open_tree("log_chunks")?,
             installed: db.open_tree("installed")?,
             meta,
             db,
