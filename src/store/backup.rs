@@ -217,10 +217,11 @@ impl Store {
     }
 }
 
-/// A reader that hashes what it hands out.
+/// A reader that hashes and counts what it hands out.
 struct Hashed<R> {
     inner: R,
     hash: Sha256,
+    bytes: u64,
 }
 
 impl<R: Read> Hashed<R> {
@@ -230,6 +231,7 @@ impl<R: Read> Hashed<R> {
             _ => BackupError::Io(e),
         })?;
         self.hash.update(&*buf);
+        self.bytes += buf.len() as u64;
         Ok(())
     }
     fn u8(&mut self) -> Result<u8, BackupError> {
@@ -310,6 +312,7 @@ fn header<R: Read>(input: &mut Hashed<R>) -> Result<BackupSummary, BackupError> 
 fn restore_db(input: impl Read, db_path: &Path) -> Result<BackupSummary, BackupError> {
     let result = (|| {
         let db = sled::Config::new()
+            .cache_capacity(super::CACHE_BYTES)
             .path(db_path)
             .open()
             .map_err(StoreError::from)?;
@@ -333,6 +336,7 @@ fn import(input: impl Read, db: Option<&sled::Db>) -> Result<BackupSummary, Back
     let mut input = Hashed {
         inner: BufReader::with_capacity(256 * 1024, input),
         hash: Sha256::new(),
+        bytes: 0,
     };
     let mut summary = header(&mut input)?;
     // The current tree's name, and its sled tree when restoring.
@@ -414,6 +418,7 @@ fn import(input: impl Read, db: Option<&sled::Db>) -> Result<BackupSummary, Back
                     return Err(BackupError::Damaged("bytes after the trailer".into()));
                 }
                 summary.sha256 = hex::encode(digest);
+                summary.bytes = input.bytes + digest.len() as u64;
                 return Ok(summary);
             }
             other => {

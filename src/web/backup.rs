@@ -55,10 +55,13 @@ async fn backup(State(state): State<AppState>) -> Response {
     let (tx, mut rx) = mpsc::channel::<Result<Bytes, io::Error>>(8);
     let store = state.store.clone();
     tokio::task::spawn_blocking(move || {
-        let _one_at_a_time = permit;
         let started = std::time::Instant::now();
         let errors = tx.clone();
-        match store.write_backup(ChannelWriter(tx)) {
+        let result = store.write_backup(ChannelWriter(tx));
+        // Released before the body ends (`errors` is the last sender), so a client that has
+        // its whole backup can start the next one.
+        drop(permit);
+        match result {
             Ok(summary) => tracing::info!(
                 bytes = summary.bytes,
                 jobs = summary.jobs,
@@ -188,4 +191,58 @@ pub fn download(base: &str, out: &Path) -> Result<BackupSummary, DownloadError> 
         let _ = std::fs::remove_file(&partial);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use tower::ServiceExt as _;
+
+    fn state(dir: &Path, permits: usize) -> AppState {
+        AppState {
+            store: crate::store::Store::open(dir).unwrap(),
+            inner: Arc::default(),
+            sync_trigger: Arc::default(),
+            counters: Arc::default(),
+            webhooks: Arc::default(),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+            backup_gate: Arc::new(tokio::sync::Semaphore::new(permits)),
+        }
+    }
+
+    async fn get(state: AppState) -> (StatusCode, Bytes) {
+        let response = routes()
+            .with_state(state)
+            .oneshot(
+                axum::http::Request::get("/api/v1/backup")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, body)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_endpoint_streams_a_valid_backup_and_refuses_a_second_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path(), 1);
+        let (status, body) = get(state.clone()).await;
+        assert_eq!(status, StatusCode::OK);
+        let summary = crate::store::backup::verify(&body[..]).unwrap();
+        assert_eq!(summary.bytes, body.len() as u64);
+        // The permit came back when that backup ended.
+        assert_eq!(state.backup_gate.available_permits(), 1);
+
+        // While one backup holds the permit, another is refused.
+        let _running = state.backup_gate.clone().try_acquire_owned().unwrap();
+        let (status, body) = get(state.clone()).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert!(String::from_utf8_lossy(&body).contains("already running"));
+    }
 }
