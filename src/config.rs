@@ -28,6 +28,8 @@ pub enum ConfigError {
     NoRepo,
     #[error("invalid listen address `{0}`")]
     Listen(String),
+    #[error("`{key}` must be at least 1 (leave it unset to keep everything)")]
+    ZeroLimit { key: &'static str },
 }
 
 /// Flags shared by `kiln serve` and `kiln sync`; each also settable as `KILN_*` and in the file.
@@ -63,6 +65,76 @@ pub struct ConfigArgs {
     /// File holding the webhook secret (for every provider without its own).
     #[arg(long, env = "KILN_WEBHOOK_SECRET_FILE")]
     pub webhook_secret_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+}
+
+/// Retention flags (`kiln serve`, `kiln sync`, `kiln gc`); each also `KILN_*` and a file key.
+#[derive(Args, Debug, Clone, Default)]
+pub struct RetentionArgs {
+    /// Prune finished jobs (record, log, packages) that ended more than N days ago [default: keep forever].
+    #[arg(long, env = "KILN_LOG_RETENTION_DAYS")]
+    pub log_retention_days: Option<u64>,
+    /// Keep at most N jobs per spec, newest first [default: no limit].
+    #[arg(long, env = "KILN_MAX_JOBS_PER_SPEC")]
+    pub max_jobs_per_spec: Option<usize>,
+    /// Seconds between retention passes in `kiln serve` [default: 3600].
+    #[arg(long, env = "KILN_GC_INTERVAL")]
+    pub gc_interval: Option<u64>,
+}
+
+/// Flags of the commands that work on a data dir without a repository (`gc`, `backup`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct DataDirArgs {
+    /// Config file (TOML). Default: ./kiln.toml when it exists.
+    #[arg(long, env = "KILN_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Kiln's data dir [default: ./.kiln].
+    #[arg(long, env = "KILN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// When and what retention passes prune (`store::GcPolicy` is built from it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// `None`: finished jobs are kept whatever their age.
+    pub log_retention_days: Option<u64>,
+    /// `None`: no limit on the number of jobs per spec.
+    pub max_jobs_per_spec: Option<usize>,
+    /// Time between passes in `kiln serve`.
+    pub gc_interval: Duration,
+}
+
+impl Retention {
+    fn resolve(args: &RetentionArgs, file: &ConfigFile) -> Result<Retention, ConfigError> {
+        let days = args.log_retention_days.or(file.log_retention_days);
+        let max = args.max_jobs_per_spec.or(file.max_jobs_per_spec);
+        if days == Some(0) {
+            return Err(ConfigError::ZeroLimit {
+                key: "log_retention_days",
+            });
+        }
+        if max == Some(0) {
+            return Err(ConfigError::ZeroLimit {
+                key: "max_jobs_per_spec",
+            });
+        }
+        Ok(Retention {
+            log_retention_days: days,
+            max_jobs_per_spec: max,
+            gc_interval: Duration::from_secs(
+                args.gc_interval.or(file.gc_interval).unwrap_or(3600).max(1),
+            ),
+        })
+    }
+}
+
+/// What the data-dir commands need: the data dir, where a running Kiln listens, retention.
+#[derive(Clone, Debug)]
+pub struct DataDirConfig {
+    pub data_dir: PathBuf,
+    pub listen: String,
+    pub retention: Retention,
 }
 
 /// The file layer. Unknown keys are errors, so a typo never silently falls back to a default.
@@ -97,6 +169,9 @@ struct ConfigFile {
     webhook_secret_file: Option<PathBuf>,
     #[serde(default)]
     webhook_secret_files: BTreeMap<String, PathBuf>,
+    log_retention_days: Option<u64>,
+    max_jobs_per_spec: Option<usize>,
+    gc_interval: Option<u64>,
 }
 
 /// Everything a Kiln process needs to know, resolved.
@@ -143,17 +218,35 @@ pub struct Config {
     pub webhook_secret_file: Option<PathBuf>,
     /// Per-provider secret files (`github`, `gitlab`, `gitea`, `generic`), beating the shared one.
     pub webhook_secret_files: BTreeMap<String, PathBuf>,
+    /// Job retention (`log_retention_days`, `max_jobs_per_spec`, `gc_interval`).
+    pub retention: Retention,
 }
 
 impl Config {
     /// Resolve flags/env over the file over defaults. `listen` comes from `serve` only.
     pub fn resolve(args: &ConfigArgs, listen: Option<String>) -> Result<Config, ConfigError> {
-        let file = match &args.config {
-            Some(path) => read_file(path)?,
-            None if Path::new("kiln.toml").exists() => read_file(Path::new("kiln.toml"))?,
-            None => ConfigFile::default(),
-        };
-        Self::merge(args, listen, file)
+        Self::merge(args, listen, load(args.config.as_deref())?)
+    }
+
+    /// The settings of the data-dir commands, which need no repository.
+    pub fn resolve_data_dir(
+        args: &DataDirArgs,
+        retention: &RetentionArgs,
+    ) -> Result<DataDirConfig, ConfigError> {
+        let file = load(args.config.as_deref())?;
+        let listen = file
+            .listen
+            .clone()
+            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        Ok(DataDirConfig {
+            retention: Retention::resolve(retention, &file)?,
+            data_dir: args
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from(".kiln")),
+            listen,
+        })
     }
 
     /// Parse a config file's text (used by tests of the documented example).
@@ -170,6 +263,7 @@ impl Config {
         listen: Option<String>,
         file: ConfigFile,
     ) -> Result<Config, ConfigError> {
+        let retention = Retention::resolve(&args.retention, &file)?;
         let repo = args.repo.clone().or(file.repo).ok_or(ConfigError::NoRepo)?;
         let listen = listen
             .or(file.listen)
@@ -227,6 +321,7 @@ impl Config {
                 .clone()
                 .or(file.webhook_secret_file),
             webhook_secret_files: file.webhook_secret_files,
+            retention,
         })
     }
 }
@@ -253,6 +348,15 @@ fn source_url_of(repo: &str) -> String {
     let path = Path::new(repo);
     let absolute = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     format!("file://{}", absolute.display())
+}
+
+/// The file layer: `path`, else ./kiln.toml when it exists, else nothing.
+fn load(path: Option<&Path>) -> Result<ConfigFile, ConfigError> {
+    match path {
+        Some(path) => read_file(path),
+        None if Path::new("kiln.toml").exists() => read_file(Path::new("kiln.toml")),
+        None => Ok(ConfigFile::default()),
+    }
 }
 
 fn read_file(path: &Path) -> Result<ConfigFile, ConfigError> {
@@ -284,6 +388,44 @@ mod tests {
         assert_eq!(config.poll_interval, Duration::from_secs(5));
         assert_eq!(config.listen, "127.0.0.1:8080");
         assert_eq!(config.max_parallel_builds, 2);
+    }
+
+    #[test]
+    fn retention_keys_default_to_keeping_everything_and_refuse_zero() {
+        let config = Config::from_toml("repo = 'x'\n", Path::new("kiln.toml")).unwrap();
+        assert_eq!(
+            config.retention,
+            Retention {
+                log_retention_days: None,
+                max_jobs_per_spec: None,
+                gc_interval: Duration::from_secs(3600),
+            }
+        );
+        let config = Config::from_toml(
+            "repo = 'x'\nlog_retention_days = 90\nmax_jobs_per_spec = 50\ngc_interval = 600\n",
+            Path::new("kiln.toml"),
+        )
+        .unwrap();
+        assert_eq!(config.retention.log_retention_days, Some(90));
+        assert_eq!(config.retention.max_jobs_per_spec, Some(50));
+        assert_eq!(config.retention.gc_interval, Duration::from_secs(600));
+        let err = Config::from_toml(
+            "repo = 'x'\nmax_jobs_per_spec = 0\n",
+            Path::new("kiln.toml"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("max_jobs_per_spec"), "{err}");
+        // A flag beats the file.
+        let file: ConfigFile = toml::from_str("repo = 'x'\nmax_jobs_per_spec = 50\n").unwrap();
+        let args = ConfigArgs {
+            retention: RetentionArgs {
+                max_jobs_per_spec: Some(7),
+                ..RetentionArgs::default()
+            },
+            ..ConfigArgs::default()
+        };
+        let config = Config::merge(&args, None, file).unwrap();
+        assert_eq!(config.retention.max_jobs_per_spec, Some(7));
     }
 
     #[test]

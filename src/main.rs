@@ -6,14 +6,14 @@ use kiln::build::auth::RegistryAuths;
 use kiln::build::dockerfile::{self, RenderOptions, RevisionInfo};
 use kiln::build::engine::{Engine, EngineEndpoint};
 use kiln::check::{self, Format};
-use kiln::config::{Config, ConfigArgs};
+use kiln::config::{Config, ConfigArgs, DataDirArgs, Retention, RetentionArgs};
 use kiln::jobs::{BuildSettings, Workers};
 use kiln::spec::{self, SpecContext};
-use kiln::store::Store;
+use kiln::store::{GcPolicy, Store, StoreError};
 use kiln::sync::Syncer;
 use kiln::web::hooks::{self, Secret, Webhooks};
 use kiln::web::{AppInfo, AppState, Counters};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -83,6 +83,41 @@ enum Command {
         /// Seconds to wait for Kiln's answer.
         #[arg(long, default_value_t = 10)]
         timeout: u64,
+    },
+    /// One retention pass on a stopped data dir: prune old jobs and their logs, print a report.
+    ///
+    /// `kiln serve` runs the same pass every `gc_interval`; this is for a stopped Kiln, and for
+    /// `--compact`, which needs the data dir to itself.
+    Gc {
+        #[command(flatten)]
+        data: DataDirArgs,
+        #[command(flatten)]
+        retention: RetentionArgs,
+        /// Then rewrite the store into fresh files, giving freed space back to the file system
+        /// (sled keeps it for reuse otherwise). Needs free space for one copy of what is kept.
+        #[arg(long)]
+        compact: bool,
+    },
+    /// Write a backup of the store to OUT; works while `kiln serve` runs.
+    ///
+    /// Opens the data dir when no Kiln runs on it; when one does (it holds sled's lock), asks
+    /// it over HTTP (`GET /api/v1/backup`) at `--server`, or at the config's `listen`.
+    Backup {
+        /// The backup file to write (written to OUT.partial, checked, then renamed).
+        out: PathBuf,
+        #[command(flatten)]
+        data: DataDirArgs,
+        /// A running Kiln to ask, e.g. http://127.0.0.1:8080.
+        #[arg(long)]
+        server: Option<String>,
+    },
+    /// Restore a backup into an empty (or new) data dir, then start `kiln serve` on it.
+    Restore {
+        /// The backup file.
+        input: PathBuf,
+        /// The data dir to create; must be empty or not exist.
+        #[arg(long)]
+        data_dir: PathBuf,
     },
 }
 
@@ -176,6 +211,215 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("kiln notify: refused: {line}");
                 Ok(ExitCode::from(1))
             }
+        }
+        Command::Gc {
+            data,
+            retention,
+            compact,
+        } => gc(&data, &retention, compact),
+        Command::Backup { out, data, server } => backup(&out, &data, server),
+        Command::Restore { input, data_dir } => restore(&input, &data_dir),
+    }
+}
+
+fn megabytes(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+/// `kiln gc`: one pass, then optionally a compaction. Blocking, outside any runtime.
+fn gc(data: &DataDirArgs, retention: &RetentionArgs, compact: bool) -> anyhow::Result<ExitCode> {
+    let config = Config::resolve_data_dir(data, retention)?;
+    let dir = &config.data_dir;
+    if !dir.join("db").exists() {
+        anyhow::bail!("no Kiln store in {}", dir.display());
+    }
+    let policy = policy(&config.retention);
+    let before = kiln::store::gc::disk_usage(dir)?;
+    let store = Store::open(dir)?;
+    if !policy.is_active() {
+        println!(
+            "kiln gc: no retention configured (log_retention_days, max_jobs_per_spec): only leftovers are removed"
+        );
+    }
+    let started = std::time::Instant::now();
+    let report = store.gc(&policy, kiln::model::now())?;
+    let elapsed = started.elapsed();
+    drop(store);
+    println!(
+        "kiln gc: {} job(s) pruned ({} scanned, {} protected), {} log line(s), {} installed-package record(s), {} built-image entr(y/ies) removed in {} ms",
+        report.jobs_pruned,
+        report.jobs_scanned,
+        report.jobs_protected,
+        report.log_lines_pruned,
+        report.installed_pruned,
+        report.built_entries_pruned,
+        elapsed.as_millis()
+    );
+    let after = kiln::store::gc::disk_usage(dir)?;
+    println!(
+        "data dir: {} before, {} after on disk",
+        megabytes(before),
+        megabytes(after)
+    );
+    if compact {
+        let started = std::time::Instant::now();
+        let done = kiln::store::backup::compact(dir)?;
+        println!(
+            "compacted: {} -> {} in {} ms ({} records kept)",
+            megabytes(done.before_bytes),
+            megabytes(done.after_bytes),
+            started.elapsed().as_millis(),
+            done.records
+        );
+    } else if report.jobs_pruned > 0 {
+        println!(
+            "sled keeps freed space for its own reuse; `kiln gc --compact` gives it back to the file system"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kiln backup`: directly when the data dir is free, else through the running Kiln.
+fn backup(out: &Path, data: &DataDirArgs, server: Option<String>) -> anyhow::Result<ExitCode> {
+    let config = Config::resolve_data_dir(data, &RetentionArgs::default())?;
+    let started = std::time::Instant::now();
+    let (summary, via) = match server {
+        Some(url) => (kiln::web::backup::download(&url, out)?, url),
+        None => {
+            let dir = &config.data_dir;
+            if !dir.join("db").exists() {
+                anyhow::bail!("no Kiln store in {}", dir.display());
+            }
+            match Store::open(dir) {
+                Ok(store) => (backup_direct(&store, out)?, dir.display().to_string()),
+                Err(StoreError::Locked { .. }) => {
+                    let url = local_url(&config.listen);
+                    let summary = kiln::web::backup::download(&url, out).with_context(|| {
+                        format!(
+                            "{} is in use by a running Kiln, which was asked at {url} (set --server if it listens elsewhere)",
+                            dir.display()
+                        )
+                    })?;
+                    (summary, url)
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    println!(
+        "kiln backup: {} from {via}: {} job(s), {} log line(s), {} record(s), {}, sha256 {} in {} ms",
+        out.display(),
+        summary.jobs,
+        summary.log_lines,
+        summary.records,
+        megabytes(summary.bytes),
+        summary.sha256,
+        started.elapsed().as_millis()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn backup_direct(store: &Store, out: &Path) -> anyhow::Result<kiln::store::backup::BackupSummary> {
+    let mut partial = out.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let file = std::fs::File::create(&partial)
+        .with_context(|| format!("cannot create {}", partial.display()))?;
+    let written = store.write_backup(&file).and_then(|_| {
+        file.sync_all()?;
+        kiln::store::backup::verify(std::io::BufReader::new(std::fs::File::open(&partial)?))
+    });
+    match written {
+        Ok(summary) => {
+            std::fs::rename(&partial, out)?;
+            Ok(summary)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            Err(e.into())
+        }
+    }
+}
+
+/// Where to reach a Kiln that listens on `listen` from this machine.
+fn local_url(listen: &str) -> String {
+    let listen = listen
+        .replace("0.0.0.0:", "127.0.0.1:")
+        .replace("[::]:", "[::1]:");
+    format!("http://{listen}")
+}
+
+fn restore(input: &Path, data_dir: &Path) -> anyhow::Result<ExitCode> {
+    let started = std::time::Instant::now();
+    let file =
+        std::fs::File::open(input).with_context(|| format!("cannot open {}", input.display()))?;
+    let summary = kiln::store::backup::restore(std::io::BufReader::new(file), data_dir)
+        .with_context(|| format!("cannot restore {}", input.display()))?;
+    println!(
+        "kiln restore: {} into {}: {} job(s), {} log line(s), {} record(s), written by kiln {} at {} in {} ms",
+        input.display(),
+        data_dir.display(),
+        summary.jobs,
+        summary.log_lines,
+        summary.records,
+        summary.kiln_version,
+        kiln::model::rfc3339(summary.created_at),
+        started.elapsed().as_millis()
+    );
+    println!(
+        "jobs that were running when the backup was taken are re-queued when `kiln serve` starts on it"
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn policy(retention: &Retention) -> GcPolicy {
+    GcPolicy::new(retention.log_retention_days, retention.max_jobs_per_spec)
+}
+
+/// Retention passes in `kiln serve`: the first shortly after start, then every `gc_interval`.
+async fn gc_loop(
+    store: Store,
+    retention: Retention,
+    counters: Arc<Counters>,
+    shutdown: CancellationToken,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let policy = policy(&retention);
+    if !policy.is_active() {
+        return;
+    }
+    let mut delay = retention
+        .gc_interval
+        .min(std::time::Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = retention.gc_interval;
+        let (store, policy) = (store.clone(), policy.clone());
+        let started = std::time::Instant::now();
+        match tokio::task::spawn_blocking(move || store.gc(&policy, kiln::model::now())).await {
+            Ok(Ok(report)) => {
+                counters.gc_passes.fetch_add(1, Relaxed);
+                counters
+                    .gc_jobs_pruned
+                    .fetch_add(report.jobs_pruned, Relaxed);
+                counters
+                    .gc_log_lines_pruned
+                    .fetch_add(report.log_lines_pruned, Relaxed);
+                tracing::info!(
+                    jobs_pruned = report.jobs_pruned,
+                    log_lines_pruned = report.log_lines_pruned,
+                    jobs_protected = report.jobs_protected,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "retention pass"
+                );
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "retention pass failed; next one in gc_interval")
+            }
+            Err(e) => tracing::warn!(error = %e, "retention pass panicked"),
         }
     }
 }
@@ -313,6 +557,7 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         counters: Arc::clone(&counters),
         webhooks: Arc::new(webhooks),
         shutdown: shutdown.clone(),
+        backup_gate: Arc::new(tokio::sync::Semaphore::new(1)),
     };
     tracing::info!(listen = %config.listen, repo = %kiln::repo::redact(&config.repo), "kiln serving");
     println!("Kiln dashboard and API: http://{}/", listener.local_addr()?);
@@ -335,6 +580,12 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
             }
         }))
     };
+    let retention = tokio::spawn(gc_loop(
+        syncer.store().clone(),
+        config.retention.clone(),
+        Arc::clone(&counters),
+        shutdown.clone(),
+    ));
     let poller = tokio::spawn(kiln::watch::sync_loop(
         Arc::clone(&syncer),
         config.poll_interval,
@@ -359,6 +610,7 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     kiln::web::serve(listener, state, shutdown.clone()).await?;
     shutdown.cancel();
     let _ = poller.await;
+    let _ = retention.await;
     drop(watcher);
     if let Some(builder) = builder {
         let _ = builder.await;

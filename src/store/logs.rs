@@ -55,7 +55,7 @@ fn corrupt(message: String) -> StoreError {
 }
 
 /// The number of lines in an encoded chunk, from its header.
-fn chunk_len(value: &[u8]) -> Result<u64, StoreError> {
+pub(super) fn chunk_len(value: &[u8]) -> Result<u64, StoreError> {
     value
         .get(..4)
         .and_then(|b| b.try_into().ok())

@@ -20,10 +20,16 @@
 //! crash either keeps a whole pass or none of it, and re-processing is harmless. Every job
 //! state change and every log batch is followed by `flush_async`, so what was acknowledged
 //! survives `kill -9`.
+//!
+//! Submodules: `logs` (paged log lines), `gc` (retention passes), `backup` (backup, restore,
+//! compaction), `codec` (encoding, keys).
 
+pub mod backup;
 mod codec;
+pub mod gc;
 mod logs;
 
+pub use gc::{GcPolicy, GcReport};
 pub use logs::LogLine;
 
 use crate::model::{
@@ -50,13 +56,20 @@ pub enum StoreError {
         "data dir {path} is in use by another Kiln process (sled holds an exclusive lock); stop it or use another --data-dir"
     )]
     Locked { path: PathBuf },
-    #[error("data dir {path} has store schema version {found}, this Kiln uses {expected}; {hint}")]
+    #[error(
+        "data dir {path} has store schema version {found}, this Kiln ({kiln}) uses schema version {expected}. {hint} See docs/operations.md, \"Upgrading\"."
+    )]
     SchemaMismatch {
         path: PathBuf,
         found: u32,
         expected: u32,
+        kiln: &'static str,
         hint: &'static str,
     },
+    #[error(
+        "data dir {path} holds `db.pre-compact` but no `db`: a `kiln gc --compact` was interrupted. Rename `db.pre-compact` back to `db` (it is the complete store before compaction) and run it again"
+    )]
+    InterruptedCompaction { path: PathBuf },
     #[error("store error: {0}")]
     Sled(#[from] sled::Error),
     #[error("corrupt record in tree `{tree}`: {message}")]
@@ -81,6 +94,8 @@ pub enum StoreEvent {
     Job { job: JobId, status: JobStatus },
     /// A reconcile pass was applied.
     Synced,
+    /// A retention pass removed this many jobs.
+    Pruned { jobs: u64 },
 }
 
 /// The outcome of the last sync attempt, for `/healthz` and the API.
@@ -111,6 +126,9 @@ pub struct Store {
     writes: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
+/// The sled database inside a data dir; a compaction parks the old one at `PRE_COMPACT_DIR`.
+const DB_DIR: &str = "db";
+const PRE_COMPACT_DIR: &str = "db.pre-compact";
 const LAST_COMMIT: &[u8] = b"last_commit";
 const SCHEMA: &[u8] = b"schema_version";
 const SYNC: &[u8] = b"sync";
@@ -124,7 +142,12 @@ impl Store {
     /// process holds the data dir.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
-        let path = dir.join("db");
+        let path = dir.join(DB_DIR);
+        if !path.exists() && dir.join(PRE_COMPACT_DIR).exists() {
+            return Err(StoreError::InterruptedCompaction {
+                path: dir.to_path_buf(),
+            });
+        }
         let db = sled::Config::new()
             .cache_capacity(CACHE_BYTES)
             .path(&path)
@@ -167,14 +190,15 @@ impl Store {
                     );
                 } else if found != SCHEMA_VERSION {
                     let hint = if found > SCHEMA_VERSION {
-                        "upgrade Kiln or restore a backup made by this version"
+                        "A newer Kiln wrote it and downgrades are not supported: run that Kiln version (or a newer one). Backups are version-checked too: a backup restores only into a Kiln with the same schema version."
                     } else {
-                        "run the Kiln version that wrote it, or start from an empty data dir (history is re-imported from git)"
+                        "An older Kiln wrote it and this Kiln migrates only from schema 2. Either keep running the Kiln version that wrote it, or: stop it, take a `kiln backup` with that old binary (it restores only with a Kiln of that schema), move the data dir aside and start this Kiln on an empty --data-dir. Revisions are re-imported from git and the newest revision of each spec is built again; old job logs stay readable with the old binary and the backup."
                     };
                     return Err(StoreError::SchemaMismatch {
                         path: dir.to_path_buf(),
                         found,
                         expected: SCHEMA_VERSION,
+                        kiln: concat!("kiln ", env!("CARGO_PKG_VERSION")),
                         hint,
                     });
                 }

@@ -257,7 +257,48 @@ async fn schema_mismatch_is_refused_with_advice() {
         store.flush().await.unwrap();
     }
     let err = Store::open(dir.path()).err().expect("must refuse");
-    assert!(err.to_string().contains("schema version 99"), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("schema version 99"), "{text}");
+    assert!(
+        text.contains(&format!("uses schema version {SCHEMA_VERSION}")),
+        "{text}"
+    );
+    assert!(text.contains("downgrades are not supported"), "{text}");
+    assert!(text.contains("docs/operations.md"), "{text}");
+
+    // An older data dir: the advice is the upgrade path.
+    {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.meta.insert(SCHEMA, &1u32.to_be_bytes()).unwrap();
+            store.flush().await.unwrap();
+        }
+        let text = Store::open(dir.path())
+            .err()
+            .expect("must refuse")
+            .to_string();
+        assert!(text.contains("schema version 1,"), "{text}");
+        assert!(text.contains(env!("CARGO_PKG_VERSION")), "{text}");
+        assert!(
+            text.contains("`kiln backup` with that old binary"),
+            "{text}"
+        );
+        assert!(text.contains("empty --data-dir"), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn an_interrupted_compaction_is_refused_not_replaced_by_an_empty_store() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Store::open(dir.path()).unwrap());
+    std::fs::rename(dir.path().join(DB_DIR), dir.path().join(PRE_COMPACT_DIR)).unwrap();
+    let err = Store::open(dir.path()).err().expect("must refuse");
+    assert!(
+        matches!(err, StoreError::InterruptedCompaction { .. }),
+        "{err}"
+    );
+    assert!(!dir.path().join(DB_DIR).exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -179,6 +179,31 @@ async fn render(state: &AppState, caches: &Caches) -> Result<String, crate::stor
         passes.saturating_sub(failures)
     );
     let _ = writeln!(w, "kiln_sync_passes_total{{outcome=\"failed\"}} {failures}");
+    let _ = writeln!(
+        w,
+        "# HELP kiln_gc_passes_total Retention passes (log_retention_days, max_jobs_per_spec) since start."
+    );
+    let _ = writeln!(w, "# TYPE kiln_gc_passes_total counter");
+    let _ = writeln!(
+        w,
+        "kiln_gc_passes_total {}",
+        counters.gc_passes.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        w,
+        "# HELP kiln_gc_pruned_total What retention passes removed since start: job records and log lines."
+    );
+    let _ = writeln!(w, "# TYPE kiln_gc_pruned_total counter");
+    let _ = writeln!(
+        w,
+        "kiln_gc_pruned_total{{what=\"jobs\"}} {}",
+        counters.gc_jobs_pruned.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        w,
+        "kiln_gc_pruned_total{{what=\"log_lines\"}} {}",
+        counters.gc_log_lines_pruned.load(Ordering::Relaxed)
+    );
     let _ = writeln!(w, "# HELP kiln_build_info Version of this Kiln.");
     let _ = writeln!(w, "# TYPE kiln_build_info gauge");
     let _ = writeln!(

@@ -5,6 +5,7 @@
 //! where the config says, 127.0.0.1:8080 by default.
 
 mod api;
+pub mod backup;
 pub mod hooks;
 mod metrics;
 pub mod pages;
@@ -31,6 +32,8 @@ pub struct AppState {
     pub webhooks: Arc<hooks::Webhooks>,
     /// Cancelled on shutdown: long-lived responses (SSE) end on it.
     pub shutdown: CancellationToken,
+    /// One permit: at most one `GET /api/v1/backup` streams at a time.
+    pub backup_gate: Arc<tokio::sync::Semaphore>,
 }
 
 /// Process-wide counters for `/metrics`.
@@ -41,6 +44,10 @@ pub struct Counters {
     /// Sync passes (fetch + reconcile) started, and how many of them failed.
     pub sync_passes: AtomicU64,
     pub sync_failures: AtomicU64,
+    /// Retention passes since start, and what they removed.
+    pub gc_passes: AtomicU64,
+    pub gc_jobs_pruned: AtomicU64,
+    pub gc_log_lines_pruned: AtomicU64,
 }
 
 /// Static facts about this Kiln process.
@@ -63,6 +70,7 @@ pub struct AppInfo {
 
 pub fn router(state: AppState) -> Router {
     api::routes()
+        .merge(backup::routes())
         .merge(hooks::routes())
         .merge(status::routes())
         .merge(pages::routes(&state))

@@ -99,6 +99,36 @@ pub fn spec(name: &str, apt: &[&str]) -> String {
     )
 }
 
+/// A slow build that no earlier build cached: a compiler toolchain plus two packages picked by
+/// the clock (the Engine's layer cache would otherwise make a repeated build fast).
+pub fn slow_uncached_packages() -> Vec<&'static str> {
+    const EXTRAS: [&str; 18] = [
+        "bc", "bzip2", "cpio", "dc", "ed", "file", "gawk", "lsof", "m4", "nano", "patch", "psmisc",
+        "rsync", "strace", "tree", "unzip", "zip", "zstd",
+    ];
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as usize;
+    let first = nanos % EXTRAS.len();
+    let second = (first + 1 + (nanos / 7) % (EXTRAS.len() - 1)) % EXTRAS.len();
+    vec!["gcc", "g++", "make", "perl", EXTRAS[first], EXTRAS[second]]
+}
+
+/// Wait until r1 of `spec` runs and its build is really under way in the Engine.
+pub async fn wait_until_building(server: &Server, spec: &str) {
+    let running = server
+        .wait_for(spec, 1, Duration::from_secs(60), |j| {
+            j["status"] == "running"
+        })
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !server.log(&running).await.contains("Step 3/") {
+        assert!(Instant::now() < deadline, "the build never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 pub fn kiln_bin() -> &'static str {
     env!("CARGO_BIN_EXE_kiln")
 }
