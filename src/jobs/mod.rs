@@ -408,8 +408,13 @@ impl Workers {
         } else {
             self.build(job, &tags, log, cancel).await?;
         }
-        self.push_all(job, &tags, log, cancel).await?;
-        self.record_installed(job, &tags[0], log).await;
+        // The listing container runs while the image is pushed: it only reads the image.
+        let (pushed, listing) = tokio::join!(
+            self.push_all(job, &tags, log, cancel),
+            self.list_installed(&tags[0])
+        );
+        pushed?;
+        self.record_installed(job, listing, log).await;
         Ok(JobStatus::Succeeded)
     }
 
@@ -593,9 +598,9 @@ impl Workers {
         Ok(())
     }
 
-    /// List what is inside the image (apt, pip, conda) and store it with the job. A listing
-    /// that fails is logged, never fails the job: the image is built and pushed already.
-    async fn record_installed(&self, job: &Job, image: &str, log: &mut dyn LogSink) {
+    /// Lists what is inside the image (apt, pip, conda), or says why it could not. Touches
+    /// neither the job nor its log, so it runs while the image is pushed.
+    async fn list_installed(&self, image: &str) -> Result<InstalledPackages, String> {
         // One container for all three listings; a manager the image lacks lists nothing. pip's
         // list comes from importlib.metadata (what `pip list` reads, first of a name on
         // sys.path wins) because starting pip itself costs ~0.8 s per build; `pip list` is
@@ -604,7 +609,7 @@ impl Workers {
             python3 -c 'import importlib.metadata as m\nseen = set()\nfor d in m.distributions():\n    n = d.metadata[\"Name\"]\n    k = (n or \"\").lower().replace(\"_\", \"-\").replace(\".\", \"-\")\n    if n and k not in seen:\n        seen.add(k)\n        print(n + \"==\" + d.version)' 2>/dev/null \
             || python3 -m pip list --format=freeze --disable-pip-version-check 2>/dev/null; echo '--kiln-conda--'; \
             command -v conda >/dev/null 2>&1 && conda list --export 2>/dev/null; exit 0";
-        let packages = match self
+        match self
             .engine
             .run_capture(image, &["/bin/sh", "-c", SCRIPT])
             .await
@@ -614,20 +619,31 @@ impl Workers {
                     .split_once("--kiln-pip--\n")
                     .unwrap_or((out.as_str(), ""));
                 let (pip, conda) = rest.split_once("--kiln-conda--\n").unwrap_or((rest, ""));
-                InstalledPackages {
+                Ok(InstalledPackages {
                     apt: parse_listing("apt", apt),
                     pip: parse_listing("pip", pip),
                     conda: parse_listing("conda", conda),
-                }
+                })
             }
-            Ok((code, _)) => {
-                log.line(format!(
-                    "kiln: listing the installed packages exited with {code}"
-                ));
-                return;
-            }
-            Err(e) => {
-                log.line(format!("kiln: could not list the installed packages: {e}"));
+            Ok((code, _)) => Err(format!(
+                "kiln: listing the installed packages exited with {code}"
+            )),
+            Err(e) => Err(format!("kiln: could not list the installed packages: {e}")),
+        }
+    }
+
+    /// Stores a listing with the job. A listing that failed is logged, never fails the job:
+    /// the image is built and pushed already.
+    async fn record_installed(
+        &self,
+        job: &Job,
+        listing: Result<InstalledPackages, String>,
+        log: &mut dyn LogSink,
+    ) {
+        let packages = match listing {
+            Ok(packages) => packages,
+            Err(message) => {
+                log.line(message);
                 return;
             }
         };

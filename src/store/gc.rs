@@ -17,9 +17,9 @@
 //!
 //! Bounded work: records are removed in transactions of at most [`GcPolicy::batch`] jobs,
 //! each holding the store's write lock only for that batch, and log lines are removed in
-//! sled batches of [`LOG_BATCH`] keys without the lock — a prune of a million lines never
+//! sled batches of [`LOG_BATCH`] chunks without the lock — a prune of a million lines never
 //! holds one giant transaction or stops the builders for long. Log lines are removed by a
-//! sweep over the `logs` tree that deletes the lines of every job without a record: it
+//! sweep over the `log_chunks` tree that deletes the log of every job without a record: it
 //! covers the jobs this pass pruned and any a crashed pass left behind, and costs one seek
 //! per job that has a log.
 //!
@@ -33,7 +33,7 @@ use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
 use std::collections::HashSet;
 
-/// Log keys removed per sled batch.
+/// Log chunks (up to 1,000 lines each) removed per sled batch.
 pub const LOG_BATCH: usize = 4096;
 
 /// What to keep. `None` limits keep everything.
