@@ -321,8 +321,8 @@ fn base64_encode(text: &str) -> String {
 
 /// `docker_host` + `docker_cert_path` in kiln.toml: the build goes through the Engine's mutual
 /// TLS listener (dev-env's tcp://127.0.0.1:2376) and pushes. With a client certificate the
-/// Engine does not trust, the job fails with the Engine named and the TLS refusal in `error`,
-/// and is not retried.
+/// Engine does not trust, `kiln sync` stops at once naming the Engine and the refusal, and
+/// under `kiln serve` the job fails with the refusal in `error`, not retried.
 #[tokio::test]
 async fn builds_through_a_tls_engine_endpoint() {
     if !engine_available() {
@@ -379,10 +379,29 @@ async fn builds_through_a_tls_engine_endpoint() {
             stranger.display()
         ),
     );
+    // `kiln sync` is one-shot: it stops at once, naming the Engine and the refusal.
     let (code, out) = sync(&config, &repo.dir, &data);
-    assert_eq!(code, 1, "{out}");
-    let server = Server::observe(&repo.dir, &data).await;
-    let job = job_of(&server, "overtls").await;
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("Docker Engine unreachable at tcp://127.0.0.1:2376: ")
+            && out.contains("BadCertificate"),
+        "{out}"
+    );
+    // `kiln serve` keeps serving; the job fails with the refusal, after one attempt.
+    let server = Server::start(&[
+        "--config",
+        &config,
+        "--repo",
+        &repo.dir.display().to_string(),
+        "--data-dir",
+        &data.display().to_string(),
+    ])
+    .await;
+    let job = server
+        .wait_for("overtls", 2, std::time::Duration::from_secs(60), |job| {
+            job["status"] == "failed" || job["status"] == "succeeded"
+        })
+        .await;
     let log = server.log(&job).await;
     assert_eq!(job["status"], "failed", "{job}\n{log}");
     let error = job["error"].as_str().unwrap_or_default();
