@@ -23,5 +23,6 @@ step "cargo test (unit, integration against the real Engine, registries and git)
 # CI=true makes Docker-dependent tests fail loudly instead of skipping. tests/deploy.rs builds
 # Kiln's image from the test build's own binary (no release build here; ~1 min cold, mostly
 # apt-get in the image's runtime stage).
+# --no-fail-fast: one failing test binary must not hide the results of the others.
 export CI="${CI:-true}"
-cargo test --all-targets -- --test-threads=2
+cargo test --all-targets --no-fail-fast -- --test-threads=2
