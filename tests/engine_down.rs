@@ -64,8 +64,13 @@ fn stop_engine() {
     }
 }
 
+/// The tests of this binary run in parallel; the one that stops the Engine must not overlap
+/// the one that needs it.
+static ENGINE_IN_USE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 async fn engine_down_fails_jobs_clearly_and_recovery_builds_the_next_commit() {
+    let _engine = ENGINE_IN_USE.lock().await;
     if !engine_available() {
         return;
     }
@@ -121,6 +126,7 @@ async fn engine_down_fails_jobs_clearly_and_recovery_builds_the_next_commit() {
 /// socket appears (a symlink to the real Engine's) the job builds without a restart.
 #[tokio::test]
 async fn serve_starts_before_the_engine_and_builds_once_it_answers() {
+    let _engine = ENGINE_IN_USE.lock().await;
     if !engine_available() {
         return;
     }
