@@ -212,7 +212,7 @@ fn main() -> Res<()> {
     let observed = observe(&repo, &store, &steps)?;
     let cold_observe = t.elapsed();
     let t = Instant::now();
-    let plan = reconcile::reconcile(&store, &observed, &settings);
+    let plan = reconcile::reconcile(&store, &observed, &settings)?;
     let cold_reconcile = t.elapsed();
     let t = Instant::now();
     let files = repo.spec_files_at(head, &specs_dir)?;
@@ -249,7 +249,7 @@ fn main() -> Res<()> {
                 .map(|(name, files)| Observation { name, files })
                 .collect(),
         };
-        Ok(reconcile::reconcile(&store, &[step], &settings))
+        Ok(reconcile::reconcile(&store, &[step], &settings)?)
     };
     let rescan_plan = rescan(&repo)?;
 

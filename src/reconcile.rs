@@ -22,13 +22,19 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 /// What reconcile may read from the store.
+///
+/// Reads are fallible: a record that cannot be read must stop the pass (nothing is applied,
+/// the next pass tries again), never count as "nothing stored" — that would renumber a
+/// spec's revisions or forget its running jobs.
 pub trait StateView {
+    /// Why a read failed (`std::convert::Infallible` for an in-memory view).
+    type Error;
     /// The stored record of a spec.
-    fn spec(&self, name: &str) -> Option<SpecRecord>;
+    fn spec(&self, name: &str) -> Result<Option<SpecRecord>, Self::Error>;
     /// Queued or running jobs of a spec, as (job id, revision number).
-    fn active_jobs(&self, name: &str) -> Vec<(JobId, u64)>;
+    fn active_jobs(&self, name: &str) -> Result<Vec<(JobId, u64)>, Self::Error>;
     /// A job of this spec that produced an image for this digest.
-    fn built_job(&self, name: &str, digest: &str) -> Option<JobId>;
+    fn built_job(&self, name: &str, digest: &str) -> Result<Option<JobId>, Self::Error>;
 }
 
 /// A file that claims a spec name (its stem) at one commit.
@@ -112,30 +118,33 @@ pub fn name_of_path(path: &str) -> Option<&str> {
     (!stem.is_empty()).then_some(stem)
 }
 
-/// Decide what `steps` mean given what is stored.
-pub fn reconcile(view: &impl StateView, steps: &[ObservedStep], settings: &Settings) -> Plan {
+/// Decide what `steps` mean given what is stored. Fails only when the view cannot be read.
+pub fn reconcile<V: StateView>(
+    view: &V,
+    steps: &[ObservedStep],
+    settings: &Settings,
+) -> Result<Plan, V::Error> {
     let mut plan = Plan::default();
     for step in steps {
         for observation in &step.specs {
-            observe(view, &mut plan, &step.commit, observation, settings);
+            observe(view, &mut plan, &step.commit, observation, settings)?;
         }
     }
-    supersede(view, &mut plan);
-    plan
+    supersede(view, &mut plan)?;
+    Ok(plan)
 }
 
-fn observe(
-    view: &impl StateView,
+fn observe<V: StateView>(
+    view: &V,
     plan: &mut Plan,
     commit: &CommitMeta,
     obs: &Observation,
     settings: &Settings,
-) {
-    let current = plan
-        .specs
-        .get(&obs.name)
-        .cloned()
-        .or_else(|| view.spec(&obs.name));
+) -> Result<(), V::Error> {
+    let current = match plan.specs.get(&obs.name) {
+        Some(record) => Some(record.clone()),
+        None => view.spec(&obs.name)?,
+    };
     let mut paths: Vec<String> = obs.files.iter().map(|f| f.path.clone()).collect();
     paths.sort();
     plan.spec_paths.insert(obs.name.clone(), paths);
@@ -145,10 +154,10 @@ fn observe(
             record.deleted = true;
             record.updated_at = commit.committed_at;
             let reason = format!("spec deleted in {}", commit.short());
-            cancel_active(view, plan, &obs.name, &reason);
+            cancel_active(view, plan, &obs.name, &reason)?;
             plan.specs.insert(obs.name.clone(), record);
         }
-        return;
+        return Ok(());
     }
 
     let (parsed, content_key, primary) = evaluate(obs, &settings.spec_context);
@@ -161,7 +170,7 @@ fn observe(
             record.path = primary.path.clone();
             plan.specs.insert(obs.name.clone(), record);
         }
-        return;
+        return Ok(());
     }
 
     let number = current.as_ref().map_or(1, |r| r.revision + 1);
@@ -199,7 +208,7 @@ fn observe(
     plan.specs.insert(obs.name.clone(), record);
 
     if let Some((spec, digest)) = valid_spec {
-        let job_plan = match view.built_job(&obs.name, &digest) {
+        let job_plan = match view.built_job(&obs.name, &digest)? {
             Some(from) => JobPlan::Reuse { from },
             None => JobPlan::Build,
         };
@@ -221,6 +230,7 @@ fn observe(
             cancelled: None,
         });
     }
+    Ok(())
 }
 
 /// Parse the files claiming one name; return them, the content key and the primary file.
@@ -266,8 +276,13 @@ fn evaluate<'o>(
     (parsed, content_key, primary)
 }
 
-fn cancel_active(view: &impl StateView, plan: &mut Plan, name: &str, reason: &str) {
-    for (job, _) in view.active_jobs(name) {
+fn cancel_active<V: StateView>(
+    view: &V,
+    plan: &mut Plan,
+    name: &str,
+    reason: &str,
+) -> Result<(), V::Error> {
+    for (job, _) in view.active_jobs(name)? {
         if !plan.cancellations.iter().any(|c| c.job == job) {
             plan.cancellations.push(Cancellation {
                 job,
@@ -282,10 +297,11 @@ fn cancel_active(view: &impl StateView, plan: &mut Plan, name: &str, reason: &st
     {
         job.cancelled = Some(reason.to_string());
     }
+    Ok(())
 }
 
 /// Newest revision wins: every other planned or active job of the same spec is cancelled.
-fn supersede(view: &impl StateView, plan: &mut Plan) {
+fn supersede<V: StateView>(view: &V, plan: &mut Plan) -> Result<(), V::Error> {
     let mut newest: BTreeMap<String, u64> = BTreeMap::new();
     for job in plan.jobs.iter().filter(|j| j.cancelled.is_none()) {
         newest.insert(job.spec.clone(), job.revision);
@@ -299,7 +315,7 @@ fn supersede(view: &impl StateView, plan: &mut Plan) {
         {
             job.cancelled = Some(reason.clone());
         }
-        for (job, _) in view.active_jobs(name) {
+        for (job, _) in view.active_jobs(name)? {
             if !plan.cancellations.iter().any(|c| c.job == job) {
                 plan.cancellations.push(Cancellation {
                     job,
@@ -308,6 +324,7 @@ fn supersede(view: &impl StateView, plan: &mut Plan) {
             }
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -324,16 +341,26 @@ mod tests {
     }
 
     impl StateView for Memory {
-        fn spec(&self, name: &str) -> Option<SpecRecord> {
-            self.specs.get(name).cloned()
+        type Error = std::convert::Infallible;
+        fn spec(&self, name: &str) -> Result<Option<SpecRecord>, Self::Error> {
+            Ok(self.specs.get(name).cloned())
         }
-        fn active_jobs(&self, name: &str) -> Vec<(JobId, u64)> {
-            self.active.get(name).cloned().unwrap_or_default()
+        fn active_jobs(&self, name: &str) -> Result<Vec<(JobId, u64)>, Self::Error> {
+            Ok(self.active.get(name).cloned().unwrap_or_default())
         }
-        fn built_job(&self, name: &str, digest: &str) -> Option<JobId> {
-            self.built
+        fn built_job(&self, name: &str, digest: &str) -> Result<Option<JobId>, Self::Error> {
+            Ok(self
+                .built
                 .get(&(name.to_string(), digest.to_string()))
-                .copied()
+                .copied())
+        }
+    }
+
+    /// `reconcile` over a view that cannot fail.
+    fn plan_of(view: &Memory, steps: &[ObservedStep], settings: &Settings) -> Plan {
+        match reconcile(view, steps, settings) {
+            Ok(plan) => plan,
+            Err(never) => match never {},
         }
     }
 
@@ -389,7 +416,7 @@ mod tests {
 
     #[test]
     fn new_specs_get_revision_one_and_a_build() {
-        let plan = reconcile(
+        let plan = plan_of(
             &Memory::default(),
             &[step(
                 1,
@@ -420,14 +447,14 @@ mod tests {
     #[test]
     fn comment_only_edit_makes_no_revision() {
         let mut state = Memory::default();
-        let plan = reconcile(
+        let plan = plan_of(
             &state,
             &[step(1, vec![file("a", spec_yaml("a", &["curl", "jq"]))])],
             &Settings::default(),
         );
         state.apply(&plan);
         let edited = b"# comment\nname: a\nbaseImage: debian:bookworm\npackages:\n  apt: |\n    jq\n    curl  # why\n".to_vec();
-        let plan = reconcile(
+        let plan = plan_of(
             &state,
             &[step(2, vec![file("a", edited)])],
             &Settings::default(),
@@ -444,7 +471,7 @@ mod tests {
         state.active.insert("a".into(), vec![(7, 1)]);
         state.specs.insert(
             "a".into(),
-            reconcile(
+            plan_of(
                 &Memory::default(),
                 &[step(1, vec![file("a", spec_yaml("a", &["curl"]))])],
                 &Settings::default(),
@@ -457,7 +484,7 @@ mod tests {
             step(3, vec![file("a", spec_yaml("a", &["git"]))]),
             step(4, vec![file("a", spec_yaml("a", &["less"]))]),
         ];
-        let plan = reconcile(&state, &steps, &Settings::default());
+        let plan = plan_of(&state, &steps, &Settings::default());
         let jobs: Vec<_> = plan
             .jobs
             .iter()
@@ -484,7 +511,7 @@ mod tests {
     #[test]
     fn delete_and_recreate_continue_numbering_and_reuse() {
         let mut state = Memory::default();
-        let plan = reconcile(
+        let plan = plan_of(
             &state,
             &[step(1, vec![file("a", spec_yaml("a", &["curl"]))])],
             &Settings::default(),
@@ -494,7 +521,7 @@ mod tests {
         state.built.insert(("a".into(), digest.clone()), 1);
         state.active.insert("a".into(), vec![(3, 1)]);
 
-        let plan = reconcile(&state, &[step(2, vec![gone("a")])], &Settings::default());
+        let plan = plan_of(&state, &[step(2, vec![gone("a")])], &Settings::default());
         assert!(plan.specs["a"].deleted);
         assert_eq!(
             plan.cancellations[0].reason,
@@ -503,7 +530,7 @@ mod tests {
         state.apply(&plan);
         state.active.clear();
 
-        let plan = reconcile(
+        let plan = plan_of(
             &state,
             &[step(3, vec![file("a", spec_yaml("a", &["curl"]))])],
             &Settings::default(),
@@ -516,7 +543,7 @@ mod tests {
     #[test]
     fn invalid_revision_keeps_last_image_and_others_unaffected() {
         let mut state = Memory::default();
-        let plan = reconcile(
+        let plan = plan_of(
             &state,
             &[step(
                 1,
@@ -529,7 +556,7 @@ mod tests {
         );
         state.apply(&plan);
         state.specs.get_mut("a").unwrap().latest_image = Some("reg/a:r1".into());
-        let plan = reconcile(
+        let plan = plan_of(
             &state,
             &[step(
                 2,
@@ -554,7 +581,7 @@ mod tests {
         );
         // The same invalid file again is no new revision.
         state.apply(&plan);
-        let again = reconcile(
+        let again = plan_of(
             &state,
             &[step(3, vec![file("a", spec_yaml("a", &["curl wget"]))])],
             &Settings::default(),
@@ -577,7 +604,7 @@ mod tests {
                 },
             ],
         };
-        let plan = reconcile(
+        let plan = plan_of(
             &Memory::default(),
             &[step(1, vec![obs])],
             &Settings::default(),
@@ -598,7 +625,7 @@ mod tests {
     #[test]
     fn revert_to_built_content_is_a_reuse() {
         let mut state = Memory::default();
-        let p1 = reconcile(
+        let p1 = plan_of(
             &state,
             &[step(1, vec![file("a", spec_yaml("a", &["curl"]))])],
             &Settings::default(),
@@ -607,13 +634,13 @@ mod tests {
         state
             .built
             .insert(("a".into(), p1.jobs[0].digest.clone()), 1);
-        let p2 = reconcile(
+        let p2 = plan_of(
             &state,
             &[step(2, vec![file("a", spec_yaml("a", &["jq"]))])],
             &Settings::default(),
         );
         state.apply(&p2);
-        let p3 = reconcile(
+        let p3 = plan_of(
             &state,
             &[step(3, vec![file("a", spec_yaml("a", &["curl"]))])],
             &Settings::default(),
@@ -626,8 +653,8 @@ mod tests {
     fn reconcile_is_idempotent_over_the_same_observation() {
         let mut state = Memory::default();
         let steps = [step(1, vec![file("a", spec_yaml("a", &["curl"]))])];
-        state.apply(&reconcile(&state, &steps, &Settings::default()));
-        let again = reconcile(&state, &steps, &Settings::default());
+        state.apply(&plan_of(&state, &steps, &Settings::default()));
+        let again = plan_of(&state, &steps, &Settings::default());
         assert!(again.revisions.is_empty() && again.jobs.is_empty());
     }
 

@@ -123,7 +123,7 @@ impl Syncer {
                 ..SyncOutcome::default()
             });
         }
-        let plan = reconcile::reconcile(&self.store, &steps, &self.settings);
+        let plan = reconcile::reconcile(&self.store, &steps, &self.settings)?;
         let jobs = self.store.apply(&plan, &head).await?;
         let outcome = SyncOutcome {
             head: Some(head),

@@ -519,7 +519,7 @@ mod tests {
                 }],
             }],
         };
-        let plan = reconcile::reconcile(store, &[step], &Settings::default());
+        let plan = reconcile::reconcile(store, &[step], &Settings::default()).unwrap();
         let latest = store.apply(&plan, &commit(2).sha).await.unwrap()[0];
         for id in ids.iter().copied().chain([latest]) {
             let lines: Vec<LogLine> = (0..20)

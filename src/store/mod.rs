@@ -631,17 +631,18 @@ impl Store {
     }
 }
 
-/// The store as reconcile sees it. Read errors count as "nothing stored": the pass that
-/// follows goes through `apply`, which reports storage errors properly.
+/// The store as reconcile sees it. A read error fails the pass (nothing is applied; the next
+/// pass tries again) — it must never look like "nothing stored".
 impl StateView for Store {
-    fn spec(&self, name: &str) -> Option<SpecRecord> {
-        Store::spec(self, name).ok().flatten()
+    type Error = StoreError;
+    fn spec(&self, name: &str) -> Result<Option<SpecRecord>, StoreError> {
+        Store::spec(self, name)
     }
-    fn active_jobs(&self, name: &str) -> Vec<(JobId, u64)> {
-        self.view_active(name).unwrap_or_default()
+    fn active_jobs(&self, name: &str) -> Result<Vec<(JobId, u64)>, StoreError> {
+        self.view_active(name)
     }
-    fn built_job(&self, name: &str, digest: &str) -> Option<JobId> {
-        self.view_built(name, digest).ok().flatten()
+    fn built_job(&self, name: &str, digest: &str) -> Result<Option<JobId>, StoreError> {
+        self.view_built(name, digest)
     }
 }
 

@@ -27,7 +27,7 @@ fn step(n: u8, name: &str, apt: &str) -> ObservedStep {
 }
 
 async fn pass(store: &Store, steps: &[ObservedStep]) -> Vec<JobId> {
-    let plan = reconcile::reconcile(store, steps, &Settings::default());
+    let plan = reconcile::reconcile(store, steps, &Settings::default()).unwrap();
     let last = steps
         .last()
         .map(|s| s.commit.sha.clone())
@@ -58,8 +58,34 @@ async fn apply_records_everything_and_survives_reopen() {
     assert_eq!(store.last_commit().unwrap(), Some(commit(2).sha));
     assert_eq!(store.revisions("a").unwrap().len(), 2);
     // Processing the same commits again creates nothing.
-    let again = reconcile::reconcile(&store, &[step(2, "a", "jq")], &Settings::default());
+    let again = reconcile::reconcile(&store, &[step(2, "a", "jq")], &Settings::default()).unwrap();
     assert!(again.is_empty(), "{again:?}");
+}
+
+/// A record that cannot be read stops reconcile; it is never taken for "nothing stored"
+/// (which would start the spec over at r1 and forget its running job).
+#[tokio::test]
+async fn an_unreadable_record_stops_reconcile_instead_of_renumbering() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    pass(&store, &[step(1, "a", "curl")]).await;
+    let good = store.specs.get("a").unwrap().unwrap();
+    store.specs.insert("a", &[0xff, 0xff, 0xff][..]).unwrap();
+    let err = reconcile::reconcile(&store, &[step(2, "a", "jq")], &Settings::default())
+        .expect_err("a corrupt spec record must fail the pass");
+    assert!(
+        matches!(err, StoreError::Corrupt { tree: "specs", .. }),
+        "{err}"
+    );
+    // Active jobs are read through the same fallible path.
+    store.specs.insert("a", good).unwrap();
+    let active = store.active.iter().keys().next().unwrap().unwrap();
+    let job_id = &active[active.len() - 8..];
+    store.jobs.insert(job_id, &[0xff][..]).unwrap();
+    assert!(
+        reconcile::reconcile(&store, &[step(2, "a", "jq")], &Settings::default()).is_err(),
+        "a corrupt active job must fail the pass"
+    );
 }
 
 #[tokio::test]
@@ -90,7 +116,8 @@ async fn new_job_supersedes_the_active_one_and_built_images_are_reused() {
     );
 
     let second = pass(&store, &[step(2, "a", "jq")]).await[0];
-    let third_plan = reconcile::reconcile(&store, &[step(3, "a", "curl")], &Settings::default());
+    let third_plan =
+        reconcile::reconcile(&store, &[step(3, "a", "curl")], &Settings::default()).unwrap();
     assert_eq!(third_plan.jobs[0].plan, JobPlan::Reuse { from: first });
     assert_eq!(third_plan.cancellations[0].job, second);
     store.apply(&third_plan, &commit(3).sha).await.unwrap();
