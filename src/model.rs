@@ -30,6 +30,20 @@ pub fn rfc3339(ts: Timestamp) -> String {
         .unwrap_or_else(|| ts.to_string())
 }
 
+/// RFC 3339 UTC text with milliseconds for a Unix time in milliseconds
+/// (`2026-11-23T15:39:34.123Z`), for log lines.
+pub fn rfc3339_ms(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(time::macros::format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+            ))
+            .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
+
 /// The commit a revision came from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitMeta {
@@ -193,4 +207,16 @@ pub struct InstalledPackages {
     pub apt: Vec<InstalledPackage>,
     pub pip: Vec<InstalledPackage>,
     pub conda: Vec<InstalledPackage>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_times_have_milliseconds() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(1_795_448_374_123), "2026-11-23T15:39:34.123Z");
+        assert_eq!(rfc3339(1_795_448_374), "2026-11-23T15:39:34Z");
+    }
 }

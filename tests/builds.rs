@@ -134,6 +134,32 @@ async fn apt_and_pip_build_push_label_and_run_and_a_failing_run_fails_alone() {
             .starts_with("sha256:")
     );
 
+    // The same log with each line's receive time, like `docker logs --timestamps`.
+    let timed = reqwest::get(format!(
+        "{}/api/v1/jobs/{}/log?timestamps=true",
+        server.base, job["id"]
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    let mut previous = String::new();
+    let untimed: Vec<&str> = timed
+        .lines()
+        .map(|line| {
+            let (at, text) = line.split_once(' ').unwrap_or((line, ""));
+            assert!(
+                at.len() == 24 && at.ends_with('Z') && at.as_bytes()[10] == b'T',
+                "{line}"
+            );
+            assert!(*at >= *previous, "times go forward: {previous} then {at}");
+            previous = at.to_string();
+            text
+        })
+        .collect();
+    assert_eq!(untimed, log.lines().collect::<Vec<_>>());
+
     // What is inside, as Kiln recorded it from the image.
     let packages = server
         .get(&format!("/api/v1/jobs/{}/packages", job["id"]))

@@ -2,7 +2,7 @@
 //! with a JSON error body.
 
 use super::AppState;
-use crate::model::{Job, JobId, JobStatus, Revision, SpecRecord, rfc3339};
+use crate::model::{Job, JobId, JobStatus, Revision, SpecRecord, rfc3339, rfc3339_ms};
 use crate::spec::Diagnostic;
 use crate::store::StoreError;
 use axum::body::Body;
@@ -284,10 +284,19 @@ async fn job_packages(
         .ok_or_else(|| not_found(format!("installed packages of job {id}")))
 }
 
+#[derive(Deserialize, Default)]
+struct LogOptions {
+    /// Prefix each line with the time Kiln received it, like `docker logs --timestamps`.
+    #[serde(default)]
+    timestamps: bool,
+}
+
 /// The whole log as text, streamed page by page so a 200 MB log is never held in memory.
+/// `?timestamps=true` prefixes each line with its RFC 3339 receive time (milliseconds, UTC).
 async fn job_log(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    Query(options): Query<LogOptions>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     if state.store.job(id)?.is_none() {
@@ -307,6 +316,10 @@ async fn job_log(
             let next = last + 1;
             let mut chunk = String::new();
             for (_, line) in &lines {
+                if options.timestamps {
+                    chunk.push_str(&rfc3339_ms(line.at_ms));
+                    chunk.push(' ');
+                }
                 chunk.push_str(&line.text);
                 chunk.push('\n');
             }
