@@ -13,6 +13,15 @@ bash scripts/dev-env.sh up
 step "browser for the dashboard tests (Debian's chromium + chromium-driver)"
 bash scripts/install-browser.sh
 
+step "Kubernetes schema checker for tests/deploy.rs (PyPI's kubernetes-validate)"
+# It ships the Kubernetes OpenAPI schemas, so the manifests are checked without a cluster.
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check 'kubernetes-validate==1.37.0'
+fi
+PATH="$PATH:$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
+export PATH
+kubernetes-validate --version
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

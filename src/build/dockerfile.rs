@@ -166,6 +166,46 @@ pub fn render(spec: &ImageSpec, rev: &RevisionInfo, options: &RenderOptions) -> 
     out
 }
 
+/// Where the files of an image built from a Dockerfile are final.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FinalFiles {
+    /// The step (1-based, as the classic builder counts its `Step N/M`) of the last
+    /// instruction that changes files (`FROM`, `RUN`, `COPY`, `ADD`).
+    pub step: usize,
+    /// How many steps follow it; they only change metadata (`LABEL`, `USER`, …).
+    pub metadata_steps_after: usize,
+}
+
+/// Finds the step after which a rendered Dockerfile changes no more files. The image of
+/// that step holds exactly the final image's files, so what is installed can be listed from
+/// it while the builder is still writing labels. `None` without a `FROM`.
+pub fn final_files(dockerfile: &str) -> Option<FinalFiles> {
+    let mut steps = 0;
+    let mut last = None;
+    let mut continued = false;
+    for line in dockerfile.lines() {
+        let starts_instruction = !continued;
+        continued = line.trim_end().ends_with('\\');
+        let trimmed = line.trim_start();
+        if !starts_instruction || trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        steps += 1;
+        let keyword = trimmed
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_ascii_uppercase();
+        if matches!(keyword.as_str(), "FROM" | "RUN" | "COPY" | "ADD") {
+            last = Some(steps);
+        }
+    }
+    last.map(|step| FinalFiles {
+        step,
+        metadata_steps_after: steps - step,
+    })
+}
+
 /// One shell-quoted argument per line, each continued.
 fn push_args(out: &mut String, args: &[&str]) {
     for arg in args {
@@ -298,6 +338,50 @@ LABEL org.opencontainers.image.created="2026-11-23T12:00:00Z" \
             ca_bundle: false,
         };
         assert_eq!(render(&spec, &rev(), &options), GOLDEN_APT_ONLY);
+    }
+
+    #[test]
+    fn final_files_is_the_last_step_that_writes_files() {
+        // FROM, USER, ARG, COPY, RUN apt, RUN conda, RUN pip = step 7; LABEL and USER follow.
+        assert_eq!(
+            final_files(GOLDEN_FULL),
+            Some(FinalFiles {
+                step: 7,
+                metadata_steps_after: 2
+            })
+        );
+        // FROM, USER, ARG, RUN apt = step 4; LABEL follows.
+        assert_eq!(
+            final_files(GOLDEN_APT_ONLY),
+            Some(FinalFiles {
+                step: 4,
+                metadata_steps_after: 1
+            })
+        );
+        // No packages: the base's files are the image's files (USER, ARG, LABEL follow).
+        let bare = render(
+            &ImageSpec {
+                packages: Packages::default(),
+                ..spec()
+            },
+            &rev(),
+            &RenderOptions::default(),
+        );
+        assert_eq!(
+            final_files(&bare),
+            Some(FinalFiles {
+                step: 1,
+                metadata_steps_after: 3
+            })
+        );
+        assert_eq!(final_files("# nothing\n"), None);
+        assert_eq!(
+            final_files("FROM a\nRUN x \\\n  RUN y\n\n# c\nrun z\nENV A=1\n"),
+            Some(FinalFiles {
+                step: 3,
+                metadata_steps_after: 1
+            })
+        );
     }
 
     #[test]

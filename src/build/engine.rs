@@ -210,6 +210,20 @@ pub struct BuiltImage {
     pub image_id: String,
 }
 
+/// A request for the image one build step produced, handed over while the build goes on.
+///
+/// Kiln uses it to look inside an image before the builder has finished the metadata-only
+/// steps (`LABEL`, `USER`) that follow the last `RUN`: they change no file, so the listing
+/// of installed packages can run in parallel with them.
+#[derive(Debug)]
+pub struct StepImage {
+    /// 1-based step number, counted like the classic builder's `Step N/M`.
+    pub step: usize,
+    /// Receives the step's image id (short form, as the builder prints it) when the next step
+    /// starts. Dropped unsent when the build ends first, fails, or is not a classic build.
+    pub tx: tokio::sync::oneshot::Sender<String>,
+}
+
 /// What to build. `Default` gives an empty request, so callers can write
 /// `BuildRequest { dockerfile, tags, ..Default::default() }`.
 #[derive(Clone, Copy, Default)]
@@ -596,6 +610,18 @@ impl Engine {
         log: &mut dyn LogSink,
         cancel: &CancellationToken,
     ) -> Result<BuiltImage, EngineError> {
+        self.build_watching(req, None, log, cancel).await
+    }
+
+    /// [`Engine::build`], also sending the image of step `watch.step` as soon as the builder
+    /// moves past it.
+    pub async fn build_watching(
+        &self,
+        req: &BuildRequest<'_>,
+        watch: Option<StepImage>,
+        log: &mut dyn LogSink,
+        cancel: &CancellationToken,
+    ) -> Result<BuiltImage, EngineError> {
         let Some(first_tag) = req.tags.first() else {
             return Err(EngineError::Other("a build needs at least one tag".into()));
         };
@@ -638,7 +664,7 @@ impl Engine {
             credentials,
             Some(bollard::body_full(context.into())),
         );
-        let outcome = match drain_build(stream, log, req.pull_auth, cancel).await {
+        let outcome = match drain_build(stream, log, req.pull_auth, watch, cancel).await {
             Drained::Done(outcome) => outcome,
             Drained::Failed(e) => return Err(self.map_err(e, op, req.pull_auth)),
             Drained::Cancelled => return Err(EngineError::Cancelled),
@@ -758,6 +784,34 @@ impl Engine {
             }) => Ok(None),
             Err(e) => Err(self.map_err(e, Op::Other("image inspect"), None)),
         }
+    }
+
+    /// Whether `ancestor` (an image id, short or full) is `image` itself or one of its first
+    /// `max_depth` parents. The classic builder keeps every step's image as the parent of the
+    /// next one (the image's history lists their ids), so this tells whether the image of a
+    /// step belongs to a finished build.
+    pub async fn descends_from(
+        &self,
+        image: &str,
+        ancestor: &str,
+        max_depth: usize,
+    ) -> Result<bool, EngineError> {
+        let want = ancestor.trim_start_matches("sha256:");
+        if want.len() < 12 {
+            return Ok(false);
+        }
+        let history = match self.docker.image_history(image).await {
+            Ok(history) => history,
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return Ok(false),
+            Err(e) => return Err(self.map_err(e, Op::Other("image history"), None)),
+        };
+        // Newest first; layers that came from a registry read `<missing>`.
+        Ok(history
+            .iter()
+            .take(max_depth + 1)
+            .any(|item| item.id.trim_start_matches("sha256:").starts_with(want)))
     }
 
     /// Removes the tag or image `image_ref` (not forced: an image a container uses stays).
@@ -1043,6 +1097,7 @@ async fn drain_build<S>(
     stream: S,
     log: &mut dyn LogSink,
     auth: Option<&Credential>,
+    mut watch: Option<StepImage>,
     cancel: &CancellationToken,
 ) -> Drained<BuildOutcome>
 where
@@ -1052,9 +1107,16 @@ where
     let mut lines = LineBuffer::default();
     let mut progress = ProgressCondenser::default();
     let mut outcome = BuildOutcome::default();
-    let emit = |line: String, outcome: &mut BuildOutcome, log: &mut dyn LogSink| {
+    let mut steps = StepTracker::default();
+    let mut emit = |line: String, outcome: &mut BuildOutcome, log: &mut dyn LogSink| {
         if let Some(id) = line.strip_prefix("Successfully built ") {
             outcome.built_line_id = Some(id.trim().to_string());
+        }
+        if let Some((step, image)) = steps.line(&line)
+            && let Some(w) = watch.take_if(|w| w.step == step)
+        {
+            // The receiver may be gone (the job no longer wants it): nothing to do then.
+            let _ = w.tx.send(image);
         }
         log.line(redact(line, auth));
     };
@@ -1344,6 +1406,49 @@ fn append_file(tar: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8]) -> std:
     header.set_entry_type(tar::EntryType::Regular);
     header.set_cksum();
     tar.append(&header, data)
+}
+
+/// Follows the classic builder's output (`Step 4/6 : RUN …`, ` ---> 1a2b3c4d5e6f`) to tell
+/// which image each step produced.
+///
+/// A `RUN` step can print anything, a line that looks like `Step 5/6 : …` too, so only the
+/// next step in sequence counts, and callers check the answer against the final image's
+/// parents ([`Engine::descends_from`]) before they rely on it.
+#[derive(Debug, Default)]
+struct StepTracker {
+    /// The step the builder is running, and `M` of its `Step N/M`.
+    current: Option<(usize, usize)>,
+    /// The last ` ---> <id>` line seen in that step: its result so far.
+    result: Option<String>,
+}
+
+impl StepTracker {
+    /// Feeds one output line; returns `(step, image id)` once a step is known to be done,
+    /// which is when the next one starts.
+    fn line(&mut self, line: &str) -> Option<(usize, String)> {
+        if let Some((number, total)) = line
+            .strip_prefix("Step ")
+            .and_then(|rest| rest.split_once(" : "))
+            .and_then(|(n, _)| n.split_once('/'))
+            .and_then(|(n, m)| Some((n.parse::<usize>().ok()?, m.parse::<usize>().ok()?)))
+        {
+            let next = match self.current {
+                None => number == 1,
+                Some((step, of)) => number == step + 1 && total == of,
+            };
+            if next {
+                let done = self.current.map(|(step, _)| step).zip(self.result.take());
+                self.current = Some((number, total));
+                return done;
+            }
+            return None;
+        }
+        let id = line.trim_start().strip_prefix("---> ")?.trim_end();
+        if id.len() >= 12 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            self.result = Some(id.to_string());
+        }
+        None
+    }
 }
 
 /// Re-assembles whole lines from the build output's unaligned `stream` chunks.
@@ -2001,6 +2106,115 @@ mod tests {
         (lines, move |l| sink.lock().unwrap().push(l))
     }
 
+    /// The classic builder's output for FROM, USER, RUN, LABEL, USER, with a RUN step that
+    /// prints lines looking like the builder's own.
+    const CLASSIC_TRANSCRIPT: &[&str] = &[
+        "Step 1/5 : FROM kiln/bookworm:minbase",
+        " ---> 5d1c3b2a1f0e",
+        "Step 2/5 : USER root",
+        " ---> Running in 7f8e9d0c1b2a",
+        "Removing intermediate container 7f8e9d0c1b2a",
+        " ---> 0a1b2c3d4e5f",
+        "Step 3/5 : RUN apt-get update && apt-get install -y jq",
+        " ---> Running in 8e9d0c1b2a3f",
+        "Step 4/5 : LABEL fake",
+        " ---> deadbeefdead",
+        "Step 9/9 : nonsense",
+        "Setting up jq (1.6-2.1) ...",
+        "Removing intermediate container 8e9d0c1b2a3f",
+        " ---> 2c3d4e5f6a7b",
+        "Step 4/5 : LABEL io.kiln.spec=\"tools\"",
+        " ---> Running in 9d0c1b2a3f4e",
+        "Removing intermediate container 9d0c1b2a3f4e",
+        " ---> 3d4e5f6a7b8c",
+        "Step 5/5 : USER jovyan",
+        " ---> Using cache",
+        " ---> 4e5f6a7b8c9d",
+        "Successfully built 4e5f6a7b8c9d",
+    ];
+
+    #[test]
+    fn step_tracker_reads_each_steps_image() {
+        let mut steps = StepTracker::default();
+        let done: Vec<(usize, String)> = CLASSIC_TRANSCRIPT
+            .iter()
+            .filter_map(|l| steps.line(l))
+            .collect();
+        // The RUN step's imitation of "Step 4/5" is next in sequence, so it is believed: step 3
+        // is never reported. Out-of-sequence lines ("Step 9/9", the real "Step 4/5" after the
+        // fake one) are ignored. Callers check ancestry before they rely on an answer.
+        assert_eq!(
+            done,
+            [
+                (1, "5d1c3b2a1f0e".to_string()),
+                (2, "0a1b2c3d4e5f".to_string()),
+                (4, "3d4e5f6a7b8c".to_string()),
+            ]
+        );
+        let honest: Vec<&str> = CLASSIC_TRANSCRIPT
+            .iter()
+            .copied()
+            .filter(|l| !l.contains("fake") && !l.contains("deadbeef") && !l.contains("nonsense"))
+            .collect();
+        let mut steps = StepTracker::default();
+        let done: Vec<(usize, String)> = honest.iter().filter_map(|l| steps.line(l)).collect();
+        assert_eq!(
+            done,
+            [
+                (1, "5d1c3b2a1f0e".to_string()),
+                (2, "0a1b2c3d4e5f".to_string()),
+                (3, "2c3d4e5f6a7b".to_string()),
+                (4, "3d4e5f6a7b8c".to_string()),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn build_stream_hands_over_a_steps_image_while_the_build_goes_on() {
+        let honest: Vec<String> = CLASSIC_TRANSCRIPT
+            .iter()
+            .filter(|l| !l.contains("fake") && !l.contains("deadbeef") && !l.contains("nonsense"))
+            .take_while(|l| !l.starts_with("Step 5/5"))
+            .map(|l| serde_json::json!({ "stream": format!("{l}\n") }).to_string())
+            .collect();
+        let items = build_items(&honest.iter().map(String::as_str).collect::<Vec<_>>());
+        // The Engine is still busy with step 5: the stream stays open.
+        let stream = futures_util::stream::iter(items).chain(futures_util::stream::pending());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let cancel = CancellationToken::new();
+        let (lines, mut sink) = collect();
+        let drain = drain_build(
+            stream,
+            &mut sink,
+            None,
+            Some(StepImage { step: 3, tx }),
+            &cancel,
+        );
+        tokio::pin!(drain);
+        let image = tokio::select! {
+            image = rx => image.unwrap(),
+            ended = &mut drain => panic!("the build ended first: {ended:?}"),
+        };
+        assert_eq!(image, "2c3d4e5f6a7b");
+        cancel.cancel();
+        assert!(matches!(drain.await, Drained::Cancelled));
+        assert!(lines.lock().unwrap().len() > 10);
+
+        // A step that never completes sends nothing: the sender is dropped with the build.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let items = build_items(&[r#"{"stream":"Step 1/1 : FROM x\n ---> 5d1c3b2a1f0e\n"}"#]);
+        let drained = drain_build(
+            futures_util::stream::iter(items),
+            &mut |_| {},
+            None,
+            Some(StepImage { step: 1, tx }),
+            &CancellationToken::new(),
+        )
+        .await;
+        assert!(matches!(drained, Drained::Done(_)), "{drained:?}");
+        assert!(rx.await.is_err());
+    }
+
     #[tokio::test]
     async fn build_stream_success_with_unaligned_chunks() {
         let items = build_items(&[
@@ -2019,6 +2233,7 @@ mod tests {
         let drained = drain_build(
             futures_util::stream::iter(items),
             &mut sink,
+            None,
             None,
             &CancellationToken::new(),
         )
@@ -2059,6 +2274,7 @@ mod tests {
             futures_util::stream::iter(items),
             &mut sink,
             None,
+            None,
             &CancellationToken::new(),
         )
         .await;
@@ -2090,6 +2306,7 @@ mod tests {
             futures_util::stream::iter(items),
             &mut |_| {},
             None,
+            None,
             &CancellationToken::new(),
         )
         .await;
@@ -2106,6 +2323,7 @@ mod tests {
         let drained = drain_build(
             futures_util::stream::iter(items),
             &mut |_| {},
+            None,
             None,
             &CancellationToken::new(),
         )
@@ -2166,6 +2384,7 @@ mod tests {
             futures_util::stream::iter(items),
             &mut |_| {},
             None,
+            None,
             &CancellationToken::new(),
         )
         .await;
@@ -2203,7 +2422,7 @@ mod tests {
         });
         let (lines, mut sink) = collect();
         let t0 = std::time::Instant::now();
-        let drained = drain_build(stream, &mut sink, None, &cancel).await;
+        let drained = drain_build(stream, &mut sink, None, None, &cancel).await;
         assert!(matches!(drained, Drained::Cancelled), "{drained:?}");
         assert!(t0.elapsed() < Duration::from_secs(1));
         assert_eq!(
@@ -2254,7 +2473,7 @@ mod tests {
         };
         let cancel = CancellationToken::new();
         {
-            let mut drain = std::pin::pin!(drain_build(stream, &mut sink, None, &cancel));
+            let mut drain = std::pin::pin!(drain_build(stream, &mut sink, None, None, &cancel));
             assert!(futures_util::poll!(drain.as_mut()).is_pending());
             // One message read and logged, then the reader waits for the sink.
             assert_eq!(read.load(std::sync::atomic::Ordering::SeqCst), 1);

@@ -5,9 +5,11 @@
 //! of jobs, the store knows nothing of Docker. A job runs as: mark `running` → resolve the
 //! base image's credential (`pullSecret`), refresh the base and read its user → render the
 //! final Dockerfile → build (or, for a re-use, retag the earlier image) → push every tag →
-//! list what is inside → `succeeded` / `reused` / `failed`. Log lines stream through a channel
-//! to one writer task that appends them to the store in batches with timestamps, so the
-//! Engine's stream never waits on disk.
+//! `succeeded` / `reused` / `failed`. What is inside the image is listed by one throw-away
+//! container that overlaps other work: it starts from the image of the last step that
+//! writes files while the builder still writes the labels, or runs during the push. Log lines
+//! stream through a bounded hand-off to one writer task that appends them to the store in
+//! batches with timestamps.
 //!
 //! What makes it trustworthy:
 //!
@@ -26,7 +28,7 @@ mod log_sink;
 
 use crate::build::auth::{Credential, RegistryAuths, registry_of};
 use crate::build::dockerfile::{self, RenderOptions, RevisionInfo};
-use crate::build::engine::{BuildRequest, Engine, EngineError, LogSink};
+use crate::build::engine::{BuildRequest, Engine, EngineError, LogSink, StepImage};
 use crate::model::{
     InstalledPackage, InstalledPackages, Job, JobId, JobPlan, JobStatus, now, rfc3339,
 };
@@ -39,6 +41,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
+
+/// What is inside an image, or the log line that says why it could not be listed.
+type Listing = Result<InstalledPackages, String>;
 
 #[derive(Debug, Error)]
 pub enum JobError {
@@ -394,7 +399,7 @@ impl Workers {
             return Ok(status);
         }
         // An earlier attempt (or a process that was killed) may have built the image already.
-        if job.attempts > 1
+        let listed = if job.attempts > 1
             && job.image.as_deref() == Some(tags[0].as_str())
             && let Some(id) = self.engine.image_id(&tags[0]).await?
         {
@@ -405,26 +410,47 @@ impl Workers {
             for tag in &tags[1..] {
                 self.engine.tag(&tags[0], tag).await?;
             }
+            None
         } else {
-            self.build(job, &tags, log, cancel).await?;
-        }
-        // The listing container runs while the image is pushed: it only reads the image.
-        let (pushed, listing) = tokio::join!(
-            self.push_all(job, &tags, log, cancel),
-            self.list_installed(&tags[0])
-        );
-        pushed?;
+            self.build(job, &tags, log, cancel).await?
+        };
+        let listing = self.push_and_list(job, &tags, listed, log, cancel).await?;
         self.record_installed(job, listing, log).await;
         Ok(JobStatus::Succeeded)
     }
 
+    /// Pushes every tag. A listing not made during the build runs meanwhile: the listing
+    /// container only reads the image.
+    async fn push_and_list(
+        &self,
+        job: &mut Job,
+        tags: &[String],
+        listed: Option<Listing>,
+        log: &mut dyn LogSink,
+        cancel: &CancellationToken,
+    ) -> Result<Listing, JobError> {
+        if let Some(listing) = listed {
+            self.push_all(job, tags, log, cancel).await?;
+            return Ok(listing);
+        }
+        let (pushed, listing) = tokio::join!(
+            self.push_all(job, tags, log, cancel),
+            self.list_installed(&tags[0])
+        );
+        pushed?;
+        Ok(listing)
+    }
+
+    /// Builds the image. Returns the package listing when it could already run during the
+    /// build: from the image of the last step that writes files, while the builder does the
+    /// metadata-only steps after it, once the finished image is known to descend from it.
     async fn build(
         &self,
         job: &mut Job,
         tags: &[String],
         log: &mut dyn LogSink,
         cancel: &CancellationToken,
-    ) -> Result<(), JobError> {
+    ) -> Result<Option<Listing>, JobError> {
         let revision = self
             .store
             .revision(&job.spec, job.revision)?
@@ -497,12 +523,52 @@ impl Workers {
             pull_auth,
             network: None,
         };
-        let built = self.engine.build(&request, log, cancel).await?;
+        let final_files =
+            dockerfile::final_files(&job.dockerfile).filter(|f| f.metadata_steps_after > 0);
+        let (step_tx, step_rx) = tokio::sync::oneshot::channel();
+        let watch = final_files.map(|f| StepImage {
+            step: f.step,
+            tx: step_tx,
+        });
+        // Unsent (no such step, a failed build) the sender is dropped and this ends at once.
+        let early_listing = async {
+            let image = step_rx.await.ok()?;
+            Some((self.list_installed(&image).await, image))
+        };
+        let (built, early_listing) = tokio::join!(
+            self.engine.build_watching(&request, watch, log, cancel),
+            early_listing
+        );
+        let built = built?;
         log.line(format!("kiln: built image {}", built.image_id));
         job.image = Some(tags[0].clone());
-        job.image_digest = Some(built.image_id);
+        job.image_digest = Some(built.image_id.clone());
         *job = self.store.update_job(job).await?;
-        Ok(())
+        let (Some((listing, step_image)), Some(f)) = (early_listing, final_files) else {
+            return Ok(None);
+        };
+        // Build output can imitate the builder's step lines: use the listing only when the
+        // image it read is really the finished image's ancestor, otherwise list again.
+        match self
+            .engine
+            .descends_from(&built.image_id, &step_image, f.metadata_steps_after)
+            .await
+        {
+            Ok(true) => {
+                log.line(format!(
+                    "kiln: listed the installed packages during the build, from {step_image} (step {}, the last that writes files)",
+                    f.step
+                ));
+                Ok(Some(listing))
+            }
+            _ => {
+                log.line(format!(
+                    "kiln: {step_image} is not the image of step {} of this build; listing the finished image",
+                    f.step
+                ));
+                Ok(None)
+            }
+        }
     }
 
     /// Retag the image of job `from`; `None` when it vanished from the Engine and the registry
@@ -600,7 +666,7 @@ impl Workers {
 
     /// Lists what is inside the image (apt, pip, conda), or says why it could not. Touches
     /// neither the job nor its log, so it runs while the image is pushed.
-    async fn list_installed(&self, image: &str) -> Result<InstalledPackages, String> {
+    async fn list_installed(&self, image: &str) -> Listing {
         // One container for all three listings; a manager the image lacks lists nothing. pip's
         // list comes from importlib.metadata (what `pip list` reads, first of a name on
         // sys.path wins) because starting pip itself costs ~0.8 s per build; `pip list` is
@@ -634,12 +700,7 @@ impl Workers {
 
     /// Stores a listing with the job. A listing that failed is logged, never fails the job:
     /// the image is built and pushed already.
-    async fn record_installed(
-        &self,
-        job: &Job,
-        listing: Result<InstalledPackages, String>,
-        log: &mut dyn LogSink,
-    ) {
+    async fn record_installed(&self, job: &Job, listing: Listing, log: &mut dyn LogSink) {
         let packages = match listing {
             Ok(packages) => packages,
             Err(message) => {
