@@ -2,11 +2,11 @@
 # Benchmark Kiln's builds against the real Docker Engine: overhead, log ingestion, layer cache,
 # re-use and the worker queue. Takes ~25-40 min with the defaults on a 2-core machine.
 #
-#   scripts/bench-builds.sh [--runs R] [--parts "1 2 3 4 5"] [--log-mb M] [--specs N]
+#   scripts/bench-builds.sh [--runs R] [--parts "1 2 3 4 5 6"] [--log-mb M] [--specs N]
 #                           [--no-build] [--out FILE] [--keep]
 #
 #   --runs R     repetitions of every measurement (default 3)
-#   --parts P    which parts to run (default "1 2 3 4 5"; 3 and 4 always run together)
+#   --parts P    which parts to run (default "1 2 3 4 5 6"; 3 and 4 always run together)
 #   --log-mb M   size of the noisy build log in part 2, in MB (10^6 bytes; default 200)
 #   --specs N    specs changed in one commit in part 5 (default 50)
 #   --no-build   skip `cargo build --release` (use $KILN_BIN or target/release/kiln as is)
@@ -16,7 +16,8 @@
 # Needs root, scripts/dev-env.sh (run here: Docker Engine, registry 127.0.0.1:5000, base images),
 # git, curl, jq, GNU time (installed when missing), network access to deb.debian.org and PyPI.
 #
-# Parts (every Kiln run: fresh data dir, no `registry` key = nothing pushed, max_attempts 1):
+# Parts (every Kiln run: fresh data dir, max_attempts 1; no `registry` key = nothing pushed,
+# except in part 6):
 #   1  overhead: `kiln sync` vs `DOCKER_BUILDKIT=0 docker build --no-cache` of the very Dockerfile
 #      `kiln render --ca-bundle` prints (context: Dockerfile + the CA bundle as kiln-ca-bundle.crt);
 #      spec: bookworm-python, apt [curl, jq], pip [six==1.16.0], ca_bundle set. Both builds are
@@ -30,6 +31,9 @@
 #      stored line count through the API, the data dir size; vs `docker build` of the same.
 #   3  first build vs an edit of the pip list only (+ idna==3.7); "Using cache" on the apt step.
 #   4  revert to the first content: wall time and the job's status (`reused`); a no-op sync.
+#   6  part 1 with a registry, the normal set-up: `kiln sync` with `registry = 127.0.0.1:5000`
+#      (builds, pushes rN-sha7 and latest; the package listing overlaps the push) vs
+#      `docker build --no-cache` + `docker push` of the same two tags.
 #   5  N specs (apt [jq] + a distinct pip pin each) in one commit, `kiln serve` with builds,
 #      max_parallel_builds 1 and 2 (alternating order); the layers are cached by an untimed
 #      warm-up pass, so this measures Kiln's per-job cost and the queue. /api/v1/specs is sampled
@@ -45,7 +49,7 @@
 set -Eeuo pipefail
 
 RUNS=3
-PARTS="1 2 3 4 5"
+PARTS="1 2 3 4 5 6"
 LOG_MB=200
 SPECS=50
 BUILD=1
@@ -354,6 +358,61 @@ CFG_CA=$WORK/kiln-ca.toml
 CFG_PLAIN=$WORK/kiln-plain.toml
 config "$CFG_CA" 2 1
 config "$CFG_PLAIN" 2 0
+
+# --- part 6: overhead with a registry: build + push ----------------------------------------
+
+CFG_PUSH=$WORK/kiln-push.toml
+{ cat "$CFG_CA"; printf 'registry = "%s"\n' "$REG"; } >"$CFG_PUSH"
+
+part6_kiln() {  # part6_kiln ROUND DIR BASE
+  local i=$1 dir=$2 base=$3 name=$TAG-p6k$1 t sha
+  new_repo "$dir/repo"
+  spec_yaml "$name" "$base" "[curl, jq]" "[six==1.16.0]" >"$dir/repo/$name.yaml"
+  git_commit "$dir/repo" "p6 round $i"
+  sha=$(git -C "$dir/repo" rev-parse --short=7 HEAD)
+  printf '%s\n' "$REG/$name:r1-$sha" "$REG/$name:latest" >>"$WORK/bases"
+  if kiln_sync t "$dir/kiln.log" "$CFG_PUSH" "$dir/repo" "$dir/data"; then
+    record p6.kiln_ms "$t"; say "p6 round $i: kiln sync + push $(sec "$t") s"
+  else
+    fail_note "p6 kiln sync round $i" "$dir/kiln.log"
+  fi
+}
+
+part6_docker() {  # part6_docker ROUND DIR BASE
+  local i=$1 dir=$2 base=$3 name=$TAG-p6d$1 t
+  mkdir -p "$dir/ctx"
+  spec_yaml "$name" "$base" "[curl, jq]" "[six==1.16.0]" >"$dir/$name.yaml"
+  "$BIN" render --ca-bundle "$dir/$name.yaml" >"$dir/ctx/Dockerfile"
+  cp "$CA" "$dir/ctx/kiln-ca-bundle.crt"
+  printf '%s\n' "$REG/$name:r1" "$REG/$name:latest" >>"$WORK/bases"
+  if timed t "$dir/docker.log" sh -c "docker build --no-cache -t '$REG/$name:r1' -t '$REG/$name:latest' '$dir/ctx' &&
+      docker push '$REG/$name:r1' && docker push '$REG/$name:latest'"; then
+    record p6.docker_ms "$t"; say "p6 round $i: docker build + push $(sec "$t") s"
+  else
+    fail_note "p6 docker build + push round $i" "$dir/docker.log"
+  fi
+}
+
+part6_round() {
+  local i=$1 dir=$WORK/p6-$1 bk bd
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  bk=$(fresh_base "$PY_BASE" py)
+  bd=$(fresh_base "$PY_BASE" py)
+  if ((i % 2)); then
+    part6_kiln "$i" "$dir" "$bk"; part6_docker "$i" "$dir" "$bd"
+  else
+    part6_docker "$i" "$dir" "$bd"; part6_kiln "$i" "$dir" "$bk"
+  fi
+  remove_images "^kiln/$TAG-p6[kd]$i:|^$REG/$TAG-p6[kd]$i:"
+  drop_base "$bk"; drop_base "$bd"
+  rm -rf "$dir/data"
+}
+part6() {
+  say "== part 6: kiln sync with a registry vs docker build --no-cache + docker push ($RUNS rounds)"
+  local i
+  for ((i = 1; i <= RUNS; i++)); do round part6_round "$i"; done
+}
 
 # --- part 1: overhead vs docker build ------------------------------------------------------
 
@@ -683,6 +742,7 @@ part5() {
 }
 
 want 1 && part1
+want 6 && part6
 want 2 && part2
 want 3 && part34
 want 5 && part5
@@ -715,6 +775,11 @@ ratio() { awk -v a="$(median "$1")" -v b="$(median "$2")" 'BEGIN {if (b > 0) pri
     row "1. piece: base refresh \`docker pull\` (s)" p1.pull_refresh_ms
     row "1. piece: the package-listing container (s)" p1.probes_ms
     row "1. piece: \`kiln sync --no-build\` (s)" p1.sync_nobuild_ms
+  fi
+  if want 6; then
+    row "6. \`kiln sync\` with a registry: build + push 2 tags (s)" p6.kiln_ms
+    row "6. \`docker build --no-cache\` + \`docker push\` of 2 tags (s)" p6.docker_ms
+    echo "| 6. ratio of medians kiln / docker | $(ratio p6.kiln_ms p6.docker_ms) | | |"
   fi
   if want 2; then
     row "2. \`kiln sync\`, $LOG_MB MB log (s)" p2.kiln_ms

@@ -45,6 +45,14 @@ use tokio_util::sync::CancellationToken;
 /// What is inside an image, or the log line that says why it could not be listed.
 type Listing = Result<InstalledPackages, String>;
 
+/// The image a job's build made (or an earlier attempt of it).
+struct Built {
+    /// `sha256:…`
+    image_id: String,
+    /// Where its files became final, when metadata-only steps followed (a fresh build).
+    final_files: Option<dockerfile::FinalFiles>,
+}
+
 #[derive(Debug, Error)]
 pub enum JobError {
     #[error(transparent)]
@@ -398,59 +406,97 @@ impl Workers {
         {
             return Ok(status);
         }
-        // An earlier attempt (or a process that was killed) may have built the image already.
-        let listed = if job.attempts > 1
-            && job.image.as_deref() == Some(tags[0].as_str())
-            && let Some(id) = self.engine.image_id(&tags[0]).await?
-        {
-            log.line(format!(
-                "kiln: {} was built by an earlier attempt ({id}); not building again",
-                tags[0]
-            ));
-            for tag in &tags[1..] {
-                self.engine.tag(&tags[0], tag).await?;
-            }
-            None
-        } else {
-            self.build(job, &tags, log, cancel).await?
+        // The listing runs beside the rest of the job: it starts from the image of the last
+        // step that writes files (sent by the build while the builder writes the labels) or,
+        // failing that, from the finished image, and it overlaps the push.
+        let (step_tx, step_rx) = tokio::sync::oneshot::channel();
+        let (built_tx, built_rx) = tokio::sync::oneshot::channel();
+        let build_and_push = async {
+            // An earlier attempt (or a killed process) may have built the image already.
+            let built = if job.attempts > 1
+                && job.image.as_deref() == Some(tags[0].as_str())
+                && let Some(id) = self.engine.image_id(&tags[0]).await?
+            {
+                log.line(format!(
+                    "kiln: {} was built by an earlier attempt ({id}); not building again",
+                    tags[0]
+                ));
+                for tag in &tags[1..] {
+                    self.engine.tag(&tags[0], tag).await?;
+                }
+                // No build to hand over a step's image: the listing starts now.
+                drop(step_tx);
+                Built {
+                    image_id: id,
+                    final_files: None,
+                }
+            } else {
+                self.build(job, &tags, step_tx, log, cancel).await?
+            };
+            // Unsent (the build failed) the sender is dropped and the listing gives up.
+            let _ = built_tx.send(built);
+            self.push_all(job, &tags, log, cancel).await
         };
-        let listing = self.push_and_list(job, &tags, listed, log, cancel).await?;
-        self.record_installed(job, listing, log).await;
+        let (pushed, listing) =
+            tokio::join!(build_and_push, self.list_alongside(step_rx, built_rx));
+        pushed?;
+        if let Some((listing, note)) = listing {
+            if listing.is_ok() {
+                log.line(note);
+            }
+            self.record_installed(job, listing, log).await;
+        }
         Ok(JobStatus::Succeeded)
     }
 
-    /// Pushes every tag. A listing not made during the build runs meanwhile: the listing
-    /// container only reads the image.
-    async fn push_and_list(
+    /// Lists what is inside the image a job builds, as early as possible and beside the build
+    /// and push: from the image of the last step that writes files as soon as the build hands
+    /// it over, used once the finished image is known to descend from it (build output can
+    /// imitate the builder's step lines); else from the finished image. `None` when the build
+    /// failed. The second value is the log line that says which image was read.
+    async fn list_alongside(
         &self,
-        job: &mut Job,
-        tags: &[String],
-        listed: Option<Listing>,
-        log: &mut dyn LogSink,
-        cancel: &CancellationToken,
-    ) -> Result<Listing, JobError> {
-        if let Some(listing) = listed {
-            self.push_all(job, tags, log, cancel).await?;
-            return Ok(listing);
+        step_image: tokio::sync::oneshot::Receiver<String>,
+        built: tokio::sync::oneshot::Receiver<Built>,
+    ) -> Option<(Listing, String)> {
+        let early = match step_image.await {
+            Ok(image) => Some((self.list_installed(&image).await, image)),
+            Err(_) => None,
+        };
+        let built = built.await.ok()?;
+        if let (Some((listing, image)), Some(f)) = (early, built.final_files) {
+            if let Ok(true) = self
+                .engine
+                .descends_from(&built.image_id, &image, f.metadata_steps_after)
+                .await
+            {
+                let note = format!(
+                    "kiln: listed the installed packages during the build, from {image} (step {}, the last that writes files)",
+                    f.step
+                );
+                return Some((listing, note));
+            }
+            let listing = self.list_installed(&built.image_id).await;
+            let note = format!(
+                "kiln: {image} is not the image of step {} of this build; listed the finished image",
+                f.step
+            );
+            return Some((listing, note));
         }
-        let (pushed, listing) = tokio::join!(
-            self.push_all(job, tags, log, cancel),
-            self.list_installed(&tags[0])
-        );
-        pushed?;
-        Ok(listing)
+        let note = format!("kiln: listed the installed packages of {}", built.image_id);
+        Some((self.list_installed(&built.image_id).await, note))
     }
 
-    /// Builds the image. Returns the package listing when it could already run during the
-    /// build: from the image of the last step that writes files, while the builder does the
-    /// metadata-only steps after it, once the finished image is known to descend from it.
+    /// Builds the image. Sends the image of the last step that writes files on `step_image`
+    /// as soon as the builder moves past it (when metadata-only steps follow it).
     async fn build(
         &self,
         job: &mut Job,
         tags: &[String],
+        step_image: tokio::sync::oneshot::Sender<String>,
         log: &mut dyn LogSink,
         cancel: &CancellationToken,
-    ) -> Result<Option<Listing>, JobError> {
+    ) -> Result<Built, JobError> {
         let revision = self
             .store
             .revision(&job.spec, job.revision)?
@@ -525,50 +571,22 @@ impl Workers {
         };
         let final_files =
             dockerfile::final_files(&job.dockerfile).filter(|f| f.metadata_steps_after > 0);
-        let (step_tx, step_rx) = tokio::sync::oneshot::channel();
         let watch = final_files.map(|f| StepImage {
             step: f.step,
-            tx: step_tx,
+            tx: step_image,
         });
-        // Unsent (no such step, a failed build) the sender is dropped and this ends at once.
-        let early_listing = async {
-            let image = step_rx.await.ok()?;
-            Some((self.list_installed(&image).await, image))
-        };
-        let (built, early_listing) = tokio::join!(
-            self.engine.build_watching(&request, watch, log, cancel),
-            early_listing
-        );
-        let built = built?;
+        let built = self
+            .engine
+            .build_watching(&request, watch, log, cancel)
+            .await?;
         log.line(format!("kiln: built image {}", built.image_id));
         job.image = Some(tags[0].clone());
         job.image_digest = Some(built.image_id.clone());
         *job = self.store.update_job(job).await?;
-        let (Some((listing, step_image)), Some(f)) = (early_listing, final_files) else {
-            return Ok(None);
-        };
-        // Build output can imitate the builder's step lines: use the listing only when the
-        // image it read is really the finished image's ancestor, otherwise list again.
-        match self
-            .engine
-            .descends_from(&built.image_id, &step_image, f.metadata_steps_after)
-            .await
-        {
-            Ok(true) => {
-                log.line(format!(
-                    "kiln: listed the installed packages during the build, from {step_image} (step {}, the last that writes files)",
-                    f.step
-                ));
-                Ok(Some(listing))
-            }
-            _ => {
-                log.line(format!(
-                    "kiln: {step_image} is not the image of step {} of this build; listing the finished image",
-                    f.step
-                ));
-                Ok(None)
-            }
-        }
+        Ok(Built {
+            image_id: built.image_id,
+            final_files,
+        })
     }
 
     /// Retag the image of job `from`; `None` when it vanished from the Engine and the registry
