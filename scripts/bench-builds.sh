@@ -359,85 +359,43 @@ CFG_PLAIN=$WORK/kiln-plain.toml
 config "$CFG_CA" 2 1
 config "$CFG_PLAIN" 2 0
 
-# --- part 6: overhead with a registry: build + push ----------------------------------------
+# --- parts 1 and 6: overhead vs docker build (6: with a registry, both push) ---------------
 
 CFG_PUSH=$WORK/kiln-push.toml
 { cat "$CFG_CA"; printf 'registry = "%s"\n' "$REG"; } >"$CFG_PUSH"
 
-part6_kiln() {  # part6_kiln ROUND DIR BASE
-  local i=$1 dir=$2 base=$3 name=$TAG-p6k$1 t sha
+overhead_kiln() {  # overhead_kiln PART ROUND DIR BASE
+  local p=$1 i=$2 dir=$3 base=$4 name=$TAG-p$1k$2 t cfg=$CFG_CA what="kiln sync"
   new_repo "$dir/repo"
   spec_yaml "$name" "$base" "[curl, jq]" "[six==1.16.0]" >"$dir/repo/$name.yaml"
-  git_commit "$dir/repo" "p6 round $i"
-  sha=$(git -C "$dir/repo" rev-parse --short=7 HEAD)
-  printf '%s\n' "$REG/$name:r1-$sha" "$REG/$name:latest" >>"$WORK/bases"
-  if kiln_sync t "$dir/kiln.log" "$CFG_PUSH" "$dir/repo" "$dir/data"; then
-    record p6.kiln_ms "$t"; say "p6 round $i: kiln sync + push $(sec "$t") s"
+  git_commit "$dir/repo" "p$p round $i"
+  if [[ $p == 6 ]]; then
+    cfg=$CFG_PUSH what="kiln sync + push"
+    printf '%s\n' "$REG/$name:r1-$(git -C "$dir/repo" rev-parse --short=7 HEAD)" "$REG/$name:latest" >>"$WORK/bases"
+  fi
+  if kiln_sync t "$dir/kiln.log" "$cfg" "$dir/repo" "$dir/data"; then
+    record "p$p.kiln_ms" "$t"; say "p$p round $i: $what $(sec "$t") s"
   else
-    fail_note "p6 kiln sync round $i" "$dir/kiln.log"
+    fail_note "p$p kiln sync round $i" "$dir/kiln.log"
   fi
 }
 
-part6_docker() {  # part6_docker ROUND DIR BASE
-  local i=$1 dir=$2 base=$3 name=$TAG-p6d$1 t
+overhead_docker() {  # overhead_docker PART ROUND DIR BASE
+  local p=$1 i=$2 dir=$3 base=$4 name=$TAG-p$1d$2 t img what="docker build"
   mkdir -p "$dir/ctx"
   spec_yaml "$name" "$base" "[curl, jq]" "[six==1.16.0]" >"$dir/$name.yaml"
   "$BIN" render --ca-bundle "$dir/$name.yaml" >"$dir/ctx/Dockerfile"
   cp "$CA" "$dir/ctx/kiln-ca-bundle.crt"
-  printf '%s\n' "$REG/$name:r1" "$REG/$name:latest" >>"$WORK/bases"
-  if timed t "$dir/docker.log" sh -c "docker build --no-cache -t '$REG/$name:r1' -t '$REG/$name:latest' '$dir/ctx' &&
-      docker push '$REG/$name:r1' && docker push '$REG/$name:latest'"; then
-    record p6.docker_ms "$t"; say "p6 round $i: docker build + push $(sec "$t") s"
-  else
-    fail_note "p6 docker build + push round $i" "$dir/docker.log"
+  local cmd=(docker build --no-cache -t "kiln/$name:bench" "$dir/ctx")
+  if [[ $p == 6 ]]; then
+    img=$REG/$name what="docker build + push"
+    printf '%s\n' "$img:r1" "$img:latest" >>"$WORK/bases"
+    cmd=(sh -c 'docker build --no-cache -t "$1:r1" -t "$1:latest" "$2" && docker push "$1:r1" && docker push "$1:latest"' sh "$img" "$dir/ctx")
   fi
-}
-
-part6_round() {
-  local i=$1 dir=$WORK/p6-$1 bk bd
-  rm -rf "$dir"
-  mkdir -p "$dir"
-  bk=$(fresh_base "$PY_BASE" py)
-  bd=$(fresh_base "$PY_BASE" py)
-  if ((i % 2)); then
-    part6_kiln "$i" "$dir" "$bk"; part6_docker "$i" "$dir" "$bd"
+  if timed t "$dir/docker.log" timeout "$SYNC_TIMEOUT" "${cmd[@]}"; then
+    record "p$p.docker_ms" "$t"; say "p$p round $i: $what $(sec "$t") s"
   else
-    part6_docker "$i" "$dir" "$bd"; part6_kiln "$i" "$dir" "$bk"
-  fi
-  remove_images "^kiln/$TAG-p6[kd]$i:|^$REG/$TAG-p6[kd]$i:"
-  drop_base "$bk"; drop_base "$bd"
-  rm -rf "$dir/data"
-}
-part6() {
-  say "== part 6: kiln sync with a registry vs docker build --no-cache + docker push ($RUNS rounds)"
-  local i
-  for ((i = 1; i <= RUNS; i++)); do round part6_round "$i"; done
-}
-
-# --- part 1: overhead vs docker build ------------------------------------------------------
-
-part1_kiln() {  # part1_kiln ROUND DIR BASE
-  local i=$1 dir=$2 base=$3 name=$TAG-p1k$1 t
-  new_repo "$dir/repo"
-  spec_yaml "$name" "$base" "[curl, jq]" "[six==1.16.0]" >"$dir/repo/$name.yaml"
-  git_commit "$dir/repo" "p1 round $i"
-  if kiln_sync t "$dir/kiln.log" "$CFG_CA" "$dir/repo" "$dir/data"; then
-    record p1.kiln_ms "$t"; say "p1 round $i: kiln sync $(sec "$t") s"
-  else
-    fail_note "p1 kiln sync round $i" "$dir/kiln.log"
-  fi
-}
-
-part1_docker() {  # part1_docker ROUND DIR BASE
-  local i=$1 dir=$2 base=$3 name=$TAG-p1d$1 t
-  mkdir -p "$dir/ctx"
-  spec_yaml "$name" "$base" "[curl, jq]" "[six==1.16.0]" >"$dir/$name.yaml"
-  "$BIN" render --ca-bundle "$dir/$name.yaml" >"$dir/ctx/Dockerfile"
-  cp "$CA" "$dir/ctx/kiln-ca-bundle.crt"
-  if timed t "$dir/docker.log" timeout "$SYNC_TIMEOUT" docker build --no-cache -t "kiln/$name:bench" "$dir/ctx"; then
-    record p1.docker_ms "$t"; say "p1 round $i: docker build $(sec "$t") s"
-  else
-    fail_note "p1 docker build round $i" "$dir/docker.log"
+    fail_note "p$p $what round $i" "$dir/docker.log"
   fi
 }
 
@@ -457,26 +415,31 @@ part1_pieces() {  # part1_pieces ROUND DIR BASE
   fi
 }
 
-part1_round() {
-  local i=$1 dir=$WORK/p1-$1 bk bd
+overhead_round() {  # overhead_round PART ROUND
+  local p=$1 i=$2 dir=$WORK/p$1-$2 bk bd
   rm -rf "$dir"
   mkdir -p "$dir"
   bk=$(fresh_base "$PY_BASE" py)
   bd=$(fresh_base "$PY_BASE" py)
   if ((i % 2)); then
-    part1_kiln "$i" "$dir" "$bk"; part1_docker "$i" "$dir" "$bd"
+    overhead_kiln "$p" "$i" "$dir" "$bk"; overhead_docker "$p" "$i" "$dir" "$bd"
   else
-    part1_docker "$i" "$dir" "$bd"; part1_kiln "$i" "$dir" "$bk"
+    overhead_docker "$p" "$i" "$dir" "$bd"; overhead_kiln "$p" "$i" "$dir" "$bk"
   fi
-  part1_pieces "$i" "$dir" "$bk"
-  remove_images "^kiln/$TAG-p1[kd]$i:"
+  [[ $p == 1 ]] && part1_pieces "$i" "$dir" "$bk"
+  remove_images "^kiln/$TAG-p$p[kd]$i:|^$REG/$TAG-p$p[kd]$i:"
   drop_base "$bk"; drop_base "$bd"
   rm -rf "$dir/data" "$dir/data-nobuild"
 }
 part1() {
   say "== part 1: kiln sync vs docker build --no-cache ($RUNS rounds, alternating order)"
   local i
-  for ((i = 1; i <= RUNS; i++)); do round part1_round "$i"; done
+  for ((i = 1; i <= RUNS; i++)); do round overhead_round 1 "$i"; done
+}
+part6() {
+  say "== part 6: kiln sync with a registry vs docker build --no-cache + docker push ($RUNS rounds)"
+  local i
+  for ((i = 1; i <= RUNS; i++)); do round overhead_round 6 "$i"; done
 }
 
 # --- part 2: a big build log ---------------------------------------------------------------
