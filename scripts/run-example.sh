@@ -36,10 +36,10 @@ mkdir -p .kiln
 cat > .kiln/kiln.toml <<TOML
 # Written by scripts/run-example.sh for the local demo environment (see deploy/kiln.toml for
 # every key).
-repo = "."
+repo = "$(pwd)"
 branch = "main"
 specs_dir = "specs-example"
-data_dir = ".kiln"
+data_dir = "$(pwd)/.kiln"
 registry = "127.0.0.1:5000"
 docker_config = "${KILN_ENV_DIR:-/var/lib/kiln-env}/docker-config/config.json"
 ca_bundle = "/etc/ssl/certs/ca-certificates.crt"
