@@ -6,8 +6,9 @@
 //! base image's credential (`pullSecret`), refresh the base and read its user → render the
 //! final Dockerfile → build (or, for a re-use, retag the earlier image) → push every tag →
 //! `succeeded` / `reused` / `failed`. What is inside the image is listed by one throw-away
-//! container that overlaps other work: it starts from the image of the last step that
-//! writes files while the builder still writes the labels, or runs during the push. Log lines
+//! container that runs beside the build's last steps and the push, so it adds no time to a job
+//! that pushes: it starts from the image of the last step that writes files while the builder
+//! still writes the labels (or from the finished image). Log lines
 //! stream through a bounded hand-off to one writer task that appends them to the store in
 //! batches with timestamps.
 //!
