@@ -719,6 +719,42 @@ async fn run_capture_exit_codes_and_limits() {
         .await
         .unwrap_err();
     assert!(matches!(err, EngineError::NoImage(_)), "{err:?}");
+
+    // A cancelled job stops waiting at once, and the container is removed all the same.
+    let cancel = CancellationToken::new();
+    let later = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        later.cancel();
+    });
+    let started = Instant::now();
+    let err = engine
+        .run_capture_until(BASE, &["sleep", "31.25"], &cancel)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::Cancelled), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    let left = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--no-trunc",
+            "--filter",
+            "label=io.kiln.run-capture",
+            "--format",
+            "{{.Command}}",
+        ])
+        .output()
+        .unwrap();
+    let left = String::from_utf8_lossy(&left.stdout);
+    assert!(
+        !left.contains("31.25"),
+        "the cancelled container is still there: {left}"
+    );
 }
 
 /// dev-env's TLS listener of the same Engine, and its client files (DOCKER_CERT_PATH layout).

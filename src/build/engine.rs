@@ -843,6 +843,18 @@ impl Engine {
         image: &str,
         cmd: &[&str],
     ) -> Result<(i64, String), EngineError> {
+        self.run_capture_until(image, cmd, &CancellationToken::new())
+            .await
+    }
+
+    /// [`Engine::run_capture`] that stops waiting when `cancel` fires
+    /// ([`EngineError::Cancelled`]); the container is removed then too.
+    pub async fn run_capture_until(
+        &self,
+        image: &str,
+        cmd: &[&str],
+        cancel: &CancellationToken,
+    ) -> Result<(i64, String), EngineError> {
         let Some((program, args)) = cmd.split_first() else {
             return Err(EngineError::Other("run_capture needs a command".into()));
         };
@@ -875,7 +887,11 @@ impl Engine {
                 e => self.map_err(e, Op::Other("container create"), None),
             })?;
         let id = created.id;
-        let result = tokio::time::timeout(RUN_CAPTURE_TIMEOUT, self.run_created(&id)).await;
+        // Only the wait is cut short: the removal below runs in every case.
+        let result = tokio::select! {
+            result = tokio::time::timeout(RUN_CAPTURE_TIMEOUT, self.run_created(&id)) => result,
+            _ = cancel.cancelled() => Ok(Err(EngineError::Cancelled)),
+        };
         let remove = RemoveContainerOptionsBuilder::default()
             .force(true)
             .v(true)

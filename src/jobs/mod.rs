@@ -438,8 +438,10 @@ impl Workers {
             let _ = built_tx.send(built);
             self.push_all(job, &tags, log, cancel).await
         };
-        let (pushed, listing) =
-            tokio::join!(build_and_push, self.list_alongside(step_rx, built_rx));
+        let (pushed, listing) = tokio::join!(
+            build_and_push,
+            self.list_alongside(step_rx, built_rx, cancel)
+        );
         pushed?;
         if let Some((listing, note)) = listing {
             if listing.is_ok() {
@@ -459,9 +461,10 @@ impl Workers {
         &self,
         step_image: tokio::sync::oneshot::Receiver<String>,
         built: tokio::sync::oneshot::Receiver<Built>,
+        cancel: &CancellationToken,
     ) -> Option<(Listing, String)> {
         let early = match step_image.await {
-            Ok(image) => Some((self.list_installed(&image).await, image)),
+            Ok(image) => Some((self.list_installed(&image, cancel).await, image)),
             Err(_) => None,
         };
         let built = built.await.ok()?;
@@ -477,7 +480,7 @@ impl Workers {
                 );
                 return Some((listing, note));
             }
-            let listing = self.list_installed(&built.image_id).await;
+            let listing = self.list_installed(&built.image_id, cancel).await;
             let note = format!(
                 "kiln: {image} is not the image of step {} of this build; listed the finished image",
                 f.step
@@ -485,7 +488,7 @@ impl Workers {
             return Some((listing, note));
         }
         let note = format!("kiln: listed the installed packages of {}", built.image_id);
-        Some((self.list_installed(&built.image_id).await, note))
+        Some((self.list_installed(&built.image_id, cancel).await, note))
     }
 
     /// Builds the image. Sends the image of the last step that writes files on `step_image`
@@ -685,7 +688,7 @@ impl Workers {
 
     /// Lists what is inside the image (apt, pip, conda), or says why it could not. Touches
     /// neither the job nor its log, so it runs while the image is pushed.
-    async fn list_installed(&self, image: &str) -> Listing {
+    async fn list_installed(&self, image: &str, cancel: &CancellationToken) -> Listing {
         // One container for all three listings; a manager the image lacks lists nothing. pip's
         // list comes from importlib.metadata (what `pip list` reads, first of a name on
         // sys.path wins) because starting pip itself costs ~0.8 s per build; `pip list` is
@@ -696,7 +699,7 @@ impl Workers {
             command -v conda >/dev/null 2>&1 && conda list --export 2>/dev/null; exit 0";
         match self
             .engine
-            .run_capture(image, &["/bin/sh", "-c", SCRIPT])
+            .run_capture_until(image, &["/bin/sh", "-c", SCRIPT], cancel)
             .await
         {
             Ok((0, out)) => {
