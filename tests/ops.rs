@@ -5,7 +5,7 @@
 mod common;
 
 use common::{
-    GitRepo, Server, engine_available, kiln, slow_uncached_packages, spec, wait_until_building,
+    GitRepo, Server, engine_available, kiln, slow_uncached_spec, spec, wait_until_building,
 };
 use kiln::model::{JobPlan, JobStatus};
 use kiln::reconcile::{NewJob, Plan};
@@ -281,10 +281,7 @@ async fn a_backup_taken_during_a_running_build_restores_into_a_fresh_kiln() {
     let slow = unique("ops-slow");
     let mut repo = GitRepo::init(&tmp.path().join("repo"));
     repo.write(&format!("{fast}.yaml"), &spec(&fast, &["jq"]));
-    repo.write(
-        &format!("{slow}.yaml"),
-        &spec(&slow, &slow_uncached_packages()),
-    );
+    repo.write(&format!("{slow}.yaml"), &slow_uncached_spec(&slow));
     repo.commit("two images");
     let cfg = tmp.path().join("kiln.toml");
     std::fs::write(&cfg, "registry = '127.0.0.1:5000'\n").unwrap();

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{
-    GitRepo, Server, engine_available, free_port, slow_uncached_packages, spec, sync,
+    GitRepo, Server, engine_available, free_port, slow_uncached_spec, spec, sync,
     wait_until_building,
 };
 use std::path::Path;
@@ -133,10 +133,7 @@ async fn a_commit_during_a_build_stops_it_and_builds_the_new_one() {
     let name = unique("orch-stop");
     let mut repo = GitRepo::init(&tmp.path().join("repo"));
     // A slow first revision: a compiler toolchain takes a while to download and unpack.
-    repo.write(
-        &format!("{name}.yaml"),
-        &spec(&name, &slow_uncached_packages()),
-    );
+    repo.write(&format!("{name}.yaml"), &slow_uncached_spec(&name));
     let first = repo.commit("slow build");
     let cfg = config(tmp.path(), "127.0.0.1:5000", "");
     let data = tmp.path().join("data");
@@ -408,8 +405,7 @@ async fn a_build_over_its_timeout_fails_and_stops() {
     let tmp = tempfile::tempdir().unwrap();
     let name = unique("orch-timeout");
     let mut repo = GitRepo::init(&tmp.path().join("repo"));
-    let packages = slow_uncached_packages();
-    repo.write(&format!("{name}.yaml"), &spec(&name, &packages));
+    repo.write(&format!("{name}.yaml"), &slow_uncached_spec(&name));
     repo.commit("slow");
     let path = tmp.path().join("kiln.toml");
     std::fs::write(&path, "build_timeout = 3\nmax_attempts = 1\n").unwrap();
@@ -445,10 +441,7 @@ async fn sigterm_lets_builds_finish_within_the_grace_then_requeues_them() {
     let tmp = tempfile::tempdir().unwrap();
     let name = unique("orch-term");
     let mut repo = GitRepo::init(&tmp.path().join("repo"));
-    repo.write(
-        &format!("{name}.yaml"),
-        &spec(&name, &slow_uncached_packages()),
-    );
+    repo.write(&format!("{name}.yaml"), &slow_uncached_spec(&name));
     repo.commit("slow");
     let cfg = config(tmp.path(), "127.0.0.1:5000", "shutdown_grace = 1\n");
     let data = tmp.path().join("data");
