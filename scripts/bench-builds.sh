@@ -407,7 +407,7 @@ part1_pieces() {  # part1_pieces ROUND DIR BASE
   timed t "$dir/pull.log" docker pull "$base" && record p1.pull_refresh_ms "$t"
   local s
   s=$(now_ms)
-  # The one listing container Kiln runs (jobs::record_installed): dpkg, pip via importlib.metadata, conda.
+  # The one listing container Kiln runs (Workers::list_installed): dpkg, pip via importlib.metadata, conda.
   docker run --rm --network none "$img" sh -c "dpkg-query -W >/dev/null 2>&1; python3 -c 'import importlib.metadata as m; [d.version for d in m.distributions()]' >/dev/null 2>&1; command -v conda >/dev/null && conda list --export >/dev/null 2>&1; exit 0" || true
   record p1.probes_ms $(($(now_ms) - s))
   if kiln_sync t "$dir/nobuild.log" "$CFG_CA" "$dir/repo" "$dir/data-nobuild" --no-build; then

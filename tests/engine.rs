@@ -195,7 +195,7 @@ async fn build(
     };
     let mut sink = log.sink();
     engine
-        .build(&req, &mut sink, &CancellationToken::new())
+        .build(&req, None, &mut sink, &CancellationToken::new())
         .await
         .map(|b| b.image_id)
 }
@@ -256,7 +256,11 @@ async fn trivial_build_logs_whole_lines_and_applies_all_tags() {
     assert!(!log2.text().contains("pulling"), "{}", log2.text());
 
     let (code, out) = engine
-        .run_capture(&tags[0], &["cat", "/etc/debian_version"])
+        .run_capture(
+            &tags[0],
+            &["cat", "/etc/debian_version"],
+            &CancellationToken::new(),
+        )
         .await
         .unwrap();
     assert_eq!(code, 0);
@@ -284,13 +288,14 @@ async fn apt_build_installs_jq() {
         .run_capture(
             &tags[0],
             &["dpkg-query", "-W", "-f=${Package}=${Version}\\n"],
+            &CancellationToken::new(),
         )
         .await
         .unwrap();
     assert_eq!(code, 0);
     assert!(out.lines().any(|l| l.starts_with("jq=")), "{out}");
     let (code, out) = engine
-        .run_capture(&tags[0], &["jq", "-n", "1+2"])
+        .run_capture(&tags[0], &["jq", "-n", "1+2"], &CancellationToken::new())
         .await
         .unwrap();
     assert_eq!((code, out.trim()), (0, "3"));
@@ -321,13 +326,14 @@ async fn pip_build_with_ca_bundle_installs_six() {
         ..Default::default()
     };
     engine
-        .build(&req, &mut log.sink(), &CancellationToken::new())
+        .build(&req, None, &mut log.sink(), &CancellationToken::new())
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", log.text()));
     let (code, out) = engine
         .run_capture(
             &tags[0],
             &["python3", "-c", "import six; print(six.__version__)"],
+            &CancellationToken::new(),
         )
         .await
         .unwrap();
@@ -336,6 +342,7 @@ async fn pip_build_with_ca_bundle_installs_six() {
         .run_capture(
             &tags[0],
             &["python3", "-m", "pip", "list", "--format=freeze"],
+            &CancellationToken::new(),
         )
         .await
         .unwrap();
@@ -640,7 +647,7 @@ async fn cancel_stops_a_running_build() {
                 tags: &tags,
                 ..Default::default()
             };
-            engine.build(&req, &mut log.sink(), &cancel).await
+            engine.build(&req, None, &mut log.sink(), &cancel).await
         })
     };
     // Wait until the RUN step is running (its echo reached the log).
@@ -699,23 +706,35 @@ async fn run_capture_exit_codes_and_limits() {
     let test = "run-capture";
     let engine = engine_or_skip!(test);
     let (code, out) = engine
-        .run_capture(BASE, &["sh", "-c", "echo out; echo err >&2; exit 3"])
+        .run_capture(
+            BASE,
+            &["sh", "-c", "echo out; echo err >&2; exit 3"],
+            &CancellationToken::new(),
+        )
         .await
         .unwrap();
     assert_eq!((code, out.as_str()), (3, "out\n"));
     let (code, _) = engine
-        .run_capture(BASE, &["no-such-program-kiln"])
+        .run_capture(BASE, &["no-such-program-kiln"], &CancellationToken::new())
         .await
         .unwrap();
     assert_eq!(code, 127);
     let (code, out) = engine
-        .run_capture(BASE, &["head", "-c", "5000000", "/dev/zero"])
+        .run_capture(
+            BASE,
+            &["head", "-c", "5000000", "/dev/zero"],
+            &CancellationToken::new(),
+        )
         .await
         .unwrap();
     assert_eq!(code, 0);
     assert_eq!(out.len(), kiln::build::engine::RUN_CAPTURE_LIMIT);
     let err = engine
-        .run_capture("kiln-test/no-such-image:nope", &["true"])
+        .run_capture(
+            "kiln-test/no-such-image:nope",
+            &["true"],
+            &CancellationToken::new(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, EngineError::NoImage(_)), "{err:?}");
@@ -729,7 +748,7 @@ async fn run_capture_exit_codes_and_limits() {
     });
     let started = Instant::now();
     let err = engine
-        .run_capture_until(BASE, &["sleep", "31.25"], &cancel)
+        .run_capture(BASE, &["sleep", "31.25"], &cancel)
         .await
         .unwrap_err();
     assert!(matches!(err, EngineError::Cancelled), "{err:?}");

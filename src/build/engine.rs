@@ -604,18 +604,10 @@ impl Engine {
     /// Engine's text on an HTTP error, on an `errorDetail` in the stream, and when the stream
     /// ends without an image id. When `cancel` fires the request is dropped, which closes the
     /// connection and makes the Engine stop the build; [`EngineError::Cancelled`] follows.
+    ///
+    /// With `watch`, the image of step `watch.step` is sent as soon as the builder moves past
+    /// it, while the build goes on.
     pub async fn build(
-        &self,
-        req: &BuildRequest<'_>,
-        log: &mut dyn LogSink,
-        cancel: &CancellationToken,
-    ) -> Result<BuiltImage, EngineError> {
-        self.build_watching(req, None, log, cancel).await
-    }
-
-    /// [`Engine::build`], also sending the image of step `watch.step` as soon as the builder
-    /// moves past it.
-    pub async fn build_watching(
         &self,
         req: &BuildRequest<'_>,
         watch: Option<StepImage>,
@@ -838,18 +830,9 @@ impl Engine {
     /// `image`, without network, and returns its exit code and stdout (at most
     /// [`RUN_CAPTURE_LIMIT`] bytes, lossily decoded as UTF-8). The container is removed
     /// afterwards in every case. A command the image does not have gives exit code 127.
+    /// When `cancel` fires it stops waiting ([`EngineError::Cancelled`]); the container is
+    /// removed then too.
     pub async fn run_capture(
-        &self,
-        image: &str,
-        cmd: &[&str],
-    ) -> Result<(i64, String), EngineError> {
-        self.run_capture_until(image, cmd, &CancellationToken::new())
-            .await
-    }
-
-    /// [`Engine::run_capture`] that stops waiting when `cancel` fires
-    /// ([`EngineError::Cancelled`]); the container is removed then too.
-    pub async fn run_capture_until(
         &self,
         image: &str,
         cmd: &[&str],
@@ -1128,7 +1111,8 @@ where
         if let Some(id) = line.strip_prefix("Successfully built ") {
             outcome.built_line_id = Some(id.trim().to_string());
         }
-        if let Some((step, image)) = steps.line(&line)
+        if watch.is_some()
+            && let Some((step, image)) = steps.line(&line)
             && let Some(w) = watch.take_if(|w| w.step == step)
         {
             // The receiver may be gone (the job no longer wants it): nothing to do then.
@@ -2149,6 +2133,14 @@ mod tests {
         "Successfully built 4e5f6a7b8c9d",
     ];
 
+    /// [`CLASSIC_TRANSCRIPT`] without the RUN step's imitations.
+    fn honest_transcript() -> impl Iterator<Item = &'static str> {
+        CLASSIC_TRANSCRIPT
+            .iter()
+            .copied()
+            .filter(|l| !l.contains("fake") && !l.contains("deadbeef") && !l.contains("nonsense"))
+    }
+
     #[test]
     fn step_tracker_reads_each_steps_image() {
         let mut steps = StepTracker::default();
@@ -2167,13 +2159,9 @@ mod tests {
                 (4, "3d4e5f6a7b8c".to_string()),
             ]
         );
-        let honest: Vec<&str> = CLASSIC_TRANSCRIPT
-            .iter()
-            .copied()
-            .filter(|l| !l.contains("fake") && !l.contains("deadbeef") && !l.contains("nonsense"))
-            .collect();
         let mut steps = StepTracker::default();
-        let done: Vec<(usize, String)> = honest.iter().filter_map(|l| steps.line(l)).collect();
+        let done: Vec<(usize, String)> =
+            honest_transcript().filter_map(|l| steps.line(l)).collect();
         assert_eq!(
             done,
             [
@@ -2187,9 +2175,7 @@ mod tests {
 
     #[tokio::test]
     async fn build_stream_hands_over_a_steps_image_while_the_build_goes_on() {
-        let honest: Vec<String> = CLASSIC_TRANSCRIPT
-            .iter()
-            .filter(|l| !l.contains("fake") && !l.contains("deadbeef") && !l.contains("nonsense"))
+        let honest: Vec<String> = honest_transcript()
             .take_while(|l| !l.starts_with("Step 5/5"))
             .map(|l| serde_json::json!({ "stream": format!("{l}\n") }).to_string())
             .collect();

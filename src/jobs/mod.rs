@@ -579,10 +579,7 @@ impl Workers {
             step: f.step,
             tx: step_image,
         });
-        let built = self
-            .engine
-            .build_watching(&request, watch, log, cancel)
-            .await?;
+        let built = self.engine.build(&request, watch, log, cancel).await?;
         log.line(format!("kiln: built image {}", built.image_id));
         job.image = Some(tags[0].clone());
         job.image_digest = Some(built.image_id.clone());
@@ -699,7 +696,7 @@ impl Workers {
             command -v conda >/dev/null 2>&1 && conda list --export 2>/dev/null; exit 0";
         match self
             .engine
-            .run_capture_until(image, &["/bin/sh", "-c", SCRIPT], cancel)
+            .run_capture(image, &["/bin/sh", "-c", SCRIPT], cancel)
             .await
         {
             Ok((0, out)) => {

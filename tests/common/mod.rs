@@ -91,12 +91,25 @@ pub fn engine_available() -> bool {
     ok
 }
 
+/// A tool a test needs is missing: with `CI=true` that fails the test (the CI script installs
+/// the tool), elsewhere the test is skipped with a loud message.
+pub fn missing_tool(what: &str, install: &str) {
+    assert!(
+        std::env::var("CI").map(|v| v != "true").unwrap_or(true),
+        "CI=true but {what} is missing: {install}"
+    );
+    eprintln!("\n*** SKIPPED: {what} is missing ({install}) ***\n");
+}
+
 /// A spec file with the given apt packages on the local base image.
 pub fn spec(name: &str, apt: &[&str]) -> String {
+    spec_on(name, "127.0.0.1:5000/kiln/bookworm:minbase", apt)
+}
+
+/// A spec file with the given apt packages on `base`.
+pub fn spec_on(name: &str, base: &str, apt: &[&str]) -> String {
     let list: String = apt.iter().map(|p| format!("    - {p}\n")).collect();
-    format!(
-        "name: {name}\nbaseImage: 127.0.0.1:5000/kiln/bookworm:minbase\npackages:\n  apt:\n{list}"
-    )
+    format!("name: {name}\nbaseImage: {base}\npackages:\n  apt:\n{list}")
 }
 
 /// A spec whose build is slow (a compiler toolchain to download and unpack) and that no earlier
@@ -126,11 +139,7 @@ pub fn slow_uncached_spec(name: &str) -> String {
         .output()
         .unwrap();
     assert!(pushed.status.success(), "docker push {base}: {pushed:?}");
-    let list: String = ["gcc", "g++", "make", "perl"]
-        .iter()
-        .map(|p| format!("    - {p}\n"))
-        .collect();
-    format!("name: {name}\nbaseImage: {base}\npackages:\n  apt:\n{list}")
+    spec_on(name, &base, &["gcc", "g++", "make", "perl"])
 }
 
 /// Wait until r1 of `spec` runs and its build is really under way in the Engine.
