@@ -644,10 +644,12 @@ WORKER_TCP_BASE=2376
 
 worker_count() {
     local n=${KILN_WORKERS:-2}
-    [[ $n =~ ^[0-9]+$ ]] && ((n <= 55)) || die "KILN_WORKERS must be a number from 0 to 55 (got '$n')"
+    if ! [[ $n =~ ^[0-9]+$ ]] || ((n > 55)); then die "KILN_WORKERS must be a number from 0 to 55 (got '$n')"; fi
     printf '%s\n' "$n"
 }
-worker_check_index() { [[ ${1:-} =~ ^[1-9][0-9]*$ ]] && (($1 <= 55)) || die "worker index must be 1..55 (got '${1:-}')"; }
+worker_check_index() {
+    if ! [[ ${1:-} =~ ^[1-9][0-9]*$ ]] || (($1 > 55)); then die "worker index must be 1..55 (got '${1:-}')"; fi
+}
 worker_dir() { printf '%s\n' "$STATE/worker-$1"; }
 worker_run() { printf '/run/kiln-w%s\n' "$1"; }
 worker_sock() { printf '%s/docker.sock\n' "$(worker_run "$1")"; }
@@ -679,13 +681,13 @@ descendants() {
         parent_of[$pid]=$ppid
     done
     local -a queue=("$@") out=()
-    local -A seen=()
+    local -A visited=()
     while ((${#queue[@]})); do
         local p=${queue[0]}
         queue=("${queue[@]:1}")
         for pid in "${!parent_of[@]}"; do
-            if [[ ${parent_of[$pid]} == "$p" && -z ${seen[$pid]:-} ]]; then
-                seen[$pid]=1
+            if [[ ${parent_of[$pid]} == "$p" && -z ${visited[$pid]:-} ]]; then
+                visited[$pid]=1
                 out+=("$pid")
                 queue+=("$pid")
             fi
@@ -815,6 +817,12 @@ worker_stop() {
     local i=$1
     stop_pid "$(worker_pidfile "$i")" dockerd 30 "worker $i"
     worker_cleanup "$i"
+    # The exec root is runtime state only: gone once nothing is mounted under it any more.
+    local run
+    run=$(worker_run "$i")
+    if ! awk -v b="$run/" 'index($5, b) == 1 { found = 1 } END { exit !found }' /proc/self/mountinfo; then
+        rm -rf "$run"
+    fi
     check_docker0 "after stopping worker $i"
 }
 
