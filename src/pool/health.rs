@@ -307,6 +307,88 @@ mod tests {
         assert!(err.contains("no answer within 0.3 s"), "{err}");
     }
 
+    /// Runs `scripts/dev-env.sh ARGS`, failing the test with its output when it fails.
+    async fn dev_env(args: &[&str]) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/dev-env.sh");
+        let out = tokio::process::Command::new(&script)
+            .args(args)
+            .output()
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "dev-env.sh {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Stops the test's own worker Engine however the test ends.
+    struct StopWorker(&'static str);
+    impl Drop for StopWorker {
+        fn drop(&mut self) {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/dev-env.sh");
+            let _ = std::process::Command::new(script)
+                .args(["worker-stop", self.0])
+                .output();
+        }
+    }
+
+    /// Waits for `rx` to satisfy `pred`; a hang guard only (fails after minutes, asserts no
+    /// speed).
+    async fn wait_until(
+        rx: &mut watch::Receiver<Health>,
+        pred: impl Fn(&Health) -> bool,
+    ) -> Health {
+        tokio::time::timeout(Duration::from_secs(180), rx.wait_for(|h| pred(h)))
+            .await
+            .expect("the probe's state did not change for 3 minutes")
+            .expect("the probe task ended")
+            .clone()
+    }
+
+    #[tokio::test]
+    async fn a_worker_killed_with_sigkill_turns_unhealthy_and_healthy_again_once_restarted() {
+        if dev_env_workers().is_none() {
+            return;
+        }
+        // A worker Engine of this test's own (index 50), so the shared ones are left alone.
+        let _stop = StopWorker("50");
+        dev_env(&["worker-start", "50"]).await;
+        let shutdown = CancellationToken::new();
+        let worker = WorkerConfig {
+            name: "w50".into(),
+            ..docker_worker("unix:///run/kiln-w50/docker.sock", None)
+        };
+        let (mut rx, task) = spawn_probe(
+            worker,
+            Duration::from_millis(200),
+            PROBE_TIMEOUT,
+            shutdown.clone(),
+        );
+        assert!(
+            wait_until(&mut rx, |h| *h != Health::Unknown)
+                .await
+                .is_healthy()
+        );
+
+        dev_env(&["worker-kill", "50"]).await;
+        let down = wait_until(&mut rx, |h| !h.is_healthy()).await;
+        let error = down.error().unwrap_or_default();
+        assert!(
+            error.contains("unix:///run/kiln-w50/docker.sock"),
+            "{down:?}"
+        );
+        let went_down = down.since().unwrap();
+
+        dev_env(&["worker-start", "50"]).await;
+        let up = wait_until(&mut rx, Health::is_healthy).await;
+        assert!(up.since().unwrap() >= went_down, "{up:?} after {down:?}");
+
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+
     #[tokio::test]
     async fn the_probe_task_publishes_health_and_stops_on_shutdown() {
         let Some(vars) = dev_env_workers() else {
