@@ -3,7 +3,13 @@
 #
 #   scripts/dev-env.sh [up]    install packages, start dockerd + two registries, build/push base images
 #   scripts/dev-env.sh status  show what runs and what is present
-#   scripts/dev-env.sh stop    stop the dockerd and registries that this script started
+#   scripts/dev-env.sh stop    stop the worker Engines, dockerd and registries that this script started
+#
+# Worker Engines for the pool tests (`up` starts them too; KILN_WORKERS=N, default 2, 0 = none):
+#   scripts/dev-env.sh workers-up | workers-down | workers-status
+#   scripts/dev-env.sh worker-start N | worker-stop N   start / gracefully stop worker N (1-based)
+#   scripts/dev-env.sh worker-kill N    kill -9 worker N's dockerd (a crash; worker-start cleans up)
+#   scripts/dev-env.sh worker-reset N   stop worker N, delete its data root, start it (a cold worker)
 #
 # Idempotent: every step checks first and says "already ..." when nothing is to do.
 #
@@ -20,6 +26,11 @@
 #     client certificates made with openssl in $KILN_ENV_DIR/docker-tls/ (client files in
 #     docker-tls/client/{ca,cert,key}.pem, the DOCKER_CERT_PATH layout; a client signed by
 #     another CA in docker-tls/wrong-ca/ for tests that must be refused)
+#   - worker Engines w1..wN: dockerd with its own --data-root ($KILN_ENV_DIR/worker-N/data),
+#     --exec-root (/run/kiln-wN/exec), --pidfile ($KILN_ENV_DIR/run/worker-N.pid), socket
+#     unix:///run/kiln-wN/docker.sock and tcp://127.0.0.1:(2376+N) with mutual TLS (same CA,
+#     server and client certificates as above), sharing docker0 (see section 5 below); their
+#     endpoints in $KILN_ENV_DIR/workers.env and as kiln.toml tables in $KILN_ENV_DIR/workers.toml
 #
 # Environment overrides:
 #   KILN_ENV_DIR            state dir (default /var/lib/kiln-env)
@@ -27,6 +38,7 @@
 #   KILN_DEBIAN_SECURITY    Debian security mirror (default: the one the host's apt uses)
 #   KILN_DOCKER_DATA_ROOT   dockerd --data-root (default /var/lib/docker)
 #   KILN_DOCKERD_FLAGS      extra dockerd flags, replaces the automatic fallback chain
+#   KILN_WORKERS            number of worker Engines `up` and `workers-up` keep running (default 2)
 set -Eeuo pipefail
 
 STATE=${KILN_ENV_DIR:-/var/lib/kiln-env}
@@ -611,6 +623,296 @@ ensure_pushed() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# 5. worker Engines (the pool tests): extra dockerds on this machine, each with its own state
+# ---------------------------------------------------------------------------------------------
+# Worker i (1..KILN_WORKERS) is a dockerd with
+#   --data-root $STATE/worker-i/data   --exec-root /run/kiln-wi/exec   --pidfile $RUN_DIR/worker-i.pid
+#   -H unix:///run/kiln-wi/docker.sock  -H tcp://127.0.0.1:(2376+i) with mutual TLS (the main
+#   Engine's CA and server certificate; clients use $TLS_DIR/client like for the main Engine)
+# It shares the main Engine's bridge: `--bridge=docker0 --fixed-cidr=172.17.(200+i).0/24
+# --iptables=false --ip-forward=false --ip-masq=false`. A dockerd given `--bridge=none` or any
+# other bridge deletes the host's docker0 the moment it starts, and the main Engine then fails
+# every build and `docker run` ("could not find bridge docker0") until it is restarted. The
+# worker's containers reach the network through the main Engine's NAT rules (172.17.0.0/16).
+# The registries on 127.0.0.1 need no `insecure-registries`: dockerd treats 127.0.0.0/8 as
+# insecure (plain http) by default, and it pulls from the host's network namespace.
+# A dockerd killed with -9 leaves its containerd (and that containerd's shims, runc processes
+# and mounts) behind; worker-start and worker-stop clean that up by PID and by mount point.
+WORKERS_ENV=$STATE/workers.env
+WORKERS_TOML=$STATE/workers.toml
+WORKER_TCP_BASE=2376
+
+worker_count() {
+    local n=${KILN_WORKERS:-2}
+    if ! [[ $n =~ ^[0-9]+$ ]] || ((n > 55)); then die "KILN_WORKERS must be a number from 0 to 55 (got '$n')"; fi
+    printf '%s\n' "$n"
+}
+worker_check_index() {
+    if ! [[ ${1:-} =~ ^[1-9][0-9]*$ ]] || (($1 > 55)); then die "worker index must be 1..55 (got '${1:-}')"; fi
+}
+worker_dir() { printf '%s\n' "$STATE/worker-$1"; }
+worker_run() { printf '/run/kiln-w%s\n' "$1"; }
+worker_sock() { printf '%s/docker.sock\n' "$(worker_run "$1")"; }
+worker_pidfile() { printf '%s\n' "$RUN_DIR/worker-$1.pid"; }
+worker_log() { printf '%s\n' "$LOG_DIR/worker-$1.log"; }
+worker_port() { printf '%s\n' "$((WORKER_TCP_BASE + $1))"; }
+
+worker_answers() { docker -H "unix://$(worker_sock "$1")" version --format '{{.Server.Version}}' >/dev/null 2>&1; }
+worker_tls_answers() {
+    curl -sf -m 5 --cacert "$TLS_DIR/client/ca.pem" --cert "$TLS_DIR/client/cert.pem" \
+        --key "$TLS_DIR/client/key.pem" "https://127.0.0.1:$(worker_port "$1")/_ping" >/dev/null 2>&1
+}
+
+# The host's docker0 must exist before and after every worker start: say so loudly otherwise.
+check_docker0() {
+    ip link show docker0 >/dev/null 2>&1 ||
+        die "the host bridge docker0 is missing ($1): the main Engine cannot run containers until it is restarted"
+}
+
+# pids of every descendant of the given pids (children first found by ppid in /proc).
+descendants() {
+    local -A parent_of=()
+    local stat pid ppid rest
+    for stat in /proc/[0-9]*/stat; do
+        read -r pid rest <"$stat" 2>/dev/null || continue
+        rest=${rest##*) }
+        ppid=${rest#* }
+        ppid=${ppid%% *}
+        parent_of[$pid]=$ppid
+    done
+    local -a queue=("$@") out=()
+    local -A visited=()
+    while ((${#queue[@]})); do
+        local p=${queue[0]}
+        queue=("${queue[@]:1}")
+        for pid in "${!parent_of[@]}"; do
+            if [[ ${parent_of[$pid]} == "$p" && -z ${visited[$pid]:-} ]]; then
+                visited[$pid]=1
+                out+=("$pid")
+                queue+=("$pid")
+            fi
+        done
+    done
+    printf '%s\n' "${out[@]}"
+}
+
+# What a dead worker dockerd leaves behind: its containerd (pid file in the exec root), the
+# shims and runc processes naming its directories, their children (the containers), and
+# mounts under its data and exec roots. Never touches anything outside those directories.
+worker_cleanup() {
+    local i=$1 dir run pid pids=() cpid m n=0
+    dir=$(worker_dir "$i")
+    run=$(worker_run "$i")
+    if cpid=$(live_pid "$run/exec/containerd/containerd.pid" containerd); then pids+=("$cpid"); fi
+    for pid in /proc/[0-9]*; do
+        pid=${pid#/proc/}
+        [[ $pid == "$$" ]] && continue
+        case $(cat "/proc/$pid/comm" 2>/dev/null || true) in
+            containerd | containerd-shim* | runc | docker-proxy | dockerd) ;;
+            *) continue ;;
+        esac
+        if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qE -- "($run/|$dir/)"; then
+            [[ " ${pids[*]-} " == *" $pid "* ]] || pids+=("$pid")
+        fi
+    done
+    # Container processes outlive their runc / shim parents (re-parented to init): find them by
+    # cgroup, /docker/ID for the worker's containers and /docker/buildkit/ID for its BuildKit
+    # steps (the main Engine uses the same cgroup parents, but never the same IDs).
+    local -A ids=()
+    local d cg
+    for d in "$dir"/data/containers/* "$dir"/data/buildkit/executor/*; do
+        [[ -d $d ]] && ids[${d##*/}]=1
+    done
+    if ((${#ids[@]})); then
+        for cg in /proc/[0-9]*/cgroup; do
+            pid=${cg#/proc/}
+            pid=${pid%/cgroup}
+            d=$(awk -F: '$1 == "0" { print $3 }' "$cg" 2>/dev/null || true)
+            [[ $d == /docker/* ]] || continue
+            if [[ -n ${ids[${d##*/}]:-} && " ${pids[*]-} " != *" $pid "* ]]; then pids+=("$pid"); fi
+        done
+    fi
+    if ((${#pids[@]})); then
+        local all
+        mapfile -t all < <(descendants "${pids[@]}")
+        all+=("${pids[@]}")
+        kill -KILL "${all[@]}" 2>/dev/null || true
+        for ((n = 0; n < 50; n++)); do
+            local alive=0
+            for pid in "${all[@]}"; do [[ -d /proc/$pid ]] && alive=1; done
+            ((alive)) || break
+            sleep 0.1
+        done
+        say "worker $i: killed ${#all[@]} leftover process(es) (containerd pid ${cpid:-none}, shims, runc, containers)"
+    fi
+    # mounts under the worker's roots, deepest first
+    local -a mounts
+    mapfile -t mounts < <(awk -v a="$dir/" -v b="$run/" 'index($5, a) == 1 || index($5, b) == 1 { print $5 }' /proc/self/mountinfo | sort -r)
+    n=0
+    for m in "${mounts[@]}"; do
+        umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
+        n=$((n + 1))
+    done
+    ((n == 0)) || say "worker $i: unmounted $n leftover mount(s)"
+    rm -f "$(worker_pidfile "$i")" "$run/exec/containerd/containerd.pid"
+}
+
+worker_start() {
+    local i=$1 dir run sock pidfile log port pid k mtu mtu_flag=()
+    dir=$(worker_dir "$i")
+    run=$(worker_run "$i")
+    sock=$(worker_sock "$i")
+    pidfile=$(worker_pidfile "$i")
+    log=$(worker_log "$i")
+    port=$(worker_port "$i")
+    if pid=$(live_pid "$pidfile" dockerd) && worker_answers "$i"; then
+        say "worker $i: already running (pid $pid, unix://$sock, tcp://127.0.0.1:$port)"
+        return 0
+    fi
+    [[ -s $TLS_DIR/server-key.pem ]] || die "no TLS material in $TLS_DIR: run '$0 up' first"
+    check_docker0 "before starting worker $i"
+    if pid=$(live_pid "$pidfile" dockerd); then
+        say "worker $i: pid $pid does not answer, stopping it"
+        stop_pid "$pidfile" dockerd 30 "worker $i"
+    fi
+    worker_cleanup "$i"
+    mkdir -p "$dir/data" "$run/exec"
+    # An empty daemon config of its own: a future /etc/docker/daemon.json is not read.
+    [[ -s $dir/daemon.json ]] || printf '{}\n' >"$dir/daemon.json"
+    mtu=$(host_mtu)
+    [[ -n $mtu && $mtu != 1500 ]] && mtu_flag=(--mtu "$mtu")
+    local -a argv=(
+        --config-file "$dir/daemon.json" --data-root "$dir/data" --exec-root "$run/exec"
+        --pidfile "$pidfile" -H "unix://$sock" -H "tcp://127.0.0.1:$port" --tlsverify
+        --tlscacert "$TLS_DIR/ca.pem" --tlscert "$TLS_DIR/server-cert.pem" --tlskey "$TLS_DIR/server-key.pem"
+        --bridge=docker0 "--fixed-cidr=172.17.$((200 + i)).0/24"
+        --iptables=false --ip-forward=false --ip-masq=false "${mtu_flag[@]}"
+    )
+    printf '\n===== %s dockerd %s =====\n' "$(date -Is)" "${argv[*]}" >>"$log"
+    setsid dockerd "${argv[@]}" </dev/null >>"$log" 2>&1 9>&- &
+    local spawned=$!
+    for ((k = 0; k < 600; k++)); do
+        worker_answers "$i" && break
+        if ((k > 30)) && ! kill -0 "$spawned" 2>/dev/null; then
+            tail_log "$log" 20
+            worker_cleanup "$i"
+            check_docker0 "after worker $i failed to start"
+            die "worker $i: dockerd exited during start (log $log)"
+        fi
+        sleep 0.1
+    done
+    if ! worker_answers "$i"; then
+        tail_log "$log" 20
+        kill -KILL "$spawned" 2>/dev/null || true
+        worker_cleanup "$i"
+        die "worker $i: dockerd did not answer within 60 s (log $log)"
+    fi
+    check_docker0 "after starting worker $i"
+    worker_tls_answers "$i" || say "worker $i: WARNING the TLS listener on 127.0.0.1:$port does not answer (log $log)"
+    say "worker $i: started (pid $(<"$pidfile"), unix://$sock, tcp://127.0.0.1:$port mTLS, containers 172.17.$((200 + i)).0/24 on docker0; log $log)"
+}
+
+# Graceful stop (SIGTERM, 30 s), then whatever is left is cleaned up.
+worker_stop() {
+    local i=$1
+    stop_pid "$(worker_pidfile "$i")" dockerd 30 "worker $i"
+    worker_cleanup "$i"
+    # The exec root is runtime state only: gone once nothing is mounted under it any more.
+    local run
+    run=$(worker_run "$i")
+    if ! awk -v b="$run/" 'index($5, b) == 1 { found = 1 } END { exit !found }' /proc/self/mountinfo; then
+        rm -rf "$run"
+    fi
+    check_docker0 "after stopping worker $i"
+}
+
+# A crash: kill -9 of the worker's dockerd only (its containerd and mounts stay, as after a real
+# crash; worker-start cleans them up).
+worker_kill() {
+    local i=$1 pid
+    if ! pid=$(live_pid "$(worker_pidfile "$i")" dockerd); then
+        say "worker $i: not running"
+        return 0
+    fi
+    kill -KILL "$pid"
+    while [[ -d /proc/$pid ]]; do sleep 0.05; done
+    say "worker $i: dockerd pid $pid killed with SIGKILL (containerd and mounts left as after a crash)"
+}
+
+# The endpoints the tests read: a shell file and the matching [[workers]] tables for kiln.toml.
+write_workers_env() {
+    local n=$1 i tmp
+    tmp=$(mktemp "$STATE/workers.env.XXXXXX")
+    {
+        printf '# generated by scripts/dev-env.sh: the worker Engines for the pool tests\n'
+        printf 'KILN_WORKERS=%s\nKILN_WORKER_CERT_PATH=%s\n' "$n" "$TLS_DIR/client"
+        for ((i = 1; i <= n; i++)); do
+            printf 'KILN_WORKER_%s_NAME=w%s\n' "$i" "$i"
+            printf 'KILN_WORKER_%s_UNIX=unix://%s\n' "$i" "$(worker_sock "$i")"
+            printf 'KILN_WORKER_%s_TCP=tcp://127.0.0.1:%s\n' "$i" "$(worker_port "$i")"
+            printf 'KILN_WORKER_%s_PIDFILE=%s\n' "$i" "$(worker_pidfile "$i")"
+            printf 'KILN_WORKER_%s_DATA_ROOT=%s\n' "$i" "$(worker_dir "$i")/data"
+        done
+    } >"$tmp"
+    chmod 644 "$tmp"
+    mv "$tmp" "$WORKERS_ENV"
+    tmp=$(mktemp "$STATE/workers.toml.XXXXXX")
+    {
+        printf '# generated by scripts/dev-env.sh: the worker Engines as kiln.toml [[workers]] tables\n'
+        for ((i = 1; i <= n; i++)); do
+            printf '\n[[workers]]\nname = "w%s"\nkind = "docker"\nendpoint = "tcp://127.0.0.1:%s"\ncapacity = 2\ntls_verify = true\ncert_path = "%s"\n' \
+                "$i" "$(worker_port "$i")" "$TLS_DIR/client"
+        done
+    } >"$tmp"
+    chmod 644 "$tmp"
+    mv "$tmp" "$WORKERS_TOML"
+}
+
+# Workers 1..n up; workers above n that this script started earlier are stopped.
+ensure_workers() {
+    local n i
+    n=$(worker_count)
+    for ((i = 1; i <= n; i++)); do worker_start "$i"; done
+    for ((i = n + 1; i <= 55; i++)); do
+        [[ -e $(worker_pidfile "$i") || -d $(worker_run "$i") ]] || continue
+        worker_stop "$i"
+    done
+    write_workers_env "$n"
+    ((n == 0)) || say "workers: $n up, endpoints in $WORKERS_ENV, kiln.toml tables in $WORKERS_TOML"
+}
+
+workers_down() {
+    local i
+    for ((i = 1; i <= 55; i++)); do
+        [[ -e $(worker_pidfile "$i") || -d $(worker_run "$i") ]] || continue
+        worker_stop "$i"
+    done
+}
+
+workers_status() {
+    local i pid rc=0 n
+    n=$(worker_count)
+    for ((i = 1; i <= n; i++)); do
+        if pid=$(live_pid "$(worker_pidfile "$i")" dockerd) && worker_answers "$i"; then
+            local tls=no
+            worker_tls_answers "$i" && tls=yes
+            say "worker $i: running (pid $pid, unix://$(worker_sock "$i"), tcp://127.0.0.1:$(worker_port "$i") TLS answers: $tls)"
+        else
+            say "worker $i: not running"
+            rc=1
+        fi
+    done
+    return "$rc"
+}
+
+lock_state() {
+    need_root
+    mkdir -p "$STATE" "$RUN_DIR" "$LOG_DIR"
+    exec 9>"$STATE/.lock"
+    flock -w 900 9 || die "another dev-env.sh holds $STATE/.lock"
+}
+
+# ---------------------------------------------------------------------------------------------
 cmd_up() {
     need_root
     mkdir -p "$STATE" "$RUN_DIR" "$LOG_DIR" "$CACHE_DIR" "$WORK_DIR"
@@ -630,6 +932,7 @@ cmd_up() {
     for img in "$BASE_IMAGE" "$PY_IMAGE"; do
         for port in "$OPEN_PORT" "$AUTH_PORT"; do ensure_pushed "$img" "$port"; done
     done
+    ensure_workers
     say "ready in $((SECONDS - t0)) s: docker ${DOCKER[0]} (TLS: tcp://127.0.0.1:$TLS_PORT, DOCKER_CERT_PATH=$TLS_DIR/client), build network '$BUILD_NETWORK', registries 127.0.0.1:$OPEN_PORT (open) 127.0.0.1:$AUTH_PORT (auth: $AUTH_ENV, docker --config $DOCKER_CONFIG_DIR)"
 }
 
@@ -638,6 +941,7 @@ cmd_stop() {
     mkdir -p "$STATE" "$RUN_DIR"
     exec 9>"$STATE/.lock"
     flock -w 900 9 || die "another dev-env.sh holds $STATE/.lock"
+    workers_down
     stop_pid "$RUN_DIR/registry-$AUTH_PORT.pid" docker-registry 10 "registry 127.0.0.1:$AUTH_PORT"
     stop_pid "$RUN_DIR/registry-$OPEN_PORT.pid" docker-registry 10 "registry 127.0.0.1:$OPEN_PORT"
     stop_pid "$DOCKERD_PID" dockerd 30 "dockerd"
@@ -667,6 +971,7 @@ cmd_status() {
         say "engine: 'docker info' does not answer"
         rc=1
     fi
+    if [[ -f $WORKERS_ENV ]]; then workers_status || rc=1; fi
     if [[ -s $AUTH_ENV ]]; then
         # shellcheck disable=SC1090
         . "$AUTH_ENV"
@@ -694,6 +999,13 @@ case ${1:-up} in
     up | start) cmd_up ;;
     stop) cmd_stop ;;
     status) cmd_status || exit $? ;;
+    workers-up) lock_state && ensure_workers ;;
+    workers-down) lock_state && workers_down && rm -f "$WORKERS_ENV" "$WORKERS_TOML" ;;
+    workers-status) workers_status || exit $? ;;
+    worker-start) worker_check_index "${2:-}" && lock_state && worker_start "$2" ;;
+    worker-stop) worker_check_index "${2:-}" && lock_state && worker_stop "$2" ;;
+    worker-kill) worker_check_index "${2:-}" && lock_state && worker_kill "$2" ;;
+    worker-reset) worker_check_index "${2:-}" && lock_state && worker_stop "$2" && rm -rf "$(worker_dir "$2")/data" && worker_start "$2" ;;
     -h | --help | help) sed -n '2,/^set -/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' ;;
-    *) die "usage: $0 [up|status|stop]" ;;
+    *) die "usage: $0 [up|status|stop|workers-up|workers-down|workers-status|worker-start N|worker-stop N|worker-kill N|worker-reset N]" ;;
 esac

@@ -30,6 +30,8 @@ pub enum ConfigError {
     Listen(String),
     #[error("`{key}` must be at least 1 (leave it unset to keep everything)")]
     ZeroLimit { key: &'static str },
+    #[error(transparent)]
+    Workers(#[from] crate::pool::WorkerConfigError),
 }
 
 /// Flags shared by `kiln serve` and `kiln sync`; each also settable as `KILN_*` and in the file.
@@ -172,6 +174,12 @@ struct ConfigFile {
     log_retention_days: Option<u64>,
     max_jobs_per_spec: Option<usize>,
     gc_interval: Option<u64>,
+    /// The build workers (`[[workers]]` tables); none = the single Engine above.
+    #[serde(default)]
+    workers: Vec<crate::pool::worker_config::WorkerTable>,
+    /// The file this layer was read from, for error messages (not a key).
+    #[serde(skip)]
+    path: Option<PathBuf>,
 }
 
 /// Everything a Kiln process needs to know, resolved.
@@ -220,6 +228,8 @@ pub struct Config {
     pub webhook_secret_files: BTreeMap<String, PathBuf>,
     /// Job retention (`log_retention_days`, `max_jobs_per_spec`, `gc_interval`).
     pub retention: Retention,
+    /// The build workers: the `[[workers]]` tables, else one worker from the `docker_*` keys.
+    pub workers: Vec<crate::pool::WorkerConfig>,
 }
 
 impl Config {
@@ -251,10 +261,11 @@ impl Config {
 
     /// Parse a config file's text (used by tests of the documented example).
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
+        file.path = Some(path.to_path_buf());
         Self::merge(&ConfigArgs::default(), None, file)
     }
 
@@ -271,6 +282,17 @@ impl Config {
         if listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(ConfigError::Listen(listen));
         }
+        let max_parallel_builds = file.max_parallel_builds.unwrap_or(2).max(1);
+        let workers = crate::pool::worker_config::resolve(
+            &file.workers,
+            &crate::pool::worker_config::SingleEngine {
+                docker_host: file.docker_host.clone(),
+                docker_tls_verify: file.docker_tls_verify,
+                docker_cert_path: file.docker_cert_path.clone(),
+                max_parallel_builds,
+            },
+            file.path.as_deref().unwrap_or(Path::new("kiln.toml")),
+        )?;
         Ok(Config {
             source_url: file.source_url.unwrap_or_else(|| source_url_of(&repo)),
             repo,
@@ -308,7 +330,7 @@ impl Config {
             docker_config: file.docker_config,
             pull_secrets: file.pull_secrets,
             ca_bundle: file.ca_bundle,
-            max_parallel_builds: file.max_parallel_builds.unwrap_or(2).max(1),
+            max_parallel_builds,
             build_timeout: Duration::from_secs(file.build_timeout.unwrap_or(3600)),
             max_attempts: file.max_attempts.unwrap_or(3).max(1),
             retry_backoff: Duration::from_secs(file.retry_backoff.unwrap_or(2)),
@@ -322,6 +344,7 @@ impl Config {
                 .or(file.webhook_secret_file),
             webhook_secret_files: file.webhook_secret_files,
             retention,
+            workers,
         })
     }
 }
@@ -364,10 +387,12 @@ fn read_file(path: &Path) -> Result<ConfigFile, ConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+    let mut file: ConfigFile = toml::from_str(&text).map_err(|e| ConfigError::Parse {
         path: path.to_path_buf(),
         message: e.to_string(),
-    })
+    })?;
+    file.path = Some(path.to_path_buf());
+    Ok(file)
 }
 
 #[cfg(test)]
@@ -438,6 +463,28 @@ mod tests {
     }
 
     #[test]
+    fn workers_tables_or_the_single_engine() {
+        let config = Config::from_toml(
+            "repo = 'x'\ndocker_host = 'unix:///e.sock'\nmax_parallel_builds = 3\n",
+            Path::new("kiln.toml"),
+        )
+        .unwrap();
+        assert_eq!(config.workers.len(), 1);
+        assert_eq!(
+            config.workers[0].endpoint.as_deref(),
+            Some("unix:///e.sock")
+        );
+        assert_eq!(config.workers[0].capacity, 3);
+        let text = "repo = 'x'\n[[workers]]\nname = 'w1'\nkind = 'docker'\nendpoint = 'tcp://127.0.0.1:2377'\n\
+                    [[workers]]\nname = 'w1'\nkind = 'docker'\nendpoint = 'tcp://127.0.0.1:2378'\n";
+        let err = Config::from_toml(text, Path::new("/etc/kiln/kiln.toml")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config file /etc/kiln/kiln.toml: [[workers]] table 2 (name \"w1\"): `name` must be unique: an earlier [[workers]] table has the same name"
+        );
+    }
+
+    #[test]
     fn file_keys_are_the_keys_the_file_accepts() {
         let keys = file_keys();
         assert!(keys.len() > 20, "{keys:?}");
@@ -453,6 +500,7 @@ mod tests {
         for key in &keys {
             let value = match key.as_str() {
                 "pull_secrets" | "webhook_secret_files" => "{}",
+                "workers" => "[]",
                 _ => "0",
             };
             let err = toml::from_str::<ConfigFile>(&format!("{key} = {value}\n"))

@@ -7,6 +7,7 @@ pub mod check;
 pub mod config;
 pub mod jobs;
 pub mod model;
+pub mod pool;
 pub mod reconcile;
 pub mod repo;
 pub mod spec;
