@@ -40,3 +40,115 @@ pub fn router(state: AppState) -> Router {
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::{Method, Request, StatusCode, header};
+    use std::sync::Arc;
+    use tower::ServiceExt as _;
+
+    /// Every route answers from this one router (on an empty store), as what it is: JSON
+    /// where the API is, HTML where the dashboard is, the text format at `/metrics` — never
+    /// the HTML fallback by accident — and every answer carries the security headers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_route_answers_from_the_one_router() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = AppState::new(
+            crate::store::Store::open(dir.path()).unwrap(),
+            super::super::AppInfo::default(),
+            super::super::hooks::Webhooks::default(),
+            Arc::default(),
+            Arc::default(),
+            tokio_util::sync::CancellationToken::new(),
+        );
+        let app = router(state);
+        let json = "application/json";
+        let html = "text/html; charset=utf-8";
+        for (method, path, status, content_type) in [
+            (Method::GET, "/healthz", StatusCode::OK, json),
+            (Method::GET, "/api/v1/status", StatusCode::OK, json),
+            (Method::GET, "/api/v1/specs", StatusCode::OK, json),
+            (
+                Method::GET,
+                "/api/v1/specs/nope",
+                StatusCode::NOT_FOUND,
+                json,
+            ),
+            (
+                Method::GET,
+                "/api/v1/specs/nope/jobs",
+                StatusCode::NOT_FOUND,
+                json,
+            ),
+            (Method::GET, "/api/v1/jobs/1", StatusCode::NOT_FOUND, json),
+            (
+                Method::GET,
+                "/api/v1/jobs/1/log",
+                StatusCode::NOT_FOUND,
+                json,
+            ),
+            (
+                Method::GET,
+                "/api/v1/jobs/1/packages",
+                StatusCode::NOT_FOUND,
+                json,
+            ),
+            (
+                Method::GET,
+                "/api/v1/backup",
+                StatusCode::OK,
+                "application/octet-stream",
+            ),
+            // Webhooks without a secret are disabled: a JSON 404 from the hook handler.
+            (Method::POST, "/hooks/github", StatusCode::NOT_FOUND, json),
+            (Method::POST, "/hooks/gitlab", StatusCode::NOT_FOUND, json),
+            (Method::POST, "/hooks/gitea", StatusCode::NOT_FOUND, json),
+            (Method::POST, "/hooks/generic", StatusCode::NOT_FOUND, json),
+            (Method::GET, "/", StatusCode::OK, html),
+            (Method::GET, "/specs/nope", StatusCode::NOT_FOUND, html),
+            (Method::GET, "/jobs/1", StatusCode::NOT_FOUND, html),
+            (
+                Method::GET,
+                "/jobs/1/events",
+                StatusCode::NOT_FOUND,
+                "text/plain; charset=utf-8",
+            ),
+            (
+                Method::GET,
+                "/static/app.css",
+                StatusCode::OK,
+                "text/css; charset=utf-8",
+            ),
+            (
+                Method::GET,
+                "/metrics",
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+            ),
+            (Method::GET, "/no/such/page", StatusCode::NOT_FOUND, html),
+        ] {
+            let response = app
+                .clone()
+                .oneshot(
+                    Request::builder()
+                        .method(method.clone())
+                        .uri(path)
+                        .body(Body::empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(response.status(), status, "{method} {path}");
+            let h = response.headers();
+            assert_eq!(h[header::CONTENT_TYPE], content_type, "{method} {path}");
+            assert_eq!(h[header::CONTENT_SECURITY_POLICY], headers::CSP, "{path}");
+            assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff", "{path}");
+            // Drain bodies (the backup streams from a blocking task).
+            axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap();
+        }
+    }
+}
