@@ -948,4 +948,52 @@ mod tests {
         let e = notify_url("ftp://u:hunter2@x/").unwrap_err().to_string();
         assert!(!e.contains("hunter2") && e.contains("https://"), "{e}");
     }
+
+    /// `kiln notify`'s client against the generic route of a server on a port of its own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn notify_is_accepted_with_the_secret_and_refused_without() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = Secret::new(b"It's a Secret to Everybody").unwrap();
+        let trigger = Arc::new(Notify::new());
+        let state = AppState::new(
+            crate::store::Store::open(dir.path()).unwrap(),
+            super::super::AppInfo::default(),
+            Webhooks::new("main", [(Provider::Generic, secret.clone())].into()),
+            Arc::clone(&trigger),
+            Arc::default(),
+            tokio_util::sync::CancellationToken::new(),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let shutdown = state.shutdown.clone();
+        let server = tokio::spawn(super::super::serve(
+            listener,
+            state.clone(),
+            shutdown.clone(),
+        ));
+        let timeout = Duration::from_secs(20);
+
+        let answer = notify(&url, &secret, &["refs/heads/main".into()], timeout)
+            .await
+            .unwrap();
+        assert_eq!((answer.status, answer.reason.as_str()), (202, "Accepted"));
+        assert!(
+            answer.is_success() && answer.body.contains("queued"),
+            "{answer:?}"
+        );
+        trigger.notified().await;
+
+        let wrong = Secret::new(b"wrong").unwrap();
+        let answer = notify(&url, &wrong, &[], timeout).await.unwrap();
+        assert_eq!(answer.status, 401);
+        assert!(
+            answer.body.contains("signature does not match"),
+            "{answer:?}"
+        );
+        let counters = &state.counters;
+        assert_eq!(counters.webhooks_accepted.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.webhooks_rejected.load(Ordering::Relaxed), 1);
+        shutdown.cancel();
+        server.await.unwrap().unwrap();
+    }
 }
