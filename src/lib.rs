@@ -5,6 +5,7 @@
 pub mod build;
 pub mod check;
 pub mod config;
+pub mod http_client;
 pub mod jobs;
 pub mod model;
 pub mod pool;

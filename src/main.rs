@@ -289,7 +289,10 @@ fn backup(out: &Path, data: &DataDirArgs, server: Option<String>) -> anyhow::Res
     let config = Config::resolve_data_dir(data, &RetentionArgs::default())?;
     let started = std::time::Instant::now();
     let (summary, via) = match server {
-        Some(url) => (kiln::web::backup::download(&url, out)?, url),
+        Some(url) => (
+            runtime()?.block_on(kiln::web::backup::download(&url, out))?,
+            url,
+        ),
         None => {
             let dir = &config.data_dir;
             if !dir.join("db").exists() {
@@ -299,7 +302,7 @@ fn backup(out: &Path, data: &DataDirArgs, server: Option<String>) -> anyhow::Res
                 Ok(store) => (backup_direct(&store, out)?, dir.display().to_string()),
                 Err(StoreError::Locked { .. }) => {
                     let url = local_url(&config.listen);
-                    let summary = kiln::web::backup::download(&url, out).with_context(|| {
+                    let summary = runtime()?.block_on(kiln::web::backup::download(&url, out)).with_context(|| {
                         format!(
                             "{} is in use by a running Kiln, which was asked at {url} (set --server if it listens elsewhere)",
                             dir.display()
@@ -547,9 +550,9 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         None
     };
     let counters = Arc::new(Counters::default());
-    let state = AppState {
-        store: syncer.store().clone(),
-        inner: Arc::new(AppInfo {
+    let state = AppState::new(
+        syncer.store().clone(),
+        AppInfo {
             repo: config.repo.clone(),
             branch: config.branch.clone(),
             no_build: config.no_build,
@@ -557,13 +560,12 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
             watching: watcher.as_ref().map(|w| w.git_dir().display().to_string()),
             commit_url: config.commit_url.clone(),
             repo_web_url: config.repo_web_url.clone(),
-        }),
-        sync_trigger: Arc::clone(&sync_trigger),
-        counters: Arc::clone(&counters),
-        webhooks: Arc::new(webhooks),
-        shutdown: shutdown.clone(),
-        backup_gate: Arc::new(tokio::sync::Semaphore::new(1)),
-    };
+        },
+        webhooks,
+        Arc::clone(&sync_trigger),
+        Arc::clone(&counters),
+        shutdown.clone(),
+    );
     tracing::info!(listen = %config.listen, repo = %kiln::repo::redact(&config.repo), "kiln serving");
     println!("Kiln dashboard and API: http://{}/", listener.local_addr()?);
 

@@ -940,11 +940,97 @@ async fn kiln_notify_exit_codes() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("cannot connect"), "{err}");
 
-    let (code, _, err) = run(args("https://127.0.0.1:1/", &secret, &[]))
-        .await
-        .unwrap();
+    let (code, _, err) = run(args("ftp://127.0.0.1:1/", &secret, &[])).await.unwrap();
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("http://"), "{err}");
+}
+
+/// A TLS-terminating proxy on 127.0.0.1:0 in front of `backend` (`host:port`), with a fresh
+/// self-signed certificate for `localhost` (rcgen), as a reverse proxy would put Kiln behind
+/// https. Returns the proxy's port and the certificate (PEM).
+async fn tls_proxy(backend: String) -> (u16, String) {
+    use std::sync::Arc;
+    use tokio_rustls::rustls;
+    let key = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![key.cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.signing_key.serialize_der().into()),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, backend) = (acceptor.clone(), backend.clone());
+            tokio::spawn(async move {
+                // A client that does not trust the certificate ends here.
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                if let Ok(mut upstream) = tokio::net::TcpStream::connect(&backend).await {
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut upstream).await;
+                }
+            });
+        }
+    });
+    (port, key.cert.pem())
+}
+
+/// `kiln notify` to an `https://` Kiln: through a real TLS listener in front of `kiln serve`,
+/// trusted through `SSL_CERT_FILE`, the webhook is accepted and the push becomes a job; not
+/// trusted, nothing is sent and the error says why.
+#[tokio::test]
+async fn kiln_notify_over_https() {
+    let mut remote = Remote::new();
+    remote.commit_and_push("a.yaml", &spec("a", &["curl"]), "a");
+    let server = remote.serve(NO_POLL).await;
+    wait_jobs(&server, "a", 1).await;
+    let backend = server.base.trim_start_matches("http://").to_string();
+    let (port, pem) = tls_proxy(backend).await;
+    let ca = remote.data.with_file_name("proxy-ca.pem");
+    std::fs::write(&ca, pem).unwrap();
+    let url = format!("https://localhost:{port}");
+    let secret = remote.secret_file.clone();
+    let notify = move |trust: Option<PathBuf>| {
+        let (url, secret) = (url.clone(), secret.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = Command::new(kiln_bin());
+            cmd.args(["notify", "--url", &url, "--ref", "refs/heads/main"])
+                .arg("--secret-file")
+                .arg(&secret)
+                .env("KILN_LOG", "warn")
+                .env_remove("SSL_CERT_DIR");
+            match trust {
+                Some(ca) => cmd.env("SSL_CERT_FILE", ca),
+                None => cmd.env_remove("SSL_CERT_FILE"),
+            };
+            let out = cmd.output().expect("kiln notify runs");
+            (
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        })
+    };
+
+    // Not trusted: refused before anything is sent.
+    let (code, out, err) = notify(None).await.unwrap();
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("certificate"), "{err}");
+
+    remote.commit_and_push("b.yaml", &spec("b", &["curl"]), "b");
+    let (code, out, err) = notify(Some(ca)).await.unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("202"), "{out}");
+    // No polling: only the webhook that came through TLS can have fetched `b`.
+    wait_jobs(&server, "b", 1).await;
 }
 
 /// `deploy/hooks/pre-commit` checks the staged specs (not the work tree) and refuses the

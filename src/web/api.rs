@@ -5,24 +5,12 @@ use super::AppState;
 use crate::model::{Job, JobId, JobStatus, Revision, SpecRecord, rfc3339, rfc3339_ms};
 use crate::spec::Diagnostic;
 use crate::store::StoreError;
+use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/api/v1/specs", get(list_specs))
-        .route("/api/v1/specs/{name}", get(get_spec))
-        .route("/api/v1/specs/{name}/jobs", get(spec_jobs))
-        .route("/api/v1/jobs/{id}", get(get_job))
-        .route("/api/v1/jobs/{id}/log", get(job_log))
-        .route("/api/v1/jobs/{id}/packages", get(job_packages))
-}
 
 /// An API error: status plus `{"error": …}`.
 pub struct ApiError(StatusCode, String);
@@ -48,7 +36,7 @@ fn not_found(what: String) -> ApiError {
 }
 
 #[derive(Serialize)]
-struct SpecSummary {
+pub(super) struct SpecSummary {
     name: String,
     path: String,
     /// Status of the newest job, or `invalid` when the current revision is invalid.
@@ -90,7 +78,7 @@ fn summary(state: &AppState, record: SpecRecord) -> Result<SpecSummary, ApiError
     })
 }
 
-async fn healthz(State(state): State<AppState>) -> Response {
+pub(super) async fn healthz(State(state): State<AppState>) -> Response {
     let sync = state.store.sync_status().unwrap_or_default();
     let healthy = sync.error.is_none();
     let body = serde_json::json!({
@@ -107,7 +95,9 @@ async fn healthz(State(state): State<AppState>) -> Response {
     (StatusCode::OK, Json(body)).into_response()
 }
 
-async fn list_specs(State(state): State<AppState>) -> Result<Json<Vec<SpecSummary>>, ApiError> {
+pub(super) async fn list_specs(
+    State(state): State<AppState>,
+) -> Result<Json<Vec<SpecSummary>>, ApiError> {
     let mut out = Vec::new();
     for record in state.store.specs() {
         out.push(summary(&state, record?)?);
@@ -145,7 +135,7 @@ impl From<Revision> for RevisionView {
 }
 
 #[derive(Serialize)]
-struct SpecDetail {
+pub(super) struct SpecDetail {
     #[serde(flatten)]
     summary: SpecSummary,
     /// The file as committed at the current revision.
@@ -153,7 +143,7 @@ struct SpecDetail {
     revisions: Vec<RevisionView>,
 }
 
-async fn get_spec(
+pub(super) async fn get_spec(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<SpecDetail>, ApiError> {
@@ -174,7 +164,7 @@ async fn get_spec(
 }
 
 #[derive(Serialize)]
-struct JobView {
+pub(super) struct JobView {
     id: JobId,
     spec: String,
     revision: u64,
@@ -217,13 +207,13 @@ impl From<&Job> for JobView {
 }
 
 #[derive(Deserialize)]
-struct Page {
+pub(super) struct Page {
     #[serde(default)]
     offset: usize,
     limit: Option<usize>,
 }
 
-async fn spec_jobs(
+pub(super) async fn spec_jobs(
     State(state): State<AppState>,
     Path(name): Path<String>,
     Query(page): Query<Page>,
@@ -237,7 +227,7 @@ async fn spec_jobs(
 }
 
 #[derive(Serialize)]
-struct JobDetail {
+pub(super) struct JobDetail {
     #[serde(flatten)]
     job: JobView,
     spec_yaml: Option<String>,
@@ -249,7 +239,7 @@ fn parse_id(id: &str) -> Result<JobId, ApiError> {
     id.parse().map_err(|_| not_found(format!("job `{id}`")))
 }
 
-async fn get_job(
+pub(super) async fn get_job(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<JobDetail>, ApiError> {
@@ -272,7 +262,7 @@ async fn get_job(
 
 /// What is inside the job's image: `{apt: [{name, version}], pip: […], conda: […]}`; 404 until
 /// recorded (after a successful build).
-async fn job_packages(
+pub(super) async fn job_packages(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<crate::model::InstalledPackages>, ApiError> {
@@ -285,7 +275,7 @@ async fn job_packages(
 }
 
 #[derive(Deserialize, Default)]
-struct LogOptions {
+pub(super) struct LogOptions {
     /// Prefix each line with the time Kiln received it, like `docker logs --timestamps`.
     #[serde(default)]
     timestamps: bool,
@@ -293,7 +283,7 @@ struct LogOptions {
 
 /// The whole log as text, streamed page by page so a 200 MB log is never held in memory.
 /// `?timestamps=true` prefixes each line with its RFC 3339 receive time (milliseconds, UTC).
-async fn job_log(
+pub(super) async fn job_log(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(options): Query<LogOptions>,

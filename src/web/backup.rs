@@ -12,21 +12,16 @@
 
 use super::AppState;
 use crate::store::backup::BackupSummary;
+use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
-use std::io::{self, BufRead, BufReader, Write};
-use std::path::Path;
+use std::io::{self, BufReader, Write};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::mpsc;
-
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/api/v1/backup", get(backup))
-}
 
 /// Hands the backup writer's output to the response body, chunk by chunk. The channel is
 /// bounded: a slow client slows the writer instead of filling memory.
@@ -44,7 +39,7 @@ impl Write for ChannelWriter {
     }
 }
 
-async fn backup(State(state): State<AppState>) -> Response {
+pub(super) async fn backup(State(state): State<AppState>) -> Response {
     let Ok(permit) = state.backup_gate.clone().try_acquire_owned() else {
         return (
             StatusCode::CONFLICT,
@@ -95,23 +90,19 @@ async fn backup(State(state): State<AppState>) -> Response {
 
 #[derive(Debug, Error)]
 pub enum DownloadError {
-    #[error("`{0}` is not an http://host:port address of a running Kiln")]
+    #[error("`{0}` is not an http(s)://host:port address of a running Kiln")]
     Url(String),
-    #[error("cannot reach Kiln at {addr}: {source}")]
-    Connect {
-        addr: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Http(#[from] crate::http_client::HttpError),
     #[error("Kiln at {addr} answered {status}: {body}")]
     Refused {
         addr: String,
         status: String,
         body: String,
     },
-    #[error("download from {addr} failed: {source}")]
-    Io {
-        addr: String,
+    #[error("cannot write {path}")]
+    Write {
+        path: std::path::PathBuf,
         #[source]
         source: io::Error,
     },
@@ -119,76 +110,72 @@ pub enum DownloadError {
     Check(#[from] crate::store::backup::BackupError),
 }
 
-/// Download a backup from the Kiln at `base` (`http://host:port`) into `out`: written to
-/// `out.partial`, checked (format, schema, counts, checksum), then renamed to `out`.
-/// Blocking.
-pub fn download(base: &str, out: &Path) -> Result<BackupSummary, DownloadError> {
-    let rest = base
-        .strip_prefix("http://")
-        .ok_or_else(|| DownloadError::Url(base.to_string()))?;
-    let authority = rest.split('/').next().unwrap_or_default();
-    if authority.is_empty() || authority.contains('@') {
-        return Err(DownloadError::Url(base.to_string()));
-    }
-    let addr = if authority.contains(':') {
-        authority.to_string()
-    } else {
-        format!("{authority}:80")
-    };
-    let connect = |source| DownloadError::Connect {
-        addr: addr.clone(),
-        source,
-    };
-    let io_err = |source| DownloadError::Io {
-        addr: addr.clone(),
-        source,
-    };
-    let mut stream = std::net::TcpStream::connect(&addr).map_err(connect)?;
-    // A stalled server must not hang `kiln backup` forever; a long backup keeps sending.
-    stream
-        .set_read_timeout(Some(Duration::from_secs(300)))
-        .map_err(io_err)?;
-    // HTTP/1.0: the body is delimited by the connection closing, no chunked decoding.
-    write!(
-        stream,
-        "GET /api/v1/backup HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: kiln-backup/{}\r\n\r\n",
-        env!("CARGO_PKG_VERSION")
-    )
-    .map_err(io_err)?;
-    let mut reader = BufReader::with_capacity(256 * 1024, stream);
-    let mut status = String::new();
-    reader.read_line(&mut status).map_err(io_err)?;
-    let status = status.trim().to_string();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).map_err(io_err)? == 0 || line == "\r\n" || line == "\n" {
-            break;
-        }
-    }
-    if status.split(' ').nth(1) != Some("200") {
-        let mut body = String::new();
-        let _ = io::Read::read_to_string(&mut io::Read::take(reader, 4096), &mut body);
+/// Download a backup from the Kiln at `base` (`http(s)://host:port`; a path is ignored)
+/// into `out`: written to `out.partial`, checked (format, schema, counts, checksum), then
+/// renamed to `out`.
+pub async fn download(base: &str, out: &Path) -> Result<BackupSummary, DownloadError> {
+    use crate::http_client::{ClientOptions, HttpClient, body_text, classify};
+    use tokio::io::AsyncWriteExt as _;
+    let url = crate::http_client::parse_url(base)
+        .and_then(|u| {
+            u.join("/api/v1/backup")
+                .map_err(|_| crate::http_client::HttpError::Url(base.to_string()))
+        })
+        .map_err(|_| DownloadError::Url(crate::repo::redact(base)))?;
+    let addr = url.origin().ascii_serialization();
+    let client = HttpClient::new(&ClientOptions {
+        // A stalled server must not hang `kiln backup` forever; a long backup keeps sending.
+        read_timeout: Some(Duration::from_secs(300)),
+        ..ClientOptions::default()
+    })?;
+    let mut response = client
+        .send(client.request(reqwest::Method::GET, url.clone()), None)
+        .await?;
+    let status = response.status();
+    if status != reqwest::StatusCode::OK {
+        let body = body_text(response, 4096).await.unwrap_or_default();
         return Err(DownloadError::Refused {
             addr,
-            status,
+            status: status.to_string(),
             body: body.trim().to_string(),
         });
     }
     let mut partial = out.as_os_str().to_owned();
     partial.push(".partial");
-    let partial = std::path::PathBuf::from(partial);
-    let result = (|| {
-        let mut file = std::fs::File::create(&partial).map_err(io_err)?;
-        io::copy(&mut reader, &mut file).map_err(io_err)?;
-        file.sync_all().map_err(io_err)?;
-        let summary = crate::store::backup::verify(BufReader::new(
-            std::fs::File::open(&partial).map_err(io_err)?,
-        ))?;
-        std::fs::rename(&partial, out).map_err(io_err)?;
+    let partial = PathBuf::from(partial);
+    let write = |source| DownloadError::Write {
+        path: partial.clone(),
+        source,
+    };
+    let result = async {
+        let mut file = tokio::fs::File::create(&partial).await.map_err(write)?;
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| classify(e, url.as_str(), None))?
+        {
+            file.write_all(&chunk).await.map_err(write)?;
+        }
+        file.sync_all().await.map_err(write)?;
+        drop(file);
+        let check = partial.clone();
+        let summary = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::open(&check)?;
+            crate::store::backup::verify(BufReader::new(file))
+        })
+        .await
+        .map_err(|e| write(io::Error::other(e.to_string())))??;
+        tokio::fs::rename(&partial, out)
+            .await
+            .map_err(|source| DownloadError::Write {
+                path: out.to_path_buf(),
+                source,
+            })?;
         Ok(summary)
-    })();
+    }
+    .await;
     if result.is_err() {
-        let _ = std::fs::remove_file(&partial);
+        let _ = tokio::fs::remove_file(&partial).await;
     }
     result
 }
@@ -199,21 +186,19 @@ mod tests {
     use std::sync::Arc;
     use tower::ServiceExt as _;
 
-    fn state(dir: &Path, permits: usize) -> AppState {
-        AppState {
-            store: crate::store::Store::open(dir).unwrap(),
-            inner: Arc::default(),
-            sync_trigger: Arc::default(),
-            counters: Arc::default(),
-            webhooks: Arc::default(),
-            shutdown: tokio_util::sync::CancellationToken::new(),
-            backup_gate: Arc::new(tokio::sync::Semaphore::new(permits)),
-        }
+    fn state(dir: &Path) -> AppState {
+        AppState::new(
+            crate::store::Store::open(dir).unwrap(),
+            super::super::AppInfo::default(),
+            super::super::hooks::Webhooks::default(),
+            Arc::default(),
+            Arc::default(),
+            tokio_util::sync::CancellationToken::new(),
+        )
     }
 
     async fn get(state: AppState) -> (StatusCode, Bytes) {
-        let response = routes()
-            .with_state(state)
+        let response = super::super::router(state)
             .oneshot(
                 axum::http::Request::get("/api/v1/backup")
                     .body(Body::empty())
@@ -231,7 +216,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_endpoint_streams_a_valid_backup_and_refuses_a_second_at_once() {
         let dir = tempfile::tempdir().unwrap();
-        let state = state(dir.path(), 1);
+        let state = state(dir.path());
         let (status, body) = get(state.clone()).await;
         assert_eq!(status, StatusCode::OK);
         let summary = crate::store::backup::verify(&body[..]).unwrap();
@@ -244,5 +229,46 @@ mod tests {
         let (status, body) = get(state.clone()).await;
         assert_eq!(status, StatusCode::CONFLICT);
         assert!(String::from_utf8_lossy(&body).contains("already running"));
+    }
+
+    /// `kiln backup --server`'s client against a server on a port of its own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn download_checks_and_keeps_the_backup_or_says_why_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(&dir.path().join("data"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let shutdown = state.shutdown.clone();
+        let server = tokio::spawn(super::super::serve(
+            listener,
+            state.clone(),
+            shutdown.clone(),
+        ));
+
+        let out = dir.path().join("kiln.kbk");
+        let summary = download(&base, &out).await.unwrap();
+        assert_eq!(summary.bytes, std::fs::metadata(&out).unwrap().len());
+        assert!(!dir.path().join("kiln.kbk.partial").exists());
+
+        // Refused while another backup runs: nothing is left behind.
+        let busy = dir.path().join("busy.kbk");
+        let running = state.backup_gate.clone().try_acquire_owned().unwrap();
+        let e = download(&format!("{base}/ignored/path"), &busy)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, DownloadError::Refused { .. }), "{e}");
+        assert!(
+            e.to_string().contains("409") && e.to_string().contains("already running"),
+            "{e}"
+        );
+        assert!(!busy.exists());
+        drop(running);
+
+        assert!(matches!(
+            download("ftp://127.0.0.1/", &busy).await,
+            Err(DownloadError::Url(_))
+        ));
+        shutdown.cancel();
+        server.await.unwrap().unwrap();
     }
 }

@@ -26,12 +26,10 @@
 
 use super::AppState;
 use crate::config::Config;
-use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -481,27 +479,35 @@ pub fn sign_body(secret: &Secret, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/hooks/github", post(github))
-        .route("/hooks/gitlab", post(gitlab))
-        .route("/hooks/gitea", post(gitea))
-        .route("/hooks/generic", post(generic))
-}
-
-async fn github(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+pub(super) async fn github(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     receive(Provider::GitHub, state, headers, body).await
 }
 
-async fn gitlab(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+pub(super) async fn gitlab(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     receive(Provider::GitLab, state, headers, body).await
 }
 
-async fn gitea(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+pub(super) async fn gitea(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     receive(Provider::Gitea, state, headers, body).await
 }
 
-async fn generic(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+pub(super) async fn generic(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     receive(Provider::Generic, state, headers, body).await
 }
 
@@ -612,103 +618,34 @@ impl NotifyResponse {
 #[derive(Debug, Error)]
 pub enum NotifyError {
     #[error(
-        "unsupported URL `{0}`: kiln notify speaks plain http:// (put Kiln behind a TLS proxy on the network side, and keep the git server's hook on a trusted link)"
+        "unsupported URL `{0}`: kiln notify speaks http:// and https:// (e.g. https://kiln.internal:8080; the path defaults to /hooks/generic)"
     )]
     Url(String),
-    #[error("cannot connect to {addr}: {source}")]
-    Connect {
-        addr: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("talking to {addr}: {source}")]
-    Io {
-        addr: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("no answer from {addr} within {timeout:?}")]
-    Timeout { addr: String, timeout: Duration },
-    #[error("{addr} answered something that is not HTTP")]
-    Protocol { addr: String },
+    #[error(transparent)]
+    Http(#[from] crate::http_client::HttpError),
 }
 
-/// A parsed `http://host[:port][/path]`; the path defaults to `/hooks/generic`.
-#[derive(Debug, PartialEq, Eq)]
-struct HttpUrl {
-    host: String,
-    port: u16,
-    path: String,
-}
-
-impl HttpUrl {
-    fn parse(url: &str) -> Result<HttpUrl, NotifyError> {
-        let bad = || NotifyError::Url(crate::repo::redact(url));
-        let rest = url
-            .strip_prefix("http://")
-            .or_else(|| {
-                url.get(..7)
-                    .filter(|s| s.eq_ignore_ascii_case("http://"))
-                    .map(|_| &url[7..])
-            })
-            .ok_or_else(bad)?;
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, ""),
-        };
-        if authority.is_empty() || authority.contains('@') {
-            return Err(bad());
-        }
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (host, after) = v6.split_once(']').ok_or_else(bad)?;
-            let port = match after.strip_prefix(':') {
-                Some(p) => p.parse().map_err(|_| bad())?,
-                None if after.is_empty() => 80,
-                None => return Err(bad()),
-            };
-            (host.to_string(), port)
-        } else {
-            match authority.rsplit_once(':') {
-                Some((h, p)) => (h.to_string(), p.parse().map_err(|_| bad())?),
-                None => (authority.to_string(), 80),
-            }
-        };
-        let path = if path.is_empty() || path == "/" {
-            "/hooks/generic".to_string()
-        } else {
-            path.to_string()
-        };
-        if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(bad());
-        }
-        Ok(HttpUrl { host, port, path })
+/// The webhook URL for `url`: an http(s) address of a running Kiln, where a bare address
+/// (no path, or `/`) means `/hooks/generic`.
+fn notify_url(url: &str) -> Result<reqwest::Url, NotifyError> {
+    let mut target = crate::http_client::parse_url(url)
+        .map_err(|_| NotifyError::Url(crate::repo::redact(url)))?;
+    if target.path() == "/" {
+        target.set_path("/hooks/generic");
     }
-
-    fn host_header(&self) -> String {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        if self.port == 80 {
-            host
-        } else {
-            format!("{host}:{}", self.port)
-        }
-    }
+    Ok(target)
 }
 
-/// Sends one signed generic webhook (`POST`, HTTP/1.1 over plain TCP) saying that `refs`
-/// changed; an empty `refs` means "look, whatever changed".
+/// Sends one signed generic webhook (`POST`, over http or https) saying that `refs` changed;
+/// an empty `refs` means "look, whatever changed". `timeout` bounds the whole exchange.
 pub async fn notify(
     url: &str,
     secret: &Secret,
     refs: &[String],
     timeout: Duration,
 ) -> Result<NotifyResponse, NotifyError> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let target = HttpUrl::parse(url)?;
-    let addr = target.host_header();
+    use crate::http_client::{ClientOptions, HttpClient, body_text};
+    let target = notify_url(url)?;
     let mut payload = serde_json::json!({ "source": "kiln notify" });
     if !refs.is_empty() {
         payload["refs"] = serde_json::json!(refs);
@@ -716,61 +653,24 @@ pub async fn notify(
     let body = serde_json::to_vec(&payload).expect("JSON of strings");
     let timestamp = crate::model::now();
     let signature = sign_generic(secret, timestamp, &body);
-    let mut request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: kiln-notify/{version}\r\n\
-         Content-Type: application/json\r\nContent-Length: {len}\r\n\
-         X-Kiln-Timestamp: {timestamp}\r\nX-Kiln-Signature: {signature}\r\n\
-         Connection: close\r\n\r\n",
-        path = target.path,
-        version = env!("CARGO_PKG_VERSION"),
-        len = body.len(),
-    )
-    .into_bytes();
-    request.extend_from_slice(&body);
-
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
-            .await
-            .map_err(|source| NotifyError::Connect {
-                addr: addr.clone(),
-                source,
-            })?;
-        let io = |source| NotifyError::Io {
-            addr: addr.clone(),
-            source,
-        };
-        stream.write_all(&request).await.map_err(io)?;
-        let mut response = Vec::new();
-        stream
-            .take(64 * 1024)
-            .read_to_end(&mut response)
-            .await
-            .map_err(io)?;
-        Ok(response)
-    };
-    let response = tokio::time::timeout(timeout, exchange)
+    let client = HttpClient::new(&ClientOptions {
+        connect_timeout: timeout,
+        ..ClientOptions::default()
+    })?;
+    let request = client
+        .request(reqwest::Method::POST, target)
+        .header("content-type", "application/json")
+        .header("x-kiln-timestamp", timestamp.to_string())
+        .header("x-kiln-signature", signature)
+        .body(body);
+    let response = client.send(request, Some(timeout)).await?;
+    let status = response.status();
+    let body = tokio::time::timeout(timeout, body_text(response, 64 * 1024))
         .await
-        .map_err(|_| NotifyError::Timeout {
-            addr: addr.clone(),
-            timeout,
-        })??;
-    parse_response(&response).ok_or(NotifyError::Protocol { addr })
-}
-
-/// Status line and (for a `Content-Length` or close-delimited body) the body text.
-fn parse_response(raw: &[u8]) -> Option<NotifyResponse> {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status_line = head.lines().next()?;
-    let mut parts = status_line.splitn(3, ' ');
-    if !parts.next()?.starts_with("HTTP/1.") {
-        return None;
-    }
-    let status = parts.next()?.parse().ok()?;
-    let reason = parts.next().unwrap_or_default().trim().to_string();
-    Some(NotifyResponse {
-        status,
-        reason,
+        .unwrap_or_else(|_| Ok(String::new()))?;
+    Ok(NotifyResponse {
+        status: status.as_u16(),
+        reason: status.canonical_reason().unwrap_or_default().to_string(),
         body: body.trim().to_string(),
     })
 }
@@ -1025,49 +925,75 @@ mod tests {
     #[test]
     fn urls_for_notify() {
         assert_eq!(
-            HttpUrl::parse("http://127.0.0.1:8080").unwrap(),
-            HttpUrl {
-                host: "127.0.0.1".into(),
-                port: 8080,
-                path: "/hooks/generic".into()
-            }
+            notify_url("http://127.0.0.1:8080").unwrap().as_str(),
+            "http://127.0.0.1:8080/hooks/generic"
         );
         assert_eq!(
-            HttpUrl::parse("http://kiln.internal/hooks/generic").unwrap(),
-            HttpUrl {
-                host: "kiln.internal".into(),
-                port: 80,
-                path: "/hooks/generic".into()
-            }
+            notify_url("https://kiln.internal/").unwrap().as_str(),
+            "https://kiln.internal/hooks/generic"
         );
         assert_eq!(
-            HttpUrl::parse("http://[::1]:9/x").unwrap(),
-            HttpUrl {
-                host: "::1".into(),
-                port: 9,
-                path: "/x".into()
-            }
-        );
-        assert_eq!(
-            HttpUrl::parse("http://[::1]:9/x").unwrap().host_header(),
-            "[::1]:9"
+            notify_url("http://[::1]:9/x").unwrap().as_str(),
+            "http://[::1]:9/x"
         );
         for bad in [
-            "https://kiln/",
             "ftp://x",
             "http://",
             "http://u:p@host/",
             "http://h:port/",
             "kiln:8080",
         ] {
-            assert!(HttpUrl::parse(bad).is_err(), "{bad}");
+            assert!(matches!(notify_url(bad), Err(NotifyError::Url(_))), "{bad}");
         }
-        let r =
-            parse_response(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 2\r\n\r\n{}").unwrap();
-        assert_eq!(
-            (r.status, r.reason.as_str(), r.body.as_str()),
-            (401, "Unauthorized", "{}")
+        let e = notify_url("ftp://u:hunter2@x/").unwrap_err().to_string();
+        assert!(!e.contains("hunter2") && e.contains("https://"), "{e}");
+    }
+
+    /// `kiln notify`'s client against the generic route of a server on a port of its own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn notify_is_accepted_with_the_secret_and_refused_without() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = Secret::new(b"It's a Secret to Everybody").unwrap();
+        let trigger = Arc::new(Notify::new());
+        let state = AppState::new(
+            crate::store::Store::open(dir.path()).unwrap(),
+            super::super::AppInfo::default(),
+            Webhooks::new("main", [(Provider::Generic, secret.clone())].into()),
+            Arc::clone(&trigger),
+            Arc::default(),
+            tokio_util::sync::CancellationToken::new(),
         );
-        assert!(parse_response(b"garbage").is_none());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let shutdown = state.shutdown.clone();
+        let server = tokio::spawn(super::super::serve(
+            listener,
+            state.clone(),
+            shutdown.clone(),
+        ));
+        let timeout = Duration::from_secs(20);
+
+        let answer = notify(&url, &secret, &["refs/heads/main".into()], timeout)
+            .await
+            .unwrap();
+        assert_eq!((answer.status, answer.reason.as_str()), (202, "Accepted"));
+        assert!(
+            answer.is_success() && answer.body.contains("queued"),
+            "{answer:?}"
+        );
+        trigger.notified().await;
+
+        let wrong = Secret::new(b"wrong").unwrap();
+        let answer = notify(&url, &wrong, &[], timeout).await.unwrap();
+        assert_eq!(answer.status, 401);
+        assert!(
+            answer.body.contains("signature does not match"),
+            "{answer:?}"
+        );
+        let counters = &state.counters;
+        assert_eq!(counters.webhooks_accepted.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.webhooks_rejected.load(Ordering::Relaxed), 1);
+        shutdown.cancel();
+        server.await.unwrap().unwrap();
     }
 }

@@ -1,19 +1,32 @@
-//! The read-only HTTP side: JSON API and health.
+//! The read-only HTTP side: dashboard, JSON API, health, metrics, webhooks.
 //!
 //! Handlers read the store and nothing else; nothing here can change state (the only POST
 //! routes are the signed webhooks in [`hooks`], which merely ask for a fetch). Servers bind
 //! where the config says, 127.0.0.1:8080 by default.
+//!
+//! [`router`] registers every route; [`AppState`] is everything handlers share (the store,
+//! the in-memory [`index`] caches, the metrics registry …). Modules depend downwards only:
+//! handlers → `index`, `format`, `ansi` → store; nothing below imports a handler module.
 
+mod ansi;
 mod api;
 pub mod backup;
+mod format;
+mod headers;
 pub mod hooks;
+mod index;
+mod links;
 mod metrics;
-pub mod pages;
+mod pages;
+mod router;
 mod sse;
 mod status;
 
+pub use router::router;
+
 use crate::store::Store;
-use axum::Router;
+use index::Caches;
+use metrics::Metrics;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use tokio::sync::Notify;
@@ -34,6 +47,37 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// One permit: at most one `GET /api/v1/backup` streams at a time.
     pub backup_gate: Arc<tokio::sync::Semaphore>,
+    /// In-memory views of the store for the spec list and `/metrics`, kept fresh by store
+    /// events.
+    caches: Arc<Caches>,
+    /// The Prometheus registry `/metrics` encodes.
+    metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    /// The state of one server: what the caller runs beside it (the sync loop it triggers,
+    /// the counters it feeds, the shutdown token) plus what only the web side needs.
+    pub fn new(
+        store: Store,
+        info: AppInfo,
+        webhooks: hooks::Webhooks,
+        sync_trigger: Arc<Notify>,
+        counters: Arc<Counters>,
+        shutdown: CancellationToken,
+    ) -> AppState {
+        let inner = Arc::new(info);
+        AppState {
+            caches: Caches::new(&store, &inner),
+            metrics: Arc::new(Metrics::new(Arc::clone(&counters))),
+            store,
+            inner,
+            sync_trigger,
+            counters,
+            webhooks: Arc::new(webhooks),
+            shutdown,
+            backup_gate: Arc::new(tokio::sync::Semaphore::new(1)),
+        }
+    }
 }
 
 /// Process-wide counters for `/metrics`.
@@ -66,18 +110,6 @@ pub struct AppInfo {
     /// files (`…/blob/BRANCH/PATH`, or a template with `{path}` and `{branch}`) and, without
     /// `commit_url`, to commits (`…/commit/SHA`).
     pub repo_web_url: Option<String>,
-}
-
-pub fn router(state: AppState) -> Router {
-    api::routes()
-        .merge(backup::routes())
-        .merge(hooks::routes())
-        .merge(status::routes())
-        .merge(pages::routes(&state))
-        .layer(tower_http::compression::CompressionLayer::new())
-        .layer(axum::middleware::from_fn(pages::security_headers))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
-        .with_state(state)
 }
 
 /// Serve until `shutdown` is cancelled.

@@ -12,30 +12,24 @@
 //! Everything works without JavaScript except the live tail, the copy buttons and relative
 //! times that keep counting. Nothing here changes state.
 
-mod ansi;
 mod assets;
 mod highlight;
-pub(crate) mod index;
 
-pub(crate) use ansi::line_to_html;
-pub(crate) use index::Caches;
+pub(super) use assets::serve as static_file;
 
 use super::AppState;
-use crate::model::{Job, JobId, JobStatus, Revision, Timestamp, now};
+use super::ansi::line_to_html;
+use super::format::{When, duration, encode, relative, short, thousands};
+use super::index::{SpecRow, SpecStatus};
+use crate::model::{Job, JobId, JobStatus, Revision, now};
 use crate::store::StoreError;
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
-use axum::{Extension, Router};
-use index::{SpecRow, SpecStatus};
 use serde::Deserialize;
-use std::fmt::Write as _;
-use std::sync::Arc;
-use time::OffsetDateTime;
 
 /// Rows per page of the spec list.
 pub const SPECS_PAGE: usize = 100;
@@ -44,174 +38,8 @@ pub const JOBS_PAGE: usize = 50;
 /// Log lines per page on a job's page.
 pub const LOG_PAGE: usize = 500;
 
-pub fn routes(state: &AppState) -> Router<AppState> {
-    Router::new()
-        .route("/", get(spec_list))
-        .route("/specs/{name}", get(spec_page))
-        .route("/jobs/{id}", get(job_page))
-        .route("/jobs/{id}/events", get(super::sse::job_events))
-        .route("/metrics", get(super::metrics::metrics))
-        .route("/static/{name}", get(assets::serve))
-        .fallback(not_found_page)
-        .layer(Extension(Caches::new(&state.store, &state.inner)))
-}
-
-/// The Content-Security-Policy of every response: scripts, styles and images only from this
-/// origin, no inline code, no framing, forms only to here (the filter is a GET form).
-pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-    connect-src 'self'; font-src 'self'; manifest-src 'self'; base-uri 'none'; form-action 'self'; \
-    frame-ancestors 'none'";
-
-/// Security headers on every response (pages, API, static files), unless a handler set them.
-pub async fn security_headers(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    use axum::http::HeaderValue;
-    let is_page = !request.uri().path().starts_with("/api/");
-    let mut response = next.run(request).await;
-    let h = response.headers_mut();
-    let defaults = [
-        (header::CONTENT_SECURITY_POLICY, CSP),
-        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        (header::REFERRER_POLICY, "same-origin"),
-        (header::X_FRAME_OPTIONS, "DENY"),
-    ];
-    for (name, value) in defaults {
-        if !h.contains_key(&name) {
-            h.insert(name, HeaderValue::from_static(value));
-        }
-    }
-    // Pages are live views: always revalidate (static files set their own caching).
-    if is_page && !h.contains_key(header::CACHE_CONTROL) {
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    }
-    response
-}
-
 // ---------------------------------------------------------------------------------------
 // Shared view pieces
-
-/// A point in time, three ways.
-pub struct When {
-    /// RFC 3339, for `<time datetime>` (the script keeps the relative text current).
-    pub iso: String,
-    /// `2026-11-23 15:39:34 UTC`, shown on hover.
-    pub exact: String,
-    /// `5 min ago`.
-    pub rel: String,
-}
-
-impl When {
-    pub fn at(ts: Timestamp) -> When {
-        When::at_now(ts, now())
-    }
-
-    fn at_now(ts: Timestamp, now: Timestamp) -> When {
-        let t = OffsetDateTime::from_unix_timestamp(ts).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-        let exact = format!(
-            "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second()
-        );
-        When {
-            iso: crate::model::rfc3339(ts),
-            rel: relative(now - ts, &exact),
-            exact,
-        }
-    }
-}
-
-/// `just now`, `42 s ago`, `5 min ago`, `3 h ago`, `2 days ago`, then the date.
-fn relative(ago: i64, exact: &str) -> String {
-    match ago {
-        i64::MIN..=-60 => exact[..10].to_string(),
-        -59..=4 => "just now".into(),
-        5..=59 => format!("{ago} s ago"),
-        60..=3599 => format!("{} min ago", ago / 60),
-        3600..=86_399 => format!("{} h ago", ago / 3600),
-        86_400..=2_591_999 => {
-            let d = ago / 86_400;
-            format!("{d} day{} ago", if d == 1 { "" } else { "s" })
-        }
-        _ => exact[..10].to_string(),
-    }
-}
-
-/// `1 h 2 min`, `3 min 4 s`, `12 s`.
-pub fn duration(secs: i64) -> String {
-    let secs = secs.max(0);
-    match secs {
-        0..=59 => format!("{secs} s"),
-        60..=3599 => format!("{} min {} s", secs / 60, secs % 60),
-        _ => format!("{} h {} min", secs / 3600, (secs % 3600) / 60),
-    }
-}
-
-/// `10,000`
-pub fn thousands(n: usize) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// Percent-encode for a URL query value or path segment.
-pub fn encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
-}
-
-fn short(sha: &str) -> &str {
-    sha.get(..7).unwrap_or(sha)
-}
-
-/// Only http(s) links from configuration reach an `href`.
-fn web_link(url: String) -> Option<String> {
-    (url.starts_with("https://") || url.starts_with("http://")).then_some(url)
-}
-
-impl super::AppInfo {
-    /// Link to a commit: `commit_url` with `{sha}` replaced, else `repo_web_url/commit/SHA`.
-    pub fn commit_href(&self, sha: &str) -> Option<String> {
-        let url = match (&self.commit_url, &self.repo_web_url) {
-            (Some(template), _) => template.replace("{sha}", sha),
-            (None, Some(base)) => format!("{}/commit/{sha}", base.trim_end_matches('/')),
-            (None, None) => return None,
-        };
-        web_link(url)
-    }
-
-    /// Link to a file on the branch: `repo_web_url` with `{path}` (and `{branch}`) replaced,
-    /// else `repo_web_url/blob/BRANCH/PATH` (GitHub, Gitea and GitLab all answer that).
-    pub fn file_href(&self, path: &str) -> Option<String> {
-        let base = self.repo_web_url.as_ref()?;
-        let path = path.trim_start_matches("./");
-        let url = if base.contains("{path}") {
-            base.replace("{path}", path)
-                .replace("{branch}", &self.branch)
-        } else {
-            format!("{}/blob/{}/{path}", base.trim_end_matches('/'), self.branch)
-        };
-        web_link(url)
-    }
-}
 
 /// What every page's frame shows.
 pub struct Layout {
@@ -301,7 +129,7 @@ impl IntoResponse for PageError {
     }
 }
 
-async fn not_found_page() -> PageError {
+pub(super) async fn not_found_page() -> PageError {
     PageError::not_found("There is no page at this address.")
 }
 
@@ -385,11 +213,11 @@ fn page_number(raw: Option<&str>) -> usize {
         .max(1)
 }
 
-async fn spec_list(
+pub(super) async fn spec_list(
     State(state): State<AppState>,
-    Extension(caches): Extension<Arc<Caches>>,
     Query(query): Query<ListQuery>,
 ) -> Result<Response, PageError> {
+    let caches = &state.caches;
     let index = caches.specs.get(&state.store).await?;
     let q = query.q.unwrap_or_default().trim().to_string();
     let needle = q.to_lowercase();
@@ -548,7 +376,7 @@ pub struct PageQuery {
     page: Option<String>,
 }
 
-async fn spec_page(
+pub(super) async fn spec_page(
     State(state): State<AppState>,
     Path(name): Path<String>,
     Query(query): Query<PageQuery>,
@@ -756,7 +584,7 @@ fn timing_facts(job: &Job) -> Vec<Fact> {
     facts
 }
 
-async fn job_page(
+pub(super) async fn job_page(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(query): Query<LogQuery>,
@@ -855,39 +683,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn relative_times_and_numbers() {
-        let w = When::at_now(1_700_000_000, 1_700_000_000 + 125);
-        assert_eq!(w.rel, "2 min ago");
-        assert_eq!(w.exact, "2023-11-14 22:13:20 UTC");
-        assert_eq!(When::at_now(0, 2).rel, "just now");
-        assert_eq!(When::at_now(0, 86_400 * 3).rel, "3 days ago");
-        assert_eq!(When::at_now(0, 86_400 * 40).rel, "1970-01-01");
-        assert_eq!(thousands(10_000), "10,000");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(duration(3725), "1 h 2 min");
-        assert_eq!(encode("a b/ü"), "a%20b%2F%C3%BC");
-    }
-
-    #[test]
-    fn links_from_configuration() {
-        let info = super::super::AppInfo {
-            branch: "main".into(),
-            repo_web_url: Some("https://git.example.com/org/specs/".into()),
-            ..Default::default()
-        };
-        assert_eq!(
-            info.commit_href("abc").as_deref(),
-            Some("https://git.example.com/org/specs/commit/abc")
-        );
-        assert_eq!(
-            info.file_href("./a/b.yaml").as_deref(),
-            Some("https://git.example.com/org/specs/blob/main/a/b.yaml")
-        );
-        let info = super::super::AppInfo {
-            commit_url: Some("javascript:alert({sha})".into()),
-            ..Default::default()
-        };
-        assert_eq!(info.commit_href("abc"), None);
+    fn list_links_keep_the_filter() {
         assert_eq!(
             list_href("a b", Some("failed"), true, 2),
             "/?q=a%20b&status=failed&deleted=1&page=2"

@@ -13,7 +13,7 @@
 //! sent as the client takes them.
 
 use super::AppState;
-use super::pages::line_to_html;
+use super::ansi::line_to_html;
 use crate::model::{JobId, JobStatus};
 use crate::store::{Store, StoreEvent};
 use axum::extract::{Path, Query, State};

@@ -4,16 +4,11 @@
 
 use super::AppState;
 use crate::model::rfc3339;
+use axum::Json;
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
 use std::sync::atomic::Ordering;
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/api/v1/status", get(status))
-}
-
-async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
+pub(super) async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
     let sync = state.store.sync_status().unwrap_or_default();
     let counters = &state.counters;
     let info = &state.inner;

@@ -2,7 +2,7 @@
 //! rendered Dockerfiles. Line-based (one `String` of HTML per source line), escape first,
 //! spans with fixed classes only — no regex engine, no JavaScript.
 
-use super::ansi::escape;
+use crate::web::ansi::escape;
 
 /// Split at the first `#` that starts a comment (at line start or after whitespace, outside
 /// quotes).

@@ -11,9 +11,10 @@
 //! log events do not. A stale cache is rebuilt once, on a blocking thread, while concurrent
 //! requests wait for that one rebuild.
 
+use super::AppInfo;
+use super::format::{When, encode};
 use crate::model::{JobStatus, Timestamp};
 use crate::store::{Store, StoreError, StoreEvent};
-use crate::web::AppInfo;
 use axum::body::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -121,10 +122,10 @@ impl SpecIndex {
                 index.live += 1;
                 index.counts[status.slot()] += 1;
             }
-            let when = super::When::at_now(record.updated_at, record.updated_at);
+            let when = When::at_now(record.updated_at, record.updated_at);
             index.rows.push(SpecRow {
                 haystack: format!("{}\n{}", record.name, record.path).to_lowercase(),
-                href: format!("/specs/{}", super::encode(&record.name)),
+                href: format!("/specs/{}", encode(&record.name)),
                 status,
                 job_href: record.latest_job.map(|id| format!("/jobs/{id}")),
                 image: record.latest_image,
