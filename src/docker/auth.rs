@@ -125,14 +125,14 @@ impl fmt::Debug for RegistryAuths {
 
 /// The on-disk shape of `config.json` (only what Kiln reads).
 #[derive(Deserialize)]
-pub(super) struct ConfigFile {
+struct ConfigFile {
     #[serde(default)]
     auths: BTreeMap<String, AuthEntry>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
-pub(super) struct AuthEntry {
+struct AuthEntry {
     auth: Option<String>,
     username: Option<String>,
     password: Option<String>,
@@ -236,7 +236,7 @@ impl RegistryAuths {
     }
 }
 
-pub(super) fn io_message(e: &std::io::Error) -> String {
+fn io_message(e: &std::io::Error) -> String {
     // The kind is enough and never contains file contents.
     match e.kind() {
         std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
@@ -244,10 +244,7 @@ pub(super) fn io_message(e: &std::io::Error) -> String {
     }
 }
 
-pub(super) fn entry_credential(
-    registry: &str,
-    entry: &AuthEntry,
-) -> Result<Option<Credential>, String> {
+fn entry_credential(registry: &str, entry: &AuthEntry) -> Result<Option<Credential>, String> {
     let mut username = entry.username.clone().filter(|u| !u.is_empty());
     let mut password = entry.password.clone().filter(|p| !p.is_empty());
     if let Some(auth) = entry
@@ -282,7 +279,7 @@ pub(super) fn entry_credential(
 }
 
 /// Standard alphabet, padding optional (some tools write `auth` without `=`).
-pub(super) fn lenient_base64() -> GeneralPurpose {
+fn lenient_base64() -> GeneralPurpose {
     GeneralPurpose::new(
         &base64::alphabet::STANDARD,
         GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
@@ -309,7 +306,7 @@ pub fn normalize_registry(name: &str) -> String {
 }
 
 /// The key the Engine expects for a normalized registry host.
-pub(super) fn engine_auth_key(registry: &str) -> &str {
+pub(crate) fn engine_auth_key(registry: &str) -> &str {
     if registry == DOCKER_HUB {
         DOCKER_HUB_AUTH_KEY
     } else {

@@ -72,7 +72,7 @@ impl std::fmt::Debug for BuildRequest<'_> {
 
 /// What a build's output said about the image it made.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(super) struct BuildOutcome {
+struct BuildOutcome {
     /// `aux.ID` of the build stream (full `sha256:…`).
     aux_id: Option<String>,
     /// The short id of the classic builder's "Successfully built <id>" line.
@@ -80,7 +80,7 @@ pub(super) struct BuildOutcome {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum ImageIdent {
+enum ImageIdent {
     Full(String),
     Short(String),
 }
@@ -102,7 +102,7 @@ impl BuildOutcome {
 /// `log`, `aux.ID` is kept. On cancellation the stream is dropped at once, which closes the
 /// connection: the classic builder sees the client go away, kills the running step and tags
 /// nothing.
-pub(super) async fn drain_build<S>(
+async fn drain_build<S>(
     stream: S,
     log: &mut dyn LogSink,
     auth: Option<&Credential>,
@@ -188,7 +188,7 @@ where
 /// next step in sequence counts, and callers check the answer against the final image's
 /// parents ([`Engine::descends_from`]) before they rely on it.
 #[derive(Debug, Default)]
-pub(super) struct StepTracker {
+struct StepTracker {
     /// The step the builder is running, and `M` of its `Step N/M`.
     current: Option<(usize, usize)>,
     /// The last ` ---> <id>` line seen in that step: its result so far.

@@ -18,11 +18,7 @@ pub(super) fn build_context(
     tar.into_inner()
 }
 
-pub(super) fn append_file(
-    tar: &mut tar::Builder<Vec<u8>>,
-    name: &str,
-    data: &[u8],
-) -> std::io::Result<()> {
+fn append_file(tar: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8]) -> std::io::Result<()> {
     let mut header = tar::Header::new_gnu();
     header.set_path(name)?;
     header.set_size(data.len() as u64);

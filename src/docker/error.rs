@@ -75,7 +75,7 @@ impl EngineError {
 }
 
 /// A TLS handshake that failed on a certificate (rustls' and Go's words): not network trouble.
-pub(super) fn looks_like_tls_refusal(message: &str) -> bool {
+fn looks_like_tls_refusal(message: &str) -> bool {
     let message = message.to_ascii_lowercase();
     [
         "certificate",
@@ -89,7 +89,7 @@ pub(super) fn looks_like_tls_refusal(message: &str) -> bool {
 }
 
 /// Network trouble and overloaded registries, as the Engine words them.
-pub(super) fn looks_transient(message: &str) -> bool {
+fn looks_transient(message: &str) -> bool {
     const PATTERNS: &[&str] = &[
         "connection refused",
         "connection reset",
@@ -116,7 +116,7 @@ pub(super) fn looks_transient(message: &str) -> bool {
 }
 
 /// A registry's refusal, as the Engine words it.
-pub(super) fn looks_like_auth_failure(message: &str) -> bool {
+fn looks_like_auth_failure(message: &str) -> bool {
     const PATTERNS: &[&str] = &[
         "unauthorized",
         "authentication required",

@@ -45,7 +45,7 @@ pub(super) fn docker_credentials(c: &Credential) -> DockerCredentials {
 
 /// Standard base64 → base64url (same padding): what the Engine's `base64.URLEncoding`
 /// decoder needs. Idempotent, so it stays correct should bollard ever encode base64url itself.
-pub(super) fn to_base64url(standard: &str) -> String {
+fn to_base64url(standard: &str) -> String {
     standard.replace('+', "-").replace('/', "_")
 }
 

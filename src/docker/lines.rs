@@ -9,7 +9,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 /// A line longer than this without a newline is emitted in pieces.
-pub(super) const MAX_LINE: usize = 64 * 1024;
+const MAX_LINE: usize = 64 * 1024;
 
 /// Where the Engine layer puts log lines, one whole line per call.
 ///

@@ -126,7 +126,7 @@ impl ProgressCondenser {
     }
 }
 
-pub(super) fn lowercase_first(s: &str) -> String {
+fn lowercase_first(s: &str) -> String {
     let mut chars = s.chars();
     match chars.next() {
         Some(c) => c.to_lowercase().chain(chars).collect(),
@@ -135,7 +135,7 @@ pub(super) fn lowercase_first(s: &str) -> String {
 }
 
 /// Decimal size as Docker prints it: `512 B`, `3.4 kB`, `12.3 MB`, `1.2 GB`.
-pub(super) fn human_size(bytes: i64) -> String {
+fn human_size(bytes: i64) -> String {
     const UNITS: [&str; 4] = ["kB", "MB", "GB", "TB"];
     if bytes < 1000 {
         return format!("{bytes} B");
@@ -150,7 +150,7 @@ pub(super) fn human_size(bytes: i64) -> String {
 }
 
 /// The manifest digest in a push's final status, `"<tag>: digest: sha256:<64 hex> size: N"`.
-pub(super) fn parse_push_digest(status: &str) -> Option<String> {
+fn parse_push_digest(status: &str) -> Option<String> {
     let at = status.find("digest: ")? + "digest: ".len();
     let candidate = status[at..].split_whitespace().next()?;
     let hex = candidate.strip_prefix("sha256:")?;

@@ -18,11 +18,11 @@ use tokio_util::sync::CancellationToken;
 
 /// The `fromImage` sent when a push travels as a create_image call: an invalid reference,
 /// rejected by the Engine before any registry is contacted, should the path rewrite not apply.
-pub(super) const PUSH_PLACEHOLDER: &str = "kiln-push-path-rewrite-failed//invalid";
+const PUSH_PLACEHOLDER: &str = "kiln-push-path-rewrite-failed//invalid";
 
 /// Replaces the request's path (and query) from `from` on with `to`; unchanged when `from`
 /// is not in the URI.
-pub(super) fn rewrite_path(mut req: BollardRequest, from: &str, to: &str) -> BollardRequest {
+fn rewrite_path(mut req: BollardRequest, from: &str, to: &str) -> BollardRequest {
     if let Some(uri) = rewrite_uri(&req.uri().to_string(), from, to)
         && let Ok(uri) = uri.parse()
     {
@@ -31,7 +31,7 @@ pub(super) fn rewrite_path(mut req: BollardRequest, from: &str, to: &str) -> Bol
     req
 }
 
-pub(super) fn rewrite_uri(uri: &str, from: &str, to: &str) -> Option<String> {
+fn rewrite_uri(uri: &str, from: &str, to: &str) -> Option<String> {
     let authority_end = uri.find("://").map(|i| i + 3)?;
     let path_start = authority_end + uri[authority_end..].find('/')?;
     let at = path_start + uri[path_start..].find(from)?;
