@@ -926,6 +926,125 @@ fn humanize(d: Duration) -> String {
 mod tests {
     use super::*;
 
+    /// A real Engine client for an address where nothing listens: every request fails as
+    /// unreachable (transient), with no Docker involved.
+    fn unreachable_engine() -> crate::docker::Engine {
+        let endpoint = crate::docker::EngineEndpoint {
+            host: Some("tcp://127.0.0.1:1".into()),
+            tls_verify: Some(false),
+            ..Default::default()
+        };
+        crate::docker::Engine::unverified(&endpoint).unwrap()
+    }
+
+    fn new_job(spec: &str, revision: u64) -> crate::reconcile::NewJob {
+        crate::reconcile::NewJob {
+            spec: spec.into(),
+            revision,
+            commit: format!("{revision:0>40}"),
+            digest: format!("sha256:{spec}{revision}"),
+            plan: JobPlan::Build,
+            dockerfile: format!("FROM 127.0.0.1:1/{spec}:latest\nRUN true\n"),
+            cancelled: None,
+        }
+    }
+
+    /// The scheduling loop end to end without Docker: every queued job runs (one per spec at a
+    /// time), transient failures are retried per the attempt policy, the loop ends when
+    /// nothing is queued or running, and the failed jobs are reported.
+    #[tokio::test]
+    async fn drain_runs_every_job_to_its_end_and_retries_transient_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let plan = crate::reconcile::Plan {
+            jobs: vec![new_job("a", 1), new_job("b", 1), new_job("c", 1)],
+            ..Default::default()
+        };
+        let ids = store.apply(&plan, &"1".repeat(40)).await.unwrap();
+        assert_eq!(ids.len(), 3);
+        let settings = BuildSettings {
+            max_parallel: 2,
+            max_attempts: 2,
+            retry_backoff: Duration::from_millis(1),
+            ..BuildSettings::default()
+        };
+        let workers = Workers::new(store.clone(), unreachable_engine(), settings);
+        let failed = workers.drain().await.unwrap();
+        assert_eq!(failed, ids);
+        for id in ids {
+            let job = store.job(id).unwrap().unwrap();
+            assert_eq!(job.status, JobStatus::Failed);
+            assert_eq!(job.attempts, 2, "one retry after a transient failure");
+            assert!(
+                job.error.as_deref().unwrap_or("").contains("unreachable"),
+                "{:?}",
+                job.error
+            );
+            let log: Vec<String> = store
+                .log_lines(id, 0, 100)
+                .unwrap()
+                .into_iter()
+                .map(|(_, l)| l.text)
+                .collect();
+            assert!(
+                log.iter().any(|l| l.starts_with("kiln: attempt 1 failed (")
+                    && l.ends_with("retrying in 1 ms")),
+                "{log:?}"
+            );
+            assert!(
+                log.iter().any(|l| l.starts_with("kiln: failed: ")),
+                "{log:?}"
+            );
+        }
+        assert!(store.active_jobs().unwrap().is_empty());
+    }
+
+    /// A job the store cancels while it waits for its next attempt stops at once (the store
+    /// event reaches its token; no timer is involved) and keeps the store's verdict.
+    #[tokio::test]
+    async fn a_store_cancellation_stops_a_job_waiting_to_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let plan = crate::reconcile::Plan {
+            jobs: vec![new_job("a", 1)],
+            ..Default::default()
+        };
+        let id = store.apply(&plan, &"1".repeat(40)).await.unwrap()[0];
+        let settings = BuildSettings {
+            max_attempts: 3,
+            retry_backoff: Duration::from_secs(3600),
+            ..BuildSettings::default()
+        };
+        let mut events = store.subscribe();
+        let workers = Workers::new(store.clone(), unreachable_engine(), settings);
+        let drain = tokio::spawn(async move { workers.drain().await });
+        // Wait (on store events) until the job logs its wait for attempt 2: an hour, capped.
+        loop {
+            if let Ok(StoreEvent::Log { .. }) = events.recv().await
+                && store
+                    .log_lines(id, 0, 100)
+                    .unwrap()
+                    .iter()
+                    .any(|(_, l)| l.text.ends_with("retrying in 5 min"))
+            {
+                break;
+            }
+        }
+        let cancel = crate::reconcile::Plan {
+            cancellations: vec![crate::reconcile::Cancellation {
+                job: id,
+                reason: "superseded by r2".into(),
+            }],
+            ..Default::default()
+        };
+        store.apply(&cancel, &"2".repeat(40)).await.unwrap();
+        assert_eq!(drain.await.unwrap().unwrap(), Vec::<JobId>::new());
+        let job = store.job(id).unwrap().unwrap();
+        assert_eq!(job.status, JobStatus::Cancelled);
+        assert_eq!(job.error.as_deref(), Some("superseded by r2"));
+        assert_eq!(job.attempts, 1);
+    }
+
     #[test]
     fn listings_parse() {
         let apt = parse_listing("apt", "adduser\t3.134\nlibc6\t2.36-9+deb12u9\n");
