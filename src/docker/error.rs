@@ -3,7 +3,7 @@
 //! bollard reports one error type for everything; this module turns it into an
 //! [`EngineError`] named for the operation (build, pull, push, other) with every registry
 //! secret scrubbed, and classifies it ([`EngineError::is_transient`]) from the Engine's own
-//! words. The attempt policy (`crate::attempt`) decides on that kind alone, so it is kept
+//! words. The attempt policy (`crate::jobs::attempt`) decides on that kind alone, so it is kept
 //! apart from the I/O.
 
 use super::auth::{Credential, registry_of};
