@@ -160,6 +160,7 @@ fn main() -> Res<()> {
             pull_secrets: Some(config.pull_secrets.keys().cloned().collect()),
         },
         source_url: config.source_url.clone(),
+        ca_bundle: config.ca_bundle.is_some(),
     };
     let ctx = settings.spec_context.clone();
     let specs_dir = config.specs_dir.clone();

@@ -2,9 +2,12 @@
 //!
 //! See `ARCHITECTURE.md` for the map of modules and the data path.
 
-pub mod build;
+pub mod backoff;
+pub mod builder;
 pub mod check;
 pub mod config;
+pub mod docker;
+pub mod dockerfile;
 pub mod http_client;
 pub mod jobs;
 pub mod model;

@@ -2,11 +2,11 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use kiln::build::auth::RegistryAuths;
-use kiln::build::dockerfile::{self, RenderOptions, RevisionInfo};
-use kiln::build::engine::{Engine, EngineEndpoint};
 use kiln::check::{self, Format};
 use kiln::config::{Config, ConfigArgs, DataDirArgs, Retention, RetentionArgs};
+use kiln::docker::auth::RegistryAuths;
+use kiln::docker::{Engine, EngineEndpoint};
+use kiln::dockerfile::{self, RenderOptions, RevisionInfo};
 use kiln::jobs::{BuildSettings, Workers};
 use kiln::spec::{self, SpecContext};
 use kiln::store::{GcPolicy, Store, StoreError};

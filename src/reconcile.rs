@@ -15,7 +15,7 @@
 //!   queued or running jobs of the spec are cancelled the same way;
 //! * a digest this spec already built successfully is planned as a re-use of that image.
 
-use crate::build::dockerfile::{self, RenderOptions, RevisionInfo};
+use crate::dockerfile::{self, RenderOptions, RevisionInfo};
 use crate::model::{CommitMeta, JobId, JobPlan, Revision, SpecRecord, rfc3339};
 use crate::spec::{self, ParsedSpec, SpecContext};
 use sha2::{Digest, Sha256};
@@ -64,6 +64,8 @@ pub struct Settings {
     pub spec_context: SpecContext,
     /// Repository URL for the `org.opencontainers.image.source` label.
     pub source_url: String,
+    /// Whether builds get a CA bundle: the Dockerfile is rendered here once, with it.
+    pub ca_bundle: bool,
 }
 
 /// A job to create.
@@ -219,7 +221,13 @@ fn observe<V: StateView>(
             revision: number,
             digest: digest.clone(),
         };
-        let dockerfile = dockerfile::render(&spec, &info, &RenderOptions::default());
+        // Rendered once, here; the worker builds this text and only restores the base image's
+        // own USER at the end once it has inspected the base.
+        let options = RenderOptions {
+            base_user: None,
+            ca_bundle: settings.ca_bundle,
+        };
+        let dockerfile = dockerfile::render(&spec, &info, &options);
         plan.jobs.push(NewJob {
             spec: obs.name.clone(),
             revision: number,

@@ -60,6 +60,7 @@ impl Syncer {
             settings: Settings {
                 spec_context,
                 source_url: config.source_url.clone(),
+                ca_bundle: config.ca_bundle.is_some(),
             },
         })
     }

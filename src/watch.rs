@@ -32,6 +32,7 @@
 //! state is always looked at. (`notify-debouncer-mini` is trailing-edge only — every commit
 //! would wait the whole window — and drops the `Rescan` flag.)
 
+use crate::backoff::Backoff;
 use crate::repo::{Repo, RepoError, RepoLocation};
 use crate::sync::{SyncError, SyncOutcome, Syncer};
 use notify::event::{AccessKind, AccessMode};
@@ -279,44 +280,6 @@ fn debounce_loop(
     }
 }
 
-/// Exponential backoff for failed passes: [`FIRST_RETRY`], doubled per failure, capped.
-#[derive(Clone, Debug)]
-pub struct Backoff {
-    first: Duration,
-    cap: Duration,
-    failures: u32,
-}
-
-impl Backoff {
-    pub fn new(first: Duration, cap: Duration) -> Backoff {
-        Backoff {
-            first: first.min(cap),
-            cap,
-            failures: 0,
-        }
-    }
-
-    /// Records a failure; returns how long to wait before the next attempt.
-    pub fn failed(&mut self) -> Duration {
-        let delay = self
-            .first
-            .saturating_mul(2u32.saturating_pow(self.failures.min(31)))
-            .min(self.cap);
-        self.failures = self.failures.saturating_add(1);
-        delay
-    }
-
-    /// Records a success; returns how many failures came before it.
-    pub fn succeeded(&mut self) -> u32 {
-        std::mem::take(&mut self.failures)
-    }
-
-    /// Failures since the last success.
-    pub fn failures(&self) -> u32 {
-        self.failures
-    }
-}
-
 /// Looks at the repository now, then every `poll_interval` (after a failure: with backoff),
 /// and at once whenever `trigger` is notified, until `shutdown`. `on_pass` sees every result
 /// (for counters).
@@ -419,21 +382,6 @@ mod tests {
         assert!(kind_may_change(&EventKind::Remove(
             notify::event::RemoveKind::Any
         )));
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap_and_resets() {
-        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
-        let delays: Vec<u64> = (0..9).map(|_| b.failed().as_secs()).collect();
-        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
-        assert_eq!(b.succeeded(), 9);
-        assert_eq!(b.failed(), Duration::from_secs(1));
-        let mut short = Backoff::new(Duration::from_secs(1), Duration::from_secs(1));
-        assert_eq!(short.failed(), Duration::from_secs(1));
-        assert_eq!(short.failed(), Duration::from_secs(1));
-        for _ in 0..100 {
-            short.failed();
-        }
     }
 
     /// A real watcher on a real git dir: a ref written the way git writes it (lock + rename)

@@ -6,8 +6,8 @@
 //! creates is removed again (also when it fails), and manifests pushed to the registries are
 //! deleted through the registry API.
 
-use kiln::build::auth::{Credential, RegistryAuths};
-use kiln::build::engine::{BuildRequest, Engine, EngineEndpoint, EngineError};
+use kiln::docker::auth::{Credential, RegistryAuths};
+use kiln::docker::{BuildRequest, Engine, EngineEndpoint, EngineError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -317,7 +317,7 @@ async fn pip_build_with_ca_bundle_installs_six() {
          RUN PIP_CERT=/usr/local/share/kiln/ca-bundle.crt SSL_CERT_FILE=/usr/local/share/kiln/ca-bundle.crt \
          PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 \
          python3 -m pip install --no-cache-dir six==1.16.0\n",
-        ctx = kiln::build::dockerfile::CA_BUNDLE_CONTEXT_NAME
+        ctx = kiln::dockerfile::CA_BUNDLE_CONTEXT_NAME
     );
     let req = BuildRequest {
         dockerfile: &text,
@@ -728,7 +728,7 @@ async fn run_capture_exit_codes_and_limits() {
         .await
         .unwrap();
     assert_eq!(code, 0);
-    assert_eq!(out.len(), kiln::build::engine::RUN_CAPTURE_LIMIT);
+    assert_eq!(out.len(), kiln::docker::RUN_CAPTURE_LIMIT);
     let err = engine
         .run_capture(
             "kiln-test/no-such-image:nope",

@@ -12,7 +12,7 @@
 //! equal the file stem); the seeds in `fuzz/seeds/` use that name to reach the valid path.
 #![no_main]
 
-use kiln::build::dockerfile::{self, RenderOptions, RevisionInfo};
+use kiln::dockerfile::{self, RenderOptions, RevisionInfo};
 use kiln::spec::{MAX_SPEC_BYTES, SpecContext, parse_spec};
 use libfuzzer_sys::fuzz_target;
 

@@ -9,7 +9,7 @@
 //! at a few MiB whatever the log size. When the writer keeps up, every line is handed over at
 //! once, so the dashboard's live tail sees it without delay.
 
-use crate::build::engine::LogSink;
+use crate::docker::LogSink;
 use crate::model::JobId;
 use crate::store::{LogLine, Store};
 use std::future::Future;

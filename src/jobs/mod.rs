@@ -1,46 +1,52 @@
-//! Build jobs: take queued jobs from the store, run them through the Docker Engine, record
-//! every log line and the outcome.
+//! Build jobs: take queued jobs from the store, run them through a builder, record every log
+//! line and the outcome.
 //!
-//! This is where the store (what to do) meets the Engine (how): the Engine layer knows nothing
-//! of jobs, the store knows nothing of Docker. A job runs as: mark `running` → resolve the
-//! base image's credential (`pullSecret`), refresh the base and read its user → render the
-//! final Dockerfile → build (or, for a re-use, retag the earlier image) → push every tag →
+//! This is where the store (what to do) meets the builder (how): the builder layer knows
+//! nothing of jobs, the store knows nothing of Docker. Jobs hold the seam
+//! ([`crate::builder::Builders`]), never a concrete Engine, and lease one builder per attempt.
+//! A job runs as: mark `running` → lease a builder → resolve the base image's credential (the
+//! `pullSecret` the recorded Dockerfile names), refresh the base and read its user → the
+//! Dockerfile reconcile rendered and stored with the job, with the base's own `USER` restored
+//! at the end → build (or, for a re-use, retag the earlier image) → push every tag →
 //! `succeeded` / `reused` / `failed`. What is inside the image is listed by one throw-away
 //! container that runs beside the build's last steps and the push, so it adds no time to a job
 //! that pushes: it starts from the image of the last step that writes files while the builder
-//! still writes the labels (or from the finished image). Log lines
-//! stream through a bounded hand-off to one writer task that appends them to the store in
-//! batches with timestamps.
+//! still writes the labels (or from the finished image). Log lines stream through a bounded
+//! hand-off to one writer task that appends them to the store in batches with timestamps.
 //!
 //! What makes it trustworthy:
 //!
 //! * **Newest wins.** A job the store marks `cancelled` while it runs (superseded, spec
-//!   deleted) has its token cancelled: the Engine request is dropped, the build stops, nothing
-//!   more is pushed. The store never lets a worker overwrite a cancellation.
+//!   deleted) has its token cancelled: the builder request is dropped, the build stops,
+//!   nothing more is pushed. The store never lets a worker overwrite a cancellation.
 //! * **Nothing twice.** Tags already pushed are recorded on the job (`pushed`) and skipped by a
 //!   retry or after a restart; an image already built for the job's tag is not rebuilt.
-//! * **Transient failures retry.** An unreachable Engine or registry, a 5xx, a broken
+//! * **Transient failures retry.** An unreachable builder or registry, a 5xx, a broken
 //!   connection: retried with exponential backoff up to `max_attempts`, each attempt logged. A
-//!   failing `RUN` is not transient and fails at once.
+//!   failing `RUN` is not transient and fails at once. The decision is the pure
+//!   [`attempt::decide`].
 //! * **Bounded.** A per-job timeout stops the build ("timed out after …"); on shutdown running
 //!   builds get a grace period, then are stopped and re-queued for the next start.
+//! * **Event-driven.** One loop owns the running jobs (a `JoinSet`): it wakes on store events
+//!   (a job queued or cancelled, a sync applied) and on a job's end, never on a timer.
 
+pub mod attempt;
 mod log_sink;
 
-use crate::build::auth::{Credential, RegistryAuths, registry_of};
-use crate::build::dockerfile::{self, RenderOptions, RevisionInfo};
-use crate::build::engine::{BuildRequest, Engine, EngineError, LogSink, StepImage};
-use crate::model::{
-    InstalledPackage, InstalledPackages, Job, JobId, JobPlan, JobStatus, now, rfc3339,
-};
-use crate::spec::{self, SpecContext};
+use crate::builder::{Builder, Builders};
+use crate::docker::auth::{Credential, RegistryAuths, registry_of};
+use crate::docker::{BuildRequest, EngineError, LogSink, StepImage};
+use crate::dockerfile;
+use crate::model::{InstalledPackage, InstalledPackages, Job, JobId, JobPlan, JobStatus, now};
 use crate::store::{Store, StoreError, StoreEvent};
+use attempt::{AttemptPolicy, Decision, FailureKind, MAX_RETRY_DELAY};
 use log_sink::JobLog;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
+use tokio::sync::broadcast;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// What is inside an image, or the log line that says why it could not be listed.
@@ -87,7 +93,7 @@ pub struct BuildSettings {
     pub timeout: Duration,
     /// Attempts per job for transient failures.
     pub max_attempts: u32,
-    /// First retry delay; doubled per attempt.
+    /// First retry delay; doubled per attempt, at most [`MAX_RETRY_DELAY`].
     pub retry_backoff: Duration,
     /// How long running builds may go on after a shutdown request.
     pub shutdown_grace: Duration,
@@ -131,6 +137,15 @@ impl BuildSettings {
         ]
     }
 
+    /// The attempt policy these settings configure.
+    pub fn attempt_policy(&self) -> AttemptPolicy {
+        AttemptPolicy {
+            max_attempts: self.max_attempts,
+            first_delay: self.retry_backoff,
+            max_delay: MAX_RETRY_DELAY,
+        }
+    }
+
     fn push_credential(&self, image: &str) -> Option<&Credential> {
         self.auths.for_registry(&registry_of(image))
     }
@@ -140,105 +155,201 @@ impl BuildSettings {
 enum Attempt {
     Done(JobStatus),
     Failed(JobError),
+    /// Stopped by Kiln's shutdown: back to the queue for the next start.
+    Requeue,
 }
+
+/// Longest wait, after the shutdown grace, for stopped jobs to record themselves re-queued.
+const BOOKKEEPING: Duration = Duration::from_secs(10);
 
 /// The worker pool.
 #[derive(Clone)]
 pub struct Workers {
     store: Store,
-    engine: Engine,
+    builders: Arc<dyn Builders>,
     settings: Arc<BuildSettings>,
-    running: Arc<Mutex<HashMap<JobId, (String, CancellationToken)>>>,
-    /// Set on shutdown: stopped builds go back to the queue instead of failing.
-    stopping: Arc<AtomicBool>,
+    /// Cancelled once the shutdown grace is over: every running attempt's token is a child of
+    /// it, so one call stops them all, and a stopped job goes back to the queue.
+    stop: CancellationToken,
 }
 
-impl Workers {
-    pub fn new(store: Store, engine: Engine, settings: BuildSettings) -> Workers {
-        Workers {
-            store,
-            engine,
-            settings: Arc::new(settings),
-            running: Arc::new(Mutex::new(HashMap::new())),
-            stopping: Arc::new(AtomicBool::new(false)),
+/// The jobs one scheduling loop ([`Workers::drain`], [`Workers::run_forever`]) started and
+/// has not yet seen finish. Owned by that loop alone: no lock, and a finished task is known
+/// from [`JoinSet::join_next_with_id`], not by polling.
+#[derive(Default)]
+struct InFlight {
+    tasks: JoinSet<JobId>,
+    /// Spec and cancellation token of each running job.
+    jobs: HashMap<JobId, (String, CancellationToken)>,
+    /// Which job a task runs, for a task that panicked.
+    task_jobs: HashMap<tokio::task::Id, JobId>,
+}
+
+impl InFlight {
+    fn len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    fn busy(&self, spec: &str) -> bool {
+        self.jobs.values().any(|(s, _)| s == spec)
+    }
+
+    fn cancel(&self, job: JobId) {
+        if let Some((_, token)) = self.jobs.get(&job) {
+            token.cancel();
         }
     }
 
-    fn running_count(&self) -> usize {
-        self.running.lock().map(|r| r.len()).unwrap_or(0)
+    /// Waits for the next job to finish and forgets it; `None` when none runs.
+    async fn next_finished(&mut self) -> Option<JobId> {
+        let done = self.tasks.join_next_with_id().await?;
+        let (task, job) = match done {
+            Ok((task, job)) => (task, Some(job)),
+            Err(e) => {
+                tracing::error!(error = %e, "a job task ended abnormally");
+                (e.id(), None)
+            }
+        };
+        let job = job.or_else(|| self.task_jobs.get(&task).copied());
+        self.task_jobs.remove(&task);
+        if let Some(job) = job {
+            self.jobs.remove(&job);
+        }
+        job
+    }
+
+    /// Waits until every job has finished.
+    async fn finish_all(&mut self) {
+        while !self.tasks.is_empty() {
+            self.next_finished().await;
+        }
+    }
+}
+
+/// What a store event asks of the scheduling loop.
+enum Wake {
+    /// Nothing (log lines, retention passes).
+    Nothing,
+    /// Jobs may have been queued or freed: look at the queue.
+    Look,
+    /// Events were lost: look at the queue and at the running jobs' states.
+    Recheck,
+}
+
+impl Workers {
+    /// Workers that take their builders from `builders` (one Docker Engine today).
+    pub fn new(
+        store: Store,
+        builders: impl Builders + 'static,
+        settings: BuildSettings,
+    ) -> Workers {
+        Workers {
+            store,
+            builders: Arc::new(builders),
+            settings: Arc::new(settings),
+            stop: CancellationToken::new(),
+        }
     }
 
     /// Start every queued job that may start now: oldest first, at most `max_parallel` at a
     /// time, at most one per spec.
-    fn start_ready(&self) -> Result<(), JobError> {
-        if self.stopping.load(Ordering::SeqCst) {
+    fn start_ready(&self, inflight: &mut InFlight) -> Result<(), JobError> {
+        if self.stop.is_cancelled() {
             return Ok(());
         }
         let queued = self.store.active_jobs()?;
-        let mut running = self
-            .running
-            .lock()
-            .map_err(|_| JobError::Setup("worker state poisoned".into()))?;
-        let mut busy: HashSet<String> = running.values().map(|(spec, _)| spec.clone()).collect();
         for job in queued.into_iter().filter(|j| j.status == JobStatus::Queued) {
-            if running.len() >= self.settings.max_parallel.max(1) {
+            if inflight.len() >= self.settings.max_parallel.max(1) {
                 break;
             }
-            if busy.contains(&job.spec) || running.contains_key(&job.id) {
+            if inflight.busy(&job.spec) || inflight.jobs.contains_key(&job.id) {
                 continue;
             }
-            let token = CancellationToken::new();
-            running.insert(job.id, (job.spec.clone(), token.clone()));
-            busy.insert(job.spec.clone());
+            let token = self.stop.child_token();
+            let (id, spec) = (job.id, job.spec.clone());
             let me = self.clone();
-            tokio::spawn(async move {
-                let id = job.id;
-                if let Err(e) = me.run(job, token).await {
+            let run_token = token.clone();
+            let task = inflight.tasks.spawn(async move {
+                if let Err(e) = me.run(job, run_token).await {
                     tracing::error!(job = id, error = %e, "job bookkeeping failed");
                 }
-                if let Ok(mut running) = me.running.lock() {
-                    running.remove(&id);
-                }
+                id
             });
+            inflight.task_jobs.insert(task.id(), id);
+            inflight.jobs.insert(id, (spec, token));
         }
         Ok(())
     }
 
-    /// Stop a running job the store no longer wants (superseded, spec deleted).
-    fn cancel_running(&self, job: JobId) {
-        if let Ok(running) = self.running.lock()
-            && let Some((_, token)) = running.get(&job)
-        {
-            token.cancel();
+    /// Stops the running jobs a store event (or, after lost events, the store) says are
+    /// cancelled, and tells the loop whether to look at the queue.
+    fn on_event(
+        &self,
+        event: Result<StoreEvent, broadcast::error::RecvError>,
+        inflight: &InFlight,
+    ) -> Wake {
+        match event {
+            Ok(StoreEvent::Job {
+                job,
+                status: JobStatus::Cancelled,
+            }) => {
+                inflight.cancel(job);
+                Wake::Look
+            }
+            Ok(StoreEvent::Job { .. } | StoreEvent::Synced) => Wake::Look,
+            Ok(StoreEvent::Log { .. } | StoreEvent::Pruned { .. }) => Wake::Nothing,
+            Err(broadcast::error::RecvError::Lagged(_)) => Wake::Recheck,
+            // The store (and with it the sender) lives as long as the workers.
+            Err(broadcast::error::RecvError::Closed) => Wake::Nothing,
         }
+    }
+
+    /// After lost events: cancel the running jobs the store has cancelled meanwhile.
+    fn recheck(&self, inflight: &InFlight) -> Result<(), JobError> {
+        for id in inflight.jobs.keys() {
+            if self
+                .store
+                .job(*id)?
+                .is_some_and(|j| j.status == JobStatus::Cancelled)
+            {
+                inflight.cancel(*id);
+            }
+        }
+        Ok(())
     }
 
     /// Run until nothing is queued or running (`kiln sync`). Returns the ids of failed jobs
     /// among those this call ran.
     pub async fn drain(&self) -> Result<Vec<JobId>, JobError> {
         let mut events = self.store.subscribe();
+        let mut inflight = InFlight::default();
         let mut seen: HashSet<JobId> = HashSet::new();
+        let mut look = true;
         loop {
-            self.start_ready()?;
-            if let Ok(running) = self.running.lock() {
-                seen.extend(running.keys().copied());
+            if look {
+                self.start_ready(&mut inflight)?;
+                seen.extend(inflight.jobs.keys().copied());
+                if inflight.len() == 0
+                    && !self
+                        .store
+                        .active_jobs()?
+                        .iter()
+                        .any(|j| j.status == JobStatus::Queued)
+                {
+                    break;
+                }
             }
-            if self.running_count() == 0
-                && !self
-                    .store
-                    .active_jobs()?
-                    .iter()
-                    .any(|j| j.status == JobStatus::Queued)
-            {
-                break;
-            }
-            if let Ok(Ok(StoreEvent::Job {
-                job,
-                status: JobStatus::Cancelled,
-            })) = tokio::time::timeout(Duration::from_millis(200), events.recv()).await
-            {
-                self.cancel_running(job);
-            }
+            look = tokio::select! {
+                event = events.recv() => match self.on_event(event, &inflight) {
+                    Wake::Nothing => false,
+                    Wake::Look => true,
+                    Wake::Recheck => {
+                        self.recheck(&inflight)?;
+                        true
+                    }
+                },
+                Some(_) = inflight.next_finished() => true,
+            };
         }
         let mut failed = Vec::new();
         for id in seen {
@@ -258,42 +369,87 @@ impl Workers {
     /// On shutdown, running builds get the grace period, then are stopped and re-queued.
     pub async fn run_forever(&self, shutdown: CancellationToken) {
         let mut events = self.store.subscribe();
+        let mut inflight = InFlight::default();
+        let mut look = true;
         loop {
-            if let Err(e) = self.start_ready() {
+            if look && let Err(e) = self.start_ready(&mut inflight) {
                 tracing::error!(error = %e, "cannot start jobs");
             }
-            tokio::select! {
+            look = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                event = events.recv() => {
-                    if let Ok(StoreEvent::Job { job, status: JobStatus::Cancelled }) = event {
-                        self.cancel_running(job);
+                event = events.recv() => match self.on_event(event, &inflight) {
+                    Wake::Nothing => false,
+                    Wake::Look => true,
+                    Wake::Recheck => {
+                        if let Err(e) = self.recheck(&inflight) {
+                            tracing::error!(error = %e, "cannot read running jobs");
+                        }
+                        true
                     }
-                }
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
+                },
+                Some(_) = inflight.next_finished() => true,
+            };
         }
-        self.stopping.store(true, Ordering::SeqCst);
-        let deadline = tokio::time::Instant::now() + self.settings.shutdown_grace;
-        if self.running_count() > 0 {
-            tracing::info!(running = self.running_count(), grace = ?self.settings.shutdown_grace, "waiting for running builds");
+        if inflight.len() > 0 {
+            tracing::info!(running = inflight.len(), grace = ?self.settings.shutdown_grace, "waiting for running builds");
         }
-        while self.running_count() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        if tokio::time::timeout(self.settings.shutdown_grace, inflight.finish_all())
+            .await
+            .is_ok()
+        {
+            return;
         }
-        if let Ok(running) = self.running.lock() {
-            for (_, token) in running.values() {
-                token.cancel();
-            }
-        }
+        self.stop.cancel();
         // The stopped jobs record themselves as re-queued; wait for that bookkeeping.
-        let bookkeeping = tokio::time::Instant::now() + Duration::from_secs(10);
-        while self.running_count() > 0 && tokio::time::Instant::now() < bookkeeping {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        if tokio::time::timeout(BOOKKEEPING, inflight.finish_all())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                running = inflight.len(),
+                "stopped jobs did not finish their bookkeeping"
+            );
+        }
+    }
+
+    /// What a failed attempt's error means for the attempt policy.
+    fn failure_kind(&self, e: &JobError, cancel: &CancellationToken) -> FailureKind {
+        match e {
+            JobError::Engine(EngineError::Cancelled) if self.stop.is_cancelled() => {
+                FailureKind::Stopped
+            }
+            _ if cancel.is_cancelled() => FailureKind::Permanent,
+            e if e.is_transient() => FailureKind::Transient,
+            _ => FailureKind::Permanent,
+        }
+    }
+
+    /// One attempt: a builder leased for it, the job produced within the timeout.
+    async fn attempt(
+        &self,
+        job: &mut Job,
+        log: &mut JobLog,
+        cancel: &CancellationToken,
+    ) -> Attempt {
+        let lease = match self.builders.lease(&job.spec, job.id, cancel).await {
+            Ok(lease) => lease,
+            Err(e) => return Attempt::Failed(e.into()),
+        };
+        let produced = tokio::time::timeout(
+            self.settings.timeout,
+            self.produce(lease.builder(), job, log, cancel),
+        )
+        .await;
+        match produced {
+            Ok(Ok(status)) => Attempt::Done(status),
+            Ok(Err(e)) => Attempt::Failed(e),
+            Err(_) => Attempt::Failed(JobError::TimedOut(humanize(self.settings.timeout))),
         }
     }
 
     async fn run(&self, mut job: Job, cancel: CancellationToken) -> Result<(), JobError> {
         let (mut log, writer) = JobLog::start(self.store.clone(), job.id);
+        let policy = self.settings.attempt_policy();
 
         let outcome = loop {
             job.status = JobStatus::Running;
@@ -318,35 +474,30 @@ impl Workers {
                     JobPlan::Reuse { from } => format!("re-use of job {from}"),
                 }
             ));
-            let attempt = tokio::time::timeout(
-                self.settings.timeout,
-                self.produce(&mut job, &mut log, &cancel),
-            )
-            .await;
-            let attempt = match attempt {
-                Ok(Ok(status)) => Attempt::Done(status),
-                Ok(Err(e)) => Attempt::Failed(e),
-                Err(_) => Attempt::Failed(JobError::TimedOut(humanize(self.settings.timeout))),
+            let e = match self.attempt(&mut job, &mut log, &cancel).await {
+                Attempt::Failed(e) => e,
+                other => break other,
             };
-            match attempt {
-                Attempt::Failed(e)
-                    if e.is_transient()
-                        && job.attempts < self.settings.max_attempts
-                        && !cancel.is_cancelled() =>
-                {
-                    let delay = self.settings.retry_backoff
-                        * 2u32.saturating_pow(job.attempts.saturating_sub(1));
+            match attempt::decide(self.failure_kind(&e, &cancel), job.attempts, &policy) {
+                Decision::Retry { after } => {
                     log.line(format!(
                         "kiln: attempt {} failed ({e}); retrying in {}",
                         job.attempts,
-                        humanize(delay)
+                        humanize(after)
                     ));
                     tokio::select! {
-                        _ = cancel.cancelled() => break Attempt::Failed(JobError::Engine(EngineError::Cancelled)),
-                        _ = tokio::time::sleep(delay) => {}
+                        _ = cancel.cancelled() => {
+                            let cancelled = JobError::Engine(EngineError::Cancelled);
+                            break match self.failure_kind(&cancelled, &cancel) {
+                                FailureKind::Stopped => Attempt::Requeue,
+                                _ => Attempt::Failed(cancelled),
+                            };
+                        }
+                        _ = tokio::time::sleep(after) => {}
                     }
                 }
-                other => break other,
+                Decision::Requeue => break Attempt::Requeue,
+                Decision::Fail => break Attempt::Failed(e),
             }
         };
 
@@ -362,9 +513,7 @@ impl Workers {
                 job.status = JobStatus::Cancelled;
                 job.error = Some(reason);
             }
-            (Attempt::Failed(JobError::Engine(EngineError::Cancelled)), None)
-                if self.stopping.load(Ordering::SeqCst) =>
-            {
+            (Attempt::Requeue, None) => {
                 log.line(
                     "kiln: stopped by a shutdown of Kiln; re-queued for the next start".into(),
                 );
@@ -397,13 +546,14 @@ impl Workers {
     /// Build or re-use, then push and look inside. Returns the final status.
     async fn produce(
         &self,
+        b: &dyn Builder,
         job: &mut Job,
         log: &mut dyn LogSink,
         cancel: &CancellationToken,
     ) -> Result<JobStatus, JobError> {
         let tags = self.settings.tags(job);
         if let JobPlan::Reuse { from } = job.plan
-            && let Some(status) = self.reuse(job, from, &tags, log, cancel).await?
+            && let Some(status) = self.reuse(b, job, from, &tags, log, cancel).await?
         {
             return Ok(status);
         }
@@ -416,14 +566,14 @@ impl Workers {
             // An earlier attempt (or a killed process) may have built the image already.
             let built = if job.attempts > 1
                 && job.image.as_deref() == Some(tags[0].as_str())
-                && let Some(id) = self.engine.image_id(&tags[0]).await?
+                && let Some(id) = b.image_id(&tags[0]).await?
             {
                 log.line(format!(
                     "kiln: {} was built by an earlier attempt ({id}); not building again",
                     tags[0]
                 ));
                 for tag in &tags[1..] {
-                    self.engine.tag(&tags[0], tag).await?;
+                    b.tag(&tags[0], tag).await?;
                 }
                 // No build to hand over a step's image: the listing starts now.
                 drop(step_tx);
@@ -432,15 +582,15 @@ impl Workers {
                     final_files: None,
                 }
             } else {
-                self.build(job, &tags, step_tx, log, cancel).await?
+                self.build(b, job, &tags, step_tx, log, cancel).await?
             };
             // Unsent (the build failed) the sender is dropped and the listing gives up.
             let _ = built_tx.send(built);
-            self.push_all(job, &tags, log, cancel).await
+            self.push_all(b, job, &tags, log, cancel).await
         };
         let (pushed, listing) = tokio::join!(
             build_and_push,
-            self.list_alongside(step_rx, built_rx, cancel)
+            self.list_alongside(b, step_rx, built_rx, cancel)
         );
         pushed?;
         if let Some((listing, note)) = listing {
@@ -459,18 +609,18 @@ impl Workers {
     /// failed. The second value is the log line that says which image was read.
     async fn list_alongside(
         &self,
+        b: &dyn Builder,
         step_image: tokio::sync::oneshot::Receiver<String>,
         built: tokio::sync::oneshot::Receiver<Built>,
         cancel: &CancellationToken,
     ) -> Option<(Listing, String)> {
         let early = match step_image.await {
-            Ok(image) => Some((self.list_installed(&image, cancel).await, image)),
+            Ok(image) => Some((self.list_installed(b, &image, cancel).await, image)),
             Err(_) => None,
         };
         let built = built.await.ok()?;
         if let (Some((listing, image)), Some(f)) = (early, built.final_files) {
-            if let Ok(true) = self
-                .engine
+            if let Ok(true) = b
                 .descends_from(&built.image_id, &image, f.metadata_steps_after)
                 .await
             {
@@ -480,7 +630,7 @@ impl Workers {
                 );
                 return Some((listing, note));
             }
-            let listing = self.list_installed(&built.image_id, cancel).await;
+            let listing = self.list_installed(b, &built.image_id, cancel).await;
             let note = format!(
                 "kiln: {image} is not the image of step {} of this build; listed the finished image",
                 f.step
@@ -488,37 +638,27 @@ impl Workers {
             return Some((listing, note));
         }
         let note = format!("kiln: listed the installed packages of {}", built.image_id);
-        Some((self.list_installed(&built.image_id, cancel).await, note))
+        Some((self.list_installed(b, &built.image_id, cancel).await, note))
     }
 
     /// Builds the image. Sends the image of the last step that writes files on `step_image`
     /// as soon as the builder moves past it (when metadata-only steps follow it).
     async fn build(
         &self,
+        b: &dyn Builder,
         job: &mut Job,
         tags: &[String],
         step_image: tokio::sync::oneshot::Sender<String>,
         log: &mut dyn LogSink,
         cancel: &CancellationToken,
     ) -> Result<Built, JobError> {
-        let revision = self
-            .store
-            .revision(&job.spec, job.revision)?
-            .ok_or_else(|| {
-                JobError::Setup(format!(
-                    "revision r{} of {} is not in the store",
-                    job.revision, job.spec
-                ))
-            })?;
-        let parsed = spec::parse_spec(
-            &revision.path,
-            revision.yaml.as_bytes(),
-            &SpecContext::default(),
-        );
-        let spec = parsed
-            .spec
-            .ok_or_else(|| JobError::Setup("the revision is not a valid spec".into()))?;
-        let pull_auth = match &spec.pull_secret {
+        // Reconcile rendered the Dockerfile once and stored it with the job; it names the base
+        // image and the `pullSecret`. Only the base image's own USER is added here, after the
+        // base has been inspected (an earlier attempt's USER line is replaced, not repeated).
+        let base_image = dockerfile::base_image(&job.dockerfile)
+            .ok_or_else(|| JobError::Setup("the recorded Dockerfile has no FROM line".into()))?
+            .to_string();
+        let pull_auth = match dockerfile::pull_secret(&job.dockerfile) {
             None => None,
             Some(name) => {
                 let host = self.settings.pull_secrets.get(name).ok_or_else(|| {
@@ -532,43 +672,40 @@ impl Workers {
                 Some(credential)
             }
         };
-        // Always refresh the base: the registry checks the credential on every build (a base
-        // cached in the Engine must not let a spec without access use it) and a moved tag is
-        // picked up. A base that only exists locally is used as it is.
-        log.line(format!("kiln: pulling base image {}", spec.base_image));
-        match self.engine.pull(&spec.base_image, pull_auth, log).await {
-            Ok(()) => {}
-            Err(e @ EngineError::Auth { .. }) => return Err(e.into()),
-            Err(e @ EngineError::Unreachable { .. }) => return Err(e.into()),
-            Err(e) if self.engine.image_id(&spec.base_image).await?.is_some() => {
-                log.line(format!(
-                    "kiln: could not refresh the base image ({e}); using the copy in the Engine"
+        let ca_bundle = match (
+            dockerfile::uses_ca_bundle(&job.dockerfile),
+            self.settings.ca_bundle.as_deref(),
+        ) {
+            (true, Some(ca)) => Some(ca),
+            (true, None) => {
+                return Err(JobError::Setup(
+                    "the revision was rendered with a CA bundle, but ca_bundle is no longer configured"
+                        .into(),
                 ));
             }
-            Err(e) => return Err(e.into()),
+            (false, Some(_)) => {
+                log.line(
+                    "kiln: this revision was rendered without the CA bundle (ca_bundle was configured later); building it as rendered".into(),
+                );
+                None
+            }
+            (false, None) => None,
+        };
+        // Always refresh the base: the registry checks the credential on every build (a base
+        // cached in the builder must not let a spec without access use it) and a moved tag is
+        // picked up. A base that only exists locally is used as it is.
+        log.line(format!("kiln: pulling base image {base_image}"));
+        let base_user = b.refresh_base(&base_image, pull_auth, log).await?;
+        let final_dockerfile = dockerfile::for_base(&job.dockerfile, base_user.as_deref());
+        if final_dockerfile != job.dockerfile {
+            job.dockerfile = final_dockerfile;
+            *job = self.store.update_job(job).await?;
         }
-        let base_user = self
-            .engine
-            .prepare_base(&spec.base_image, pull_auth, log)
-            .await?;
-        let info = RevisionInfo {
-            commit: job.commit.clone(),
-            source: self.settings.source_url.clone(),
-            created: rfc3339(revision.commit.committed_at),
-            revision: job.revision,
-            digest: job.digest.clone(),
-        };
-        let options = RenderOptions {
-            base_user,
-            ca_bundle: self.settings.ca_bundle.is_some(),
-        };
-        job.dockerfile = dockerfile::render(&spec, &info, &options);
-        *job = self.store.update_job(job).await?;
 
         log.line(format!("kiln: building {}", tags[0]));
         let request = BuildRequest {
             dockerfile: &job.dockerfile,
-            ca_bundle: self.settings.ca_bundle.as_deref(),
+            ca_bundle,
             tags,
             pull_auth,
             network: None,
@@ -579,7 +716,7 @@ impl Workers {
             step: f.step,
             tx: step_image,
         });
-        let built = self.engine.build(&request, watch, log, cancel).await?;
+        let built = b.build(&request, watch, log, cancel).await?;
         log.line(format!("kiln: built image {}", built.image_id));
         job.image = Some(tags[0].clone());
         job.image_digest = Some(built.image_id.clone());
@@ -594,6 +731,7 @@ impl Workers {
     /// (then a real build follows).
     async fn reuse(
         &self,
+        b: &dyn Builder,
         job: &mut Job,
         from: JobId,
         tags: &[String],
@@ -612,12 +750,11 @@ impl Workers {
             ));
             return Ok(None);
         };
-        if self.engine.image_id(&source).await?.is_none() {
+        if b.image_id(&source).await?.is_none() {
             log.line(format!(
                 "kiln: {source} is not in the Engine; pulling it from the registry"
             ));
-            if let Err(e) = self
-                .engine
+            if let Err(e) = b
                 .pull(&source, self.settings.push_credential(&source), log)
                 .await
             {
@@ -633,19 +770,20 @@ impl Workers {
             "kiln: same content as job {from}: re-using {source}"
         ));
         for tag in tags {
-            self.engine.tag(&source, tag).await?;
+            b.tag(&source, tag).await?;
         }
         job.image = Some(tags[0].clone());
         job.image_digest = from_job.image_digest.clone();
         job.reused_from = Some(from);
         *job = self.store.update_job(job).await?;
-        self.push_all(job, tags, log, cancel).await?;
+        self.push_all(b, job, tags, log, cancel).await?;
         self.record_installed_from(job, from).await;
         Ok(Some(JobStatus::Reused))
     }
 
     async fn push_all(
         &self,
+        b: &dyn Builder,
         job: &mut Job,
         tags: &[String],
         log: &mut dyn LogSink,
@@ -669,8 +807,7 @@ impl Workers {
                 return Err(EngineError::Cancelled.into());
             }
             log.line(format!("kiln: pushing {tag}"));
-            let digest = self
-                .engine
+            let digest = b
                 .push(tag, self.settings.push_credential(tag), log, cancel)
                 .await?;
             log.line(format!("kiln: pushed {tag}, digest {digest}"));
@@ -685,7 +822,12 @@ impl Workers {
 
     /// Lists what is inside the image (apt, pip, conda), or says why it could not. Touches
     /// neither the job nor its log, so it runs while the image is pushed.
-    async fn list_installed(&self, image: &str, cancel: &CancellationToken) -> Listing {
+    async fn list_installed(
+        &self,
+        b: &dyn Builder,
+        image: &str,
+        cancel: &CancellationToken,
+    ) -> Listing {
         // One container for all three listings; a manager the image lacks lists nothing. pip's
         // list comes from importlib.metadata (what `pip list` reads, first of a name on
         // sys.path wins) because starting pip itself costs ~0.8 s per build; `pip list` is
@@ -694,8 +836,7 @@ impl Workers {
             python3 -c 'import importlib.metadata as m\nseen = set()\nfor d in m.distributions():\n    n = d.metadata[\"Name\"]\n    k = (n or \"\").lower().replace(\"_\", \"-\").replace(\".\", \"-\")\n    if n and k not in seen:\n        seen.add(k)\n        print(n + \"==\" + d.version)' 2>/dev/null \
             || python3 -m pip list --format=freeze --disable-pip-version-check 2>/dev/null; echo '--kiln-conda--'; \
             command -v conda >/dev/null 2>&1 && conda list --export 2>/dev/null; exit 0";
-        match self
-            .engine
+        match b
             .run_capture(image, &["/bin/sh", "-c", SCRIPT], cancel)
             .await
         {
@@ -784,6 +925,125 @@ fn humanize(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A real Engine client for an address where nothing listens: every request fails as
+    /// unreachable (transient), with no Docker involved.
+    fn unreachable_engine() -> crate::docker::Engine {
+        let endpoint = crate::docker::EngineEndpoint {
+            host: Some("tcp://127.0.0.1:1".into()),
+            tls_verify: Some(false),
+            ..Default::default()
+        };
+        crate::docker::Engine::unverified(&endpoint).unwrap()
+    }
+
+    fn new_job(spec: &str, revision: u64) -> crate::reconcile::NewJob {
+        crate::reconcile::NewJob {
+            spec: spec.into(),
+            revision,
+            commit: format!("{revision:0>40}"),
+            digest: format!("sha256:{spec}{revision}"),
+            plan: JobPlan::Build,
+            dockerfile: format!("FROM 127.0.0.1:1/{spec}:latest\nRUN true\n"),
+            cancelled: None,
+        }
+    }
+
+    /// The scheduling loop end to end without Docker: every queued job runs (one per spec at a
+    /// time), transient failures are retried per the attempt policy, the loop ends when
+    /// nothing is queued or running, and the failed jobs are reported.
+    #[tokio::test]
+    async fn drain_runs_every_job_to_its_end_and_retries_transient_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let plan = crate::reconcile::Plan {
+            jobs: vec![new_job("a", 1), new_job("b", 1), new_job("c", 1)],
+            ..Default::default()
+        };
+        let ids = store.apply(&plan, &"1".repeat(40)).await.unwrap();
+        assert_eq!(ids.len(), 3);
+        let settings = BuildSettings {
+            max_parallel: 2,
+            max_attempts: 2,
+            retry_backoff: Duration::from_millis(1),
+            ..BuildSettings::default()
+        };
+        let workers = Workers::new(store.clone(), unreachable_engine(), settings);
+        let failed = workers.drain().await.unwrap();
+        assert_eq!(failed, ids);
+        for id in ids {
+            let job = store.job(id).unwrap().unwrap();
+            assert_eq!(job.status, JobStatus::Failed);
+            assert_eq!(job.attempts, 2, "one retry after a transient failure");
+            assert!(
+                job.error.as_deref().unwrap_or("").contains("unreachable"),
+                "{:?}",
+                job.error
+            );
+            let log: Vec<String> = store
+                .log_lines(id, 0, 100)
+                .unwrap()
+                .into_iter()
+                .map(|(_, l)| l.text)
+                .collect();
+            assert!(
+                log.iter().any(|l| l.starts_with("kiln: attempt 1 failed (")
+                    && l.ends_with("retrying in 1 ms")),
+                "{log:?}"
+            );
+            assert!(
+                log.iter().any(|l| l.starts_with("kiln: failed: ")),
+                "{log:?}"
+            );
+        }
+        assert!(store.active_jobs().unwrap().is_empty());
+    }
+
+    /// A job the store cancels while it waits for its next attempt stops at once (the store
+    /// event reaches its token; no timer is involved) and keeps the store's verdict.
+    #[tokio::test]
+    async fn a_store_cancellation_stops_a_job_waiting_to_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let plan = crate::reconcile::Plan {
+            jobs: vec![new_job("a", 1)],
+            ..Default::default()
+        };
+        let id = store.apply(&plan, &"1".repeat(40)).await.unwrap()[0];
+        let settings = BuildSettings {
+            max_attempts: 3,
+            retry_backoff: Duration::from_secs(3600),
+            ..BuildSettings::default()
+        };
+        let mut events = store.subscribe();
+        let workers = Workers::new(store.clone(), unreachable_engine(), settings);
+        let drain = tokio::spawn(async move { workers.drain().await });
+        // Wait (on store events) until the job logs its wait for attempt 2: an hour, capped.
+        loop {
+            if let Ok(StoreEvent::Log { .. }) = events.recv().await
+                && store
+                    .log_lines(id, 0, 100)
+                    .unwrap()
+                    .iter()
+                    .any(|(_, l)| l.text.ends_with("retrying in 5 min"))
+            {
+                break;
+            }
+        }
+        let cancel = crate::reconcile::Plan {
+            cancellations: vec![crate::reconcile::Cancellation {
+                job: id,
+                reason: "superseded by r2".into(),
+            }],
+            ..Default::default()
+        };
+        store.apply(&cancel, &"2".repeat(40)).await.unwrap();
+        assert_eq!(drain.await.unwrap().unwrap(), Vec::<JobId>::new());
+        let job = store.job(id).unwrap().unwrap();
+        assert_eq!(job.status, JobStatus::Cancelled);
+        assert_eq!(job.error.as_deref(), Some("superseded by r2"));
+        assert_eq!(job.attempts, 1);
+    }
 
     #[test]
     fn listings_parse() {

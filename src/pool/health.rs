@@ -96,7 +96,7 @@ pub async fn probe(worker: &WorkerConfig, timeout: Duration) -> Result<(), Strin
 /// The Docker Engine's `/_ping` through Kiln's own endpoint and TLS resolution. The only
 /// place the pool touches the Docker client: re-point it when the client moves.
 async fn ping_engine(worker: &WorkerConfig) -> Result<(), String> {
-    use crate::build::engine::{Engine, EngineEndpoint};
+    use crate::docker::{Engine, EngineEndpoint};
     let endpoint = EngineEndpoint {
         host: worker.endpoint.clone(),
         tls_verify: worker.tls_verify,

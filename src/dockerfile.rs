@@ -8,6 +8,13 @@
 //! validation already rules out shell metacharacters, quoting makes injection doubly
 //! impossible. Revision metadata arrives as parameters, so rendering is a pure function.
 //!
+//! Reconcile renders every revision once and the job stores the text; the worker builds
+//! exactly that text. What it needs besides — the base image and the `pullSecret` name (a
+//! comment line, never a credential) — is read back from it ([`base_image`], [`pull_secret`]).
+//! The one part that depends on the base image itself, restoring its own `USER` at the end,
+//! is added by [`for_base`] once the base is inspected; it is the last line, so adding it is
+//! idempotent across attempts.
+//!
 //! A custom CA bundle is copied into the image and exported only inside the RUN steps
 //! (`SSL_CERT_FILE`, `PIP_CERT`, `REQUESTS_CA_BUNDLE`, `CONDA_SSL_VERIFY`, apt's `CAInfo`), for
 //! networks behind a TLS-inspecting proxy; it does not change the environment of the final
@@ -80,6 +87,9 @@ pub fn render(spec: &ImageSpec, rev: &RevisionInfo, options: &RenderOptions) -> 
         "# Rendered by Kiln for spec {:?}, revision {}.",
         spec.name, rev.revision
     );
+    if let Some(secret) = &spec.pull_secret {
+        let _ = writeln!(out, "{PULL_SECRET_COMMENT}{secret}");
+    }
     let _ = writeln!(out, "FROM {}", spec.base_image);
     let _ = writeln!(out, "USER root");
     let _ = writeln!(out, "ARG DEBIAN_FRONTEND=noninteractive");
@@ -157,13 +167,63 @@ pub fn render(spec: &ImageSpec, rev: &RevisionInfo, options: &RenderOptions) -> 
         let tail = if i + 1 < labels.len() { " \\" } else { "" };
         let _ = writeln!(out, "{head}{key}=\"{}\"{tail}", label_escape(value));
     }
-    match options.base_user.as_deref().map(str::trim) {
+    for_base(&out, options.base_user.as_deref())
+}
+
+/// The comment that records the spec's `pullSecret` name in the rendered Dockerfile.
+const PULL_SECRET_COMMENT: &str = "# Base image credential (pullSecret): ";
+
+/// `dockerfile` (as [`render`] made it) ending with the base image's own `USER` restored:
+/// the line is added when `base_user` is set and not root, replaced when an earlier attempt
+/// added one, so it can be applied to a stored Dockerfile any number of times.
+pub fn for_base(dockerfile: &str, base_user: Option<&str>) -> String {
+    let mut out = without_base_user(dockerfile).to_string();
+    match base_user.map(str::trim) {
         Some(user) if !user.is_empty() && user != "root" && user != "0" => {
             let _ = writeln!(out, "USER {user}");
         }
         _ => {}
     }
     out
+}
+
+/// The rendered text without the trailing `USER` line: the renderer's last instruction is
+/// the `LABEL` block, so a `USER` after it can only be the restore.
+fn without_base_user(dockerfile: &str) -> &str {
+    let body = dockerfile.strip_suffix('\n').unwrap_or(dockerfile);
+    match body.rfind('\n') {
+        Some(i) if body[i + 1..].starts_with("USER ") => &dockerfile[..i + 1],
+        _ => dockerfile,
+    }
+}
+
+/// The image of the first `FROM` line (options such as `--platform` skipped).
+pub fn base_image(dockerfile: &str) -> Option<&str> {
+    dockerfile.lines().find_map(|line| {
+        let mut words = line.split_whitespace();
+        let keyword = words.next()?;
+        if !keyword.eq_ignore_ascii_case("FROM") {
+            return None;
+        }
+        words.find(|w| !w.starts_with("--"))
+    })
+}
+
+/// The `pullSecret` name a rendered Dockerfile records, if the spec has one.
+pub fn pull_secret(dockerfile: &str) -> Option<&str> {
+    dockerfile
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(PULL_SECRET_COMMENT))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
+/// Whether the Dockerfile copies the CA bundle from the build context.
+pub fn uses_ca_bundle(dockerfile: &str) -> bool {
+    dockerfile
+        .lines()
+        .any(|l| l.starts_with("COPY ") && l.contains(CA_BUNDLE_CONTEXT_NAME))
 }
 
 /// Where the files of an image built from a Dockerfile are final.
@@ -338,6 +398,57 @@ LABEL org.opencontainers.image.created="2026-11-23T12:00:00Z" \
             ca_bundle: false,
         };
         assert_eq!(render(&spec, &rev(), &options), GOLDEN_APT_ONLY);
+    }
+
+    /// The job's path (reconcile renders without the base user, the worker adds it) gives
+    /// exactly what one render with the base user gives, on every attempt.
+    #[test]
+    fn restoring_the_base_user_later_equals_rendering_with_it() {
+        let stored = render(
+            &spec(),
+            &rev(),
+            &RenderOptions {
+                base_user: None,
+                ca_bundle: true,
+            },
+        );
+        assert!(!stored.contains("USER jovyan"));
+        let first = for_base(&stored, Some("jovyan"));
+        assert_eq!(first, GOLDEN_FULL);
+        assert_eq!(for_base(&first, Some("jovyan")), GOLDEN_FULL, "idempotent");
+        assert_eq!(for_base(&first, Some("root")), stored);
+        assert_eq!(for_base(&first, None), stored);
+        assert_eq!(
+            for_base(&first, Some("1000:1000")),
+            GOLDEN_FULL.replace("USER jovyan", "USER 1000:1000")
+        );
+        // `USER root` near the top is never taken for the restore.
+        assert!(for_base(&stored, None).contains("USER root\n"));
+    }
+
+    #[test]
+    fn what_the_worker_reads_back_from_a_rendered_dockerfile() {
+        let mut with_secret = spec();
+        with_secret.pull_secret = Some("corp".into());
+        let text = render(&with_secret, &rev(), &RenderOptions::default());
+        assert_eq!(pull_secret(&text), Some("corp"));
+        assert_eq!(
+            base_image(&text),
+            Some("127.0.0.1:5000/kiln/bookworm-python:minbase")
+        );
+        assert!(!uses_ca_bundle(&text));
+        assert_eq!(pull_secret(GOLDEN_FULL), None);
+        assert!(uses_ca_bundle(GOLDEN_FULL));
+        assert_eq!(
+            final_files(&text),
+            final_files(&render(&spec(), &rev(), &RenderOptions::default()))
+        );
+        assert_eq!(
+            base_image("# c\nFROM --platform=linux/amd64 127.0.0.1:5001/a:b AS x\nRUN y"),
+            Some("127.0.0.1:5001/a:b")
+        );
+        assert_eq!(base_image("from debian\n"), Some("debian"));
+        assert_eq!(base_image("RUN x\n"), None);
     }
 
     #[test]

@@ -1,0 +1,254 @@
+//! A connection to one Docker Engine and the small image operations (tag, inspect, history,
+//! remove) the other files build on.
+//!
+//! Paths are sent without an API version prefix (bollard joins an absolute path onto the
+//! versioned URL), so the Engine answers in its own newest API version; the models are
+//! lenient enough for 20.10 and newer. A controller may start while its Engine is down:
+//! [`Engine::connect_when_ready`] waits with the shared backoff, [`Engine::unverified`]
+//! skips the version negotiation.
+
+use super::auth::Credential;
+use super::endpoint::{EngineEndpoint, Transport};
+use super::error::{EngineError, Op, bollard_message, map_bollard_error};
+use super::headers::url_safe_registry_headers;
+use super::reference::split_reference;
+use crate::backoff::Backoff;
+use bollard::errors::Error as BollardError;
+use bollard::query_parameters::{RemoveImageOptionsBuilder, TagImageOptionsBuilder};
+use bollard::{API_DEFAULT_VERSION, Docker};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Seconds bollard waits for response headers (not for a whole streamed build or push).
+pub(super) const REQUEST_TIMEOUT_SECS: u64 = 120;
+
+/// A connection to one Docker Engine (cheap to clone: one shared HTTP client).
+#[derive(Clone, Debug)]
+pub struct Engine {
+    pub(super) docker: Docker,
+    pub(super) endpoint: String,
+}
+
+impl Engine {
+    /// Connects to `endpoint`, else `DOCKER_HOST`, else [`DEFAULT_ENDPOINT`], with TLS as the
+    /// Docker CLI's environment asks for it; see [`Engine::connect_to`].
+    pub async fn connect(endpoint: Option<&str>) -> Result<Engine, EngineError> {
+        Engine::connect_to(&EngineEndpoint {
+            host: endpoint.map(str::to_owned),
+            ..EngineEndpoint::default()
+        })
+        .await
+    }
+
+    /// Connects to the Engine `endpoint` describes (see [`EngineEndpoint::resolve`]) and
+    /// negotiates the API version: fails when the Engine does not answer.
+    pub async fn connect_to(endpoint: &EngineEndpoint) -> Result<Engine, EngineError> {
+        let engine = Engine::unverified(endpoint)?;
+        let docker =
+            engine
+                .docker
+                .negotiate_version()
+                .await
+                .map_err(|e| EngineError::Unreachable {
+                    endpoint: engine.endpoint.clone(),
+                    message: bollard_message(&e),
+                })?;
+        Ok(Engine { docker, ..engine })
+    }
+
+    /// [`Engine::connect_to`] for a controller: waits while the Engine does not answer (e.g.
+    /// `dockerd` still starting after a reboot; the caller's jobs stay queued meanwhile) and
+    /// says so every minute. An Engine that answers but refuses Kiln's TLS certificate is
+    /// taken as it is: every job then fails with the refusal in its `error`, where the
+    /// operator sees it. `None` when `shutdown` comes first.
+    pub async fn connect_when_ready(
+        endpoint: &EngineEndpoint,
+        shutdown: &CancellationToken,
+    ) -> Option<Engine> {
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+        let mut last_warning: Option<std::time::Instant> = None;
+        loop {
+            match Engine::connect_to(endpoint).await {
+                Ok(engine) => {
+                    if last_warning.is_some() {
+                        tracing::info!(endpoint = %engine.endpoint(), "the Docker Engine answers; building");
+                    }
+                    return Some(engine);
+                }
+                Err(e) if e.is_transient() => {
+                    if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                        tracing::warn!(error = %e, "waiting for the Docker Engine; jobs stay queued");
+                        last_warning = Some(std::time::Instant::now());
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the Docker Engine refuses Kiln; jobs will fail until this is fixed");
+                    match Engine::unverified(endpoint) {
+                        Ok(engine) => return Some(engine),
+                        Err(e) => tracing::error!(error = %e, "cannot set up the Engine client"),
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                _ = tokio::time::sleep(backoff.failed()) => {}
+            }
+        }
+    }
+
+    /// A client for `endpoint` that has not talked to the Engine yet (no I/O besides reading
+    /// the TLS files): for a controller that must start while its Engine is down. Requests
+    /// fail with [`EngineError::Unreachable`] until the Engine answers; paths carry no API
+    /// version, so nothing depends on the skipped negotiation.
+    pub fn unverified(endpoint: &EngineEndpoint) -> Result<Engine, EngineError> {
+        let transport = endpoint.resolve(|name| std::env::var(name).ok())?;
+        let host = transport.host().to_owned();
+        let docker = match &transport {
+            Transport::Unix { path, .. } => {
+                Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
+            }
+            Transport::Http(url) => {
+                Docker::connect_with_http(url, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
+            }
+            Transport::Tls { host, files } => Docker::connect_with_ssl(
+                host,
+                &files.key,
+                &files.cert,
+                &files.ca,
+                REQUEST_TIMEOUT_SECS,
+                API_DEFAULT_VERSION,
+            ),
+        }
+        .map_err(|e| EngineError::Unreachable {
+            endpoint: host.clone(),
+            message: bollard_message(&e),
+        })?;
+        Ok(Engine {
+            docker: docker.with_request_modifier(url_safe_registry_headers),
+            endpoint: host,
+        })
+    }
+
+    /// The endpoint text, for messages.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Checks that the Engine answers.
+    pub async fn ping(&self) -> Result<(), EngineError> {
+        self.docker
+            .ping()
+            .await
+            .map(|_| ())
+            .map_err(|e| EngineError::Unreachable {
+                endpoint: self.endpoint.clone(),
+                message: bollard_message(&e),
+            })
+    }
+
+    /// The Engine's version text (e.g. `20.10.24+dfsg1`), for diagnostics.
+    pub async fn server_version(&self) -> Result<String, EngineError> {
+        let v = self
+            .docker
+            .version()
+            .await
+            .map_err(|e| self.map_err(e, Op::Other("version"), None))?;
+        Ok(v.version.unwrap_or_default())
+    }
+
+    /// Tags the image `source` (id or reference) as `target` (`repo[:tag]`, default `latest`).
+    pub async fn tag(&self, source: &str, target: &str) -> Result<(), EngineError> {
+        let (repo, tag) = split_reference(target);
+        if target.contains('@') {
+            return Err(EngineError::Other(format!(
+                "cannot tag with a digest reference: {target}"
+            )));
+        }
+        let options = TagImageOptionsBuilder::default()
+            .repo(repo)
+            .tag(&tag)
+            .build();
+        self.docker
+            .tag_image(source, Some(options))
+            .await
+            .map_err(|e| match e {
+                BollardError::DockerResponseServerError {
+                    status_code: 404, ..
+                } => EngineError::NoImage(source.to_string()),
+                e => self.map_err(e, Op::Other("tag"), None),
+            })
+    }
+
+    /// The id of `image_ref` (reference or id) if the Engine has it.
+    pub async fn image_id(&self, image_ref: &str) -> Result<Option<String>, EngineError> {
+        match self.docker.inspect_image(image_ref).await {
+            Ok(inspect) => Ok(inspect.id),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            // An unparsable reference cannot exist locally.
+            Err(BollardError::DockerResponseServerError {
+                status_code: 400, ..
+            }) => Ok(None),
+            Err(e) => Err(self.map_err(e, Op::Other("image inspect"), None)),
+        }
+    }
+
+    /// Whether `ancestor` (an image id, short or full) is `image` itself or one of its first
+    /// `max_depth` parents. The classic builder keeps every step's image as the parent of the
+    /// next one (the image's history lists their ids), so this tells whether the image of a
+    /// step belongs to a finished build.
+    pub async fn descends_from(
+        &self,
+        image: &str,
+        ancestor: &str,
+        max_depth: usize,
+    ) -> Result<bool, EngineError> {
+        let want = ancestor.trim_start_matches("sha256:");
+        if want.len() < 12 {
+            return Ok(false);
+        }
+        let history = match self.docker.image_history(image).await {
+            Ok(history) => history,
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return Ok(false),
+            Err(e) => return Err(self.map_err(e, Op::Other("image history"), None)),
+        };
+        // Newest first; layers that came from a registry read `<missing>`.
+        Ok(history
+            .iter()
+            .take(max_depth + 1)
+            .any(|item| item.id.trim_start_matches("sha256:").starts_with(want)))
+    }
+
+    /// Removes the tag or image `image_ref` (not forced: an image a container uses stays).
+    /// `Ok(false)` when it did not exist.
+    pub async fn remove_image(&self, image_ref: &str) -> Result<bool, EngineError> {
+        let options = RemoveImageOptionsBuilder::default()
+            .force(false)
+            .noprune(false)
+            .build();
+        match self
+            .docker
+            .remove_image(image_ref, Some(options), None)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(false),
+            Err(e) => Err(self.map_err(e, Op::Other("image remove"), None)),
+        }
+    }
+
+    /// Turns a bollard error into an [`EngineError`] for operation `op`.
+    pub(super) fn map_err(
+        &self,
+        e: BollardError,
+        op: Op<'_>,
+        auth: Option<&Credential>,
+    ) -> EngineError {
+        map_bollard_error(&self.endpoint, e, op, auth)
+    }
+}
