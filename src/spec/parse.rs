@@ -102,6 +102,21 @@ pub fn parse_spec(path: &str, bytes: &[u8], ctx: &SpecContext) -> ParsedSpec {
     out
 }
 
+/// A file in the specs folder that Kiln will not read (a symlink, a submodule, a file that
+/// cannot be opened): one `unreadable-file` diagnostic saying why, so that it is reported like
+/// any invalid spec rather than skipped. `reason` completes "the file …".
+pub fn unreadable_spec(path: &str, reason: &str) -> ParsedSpec {
+    let mut out = ParsedSpec {
+        path: path.to_string(),
+        name: None,
+        spec: None,
+        digest: None,
+        diagnostics: vec![],
+    };
+    out.push(Pos::START, Rule::UnreadableFile, format!("the file {reason}"));
+    out
+}
+
 /// Two files declaring one name: an error on both, at each file's `name`.
 pub fn check_duplicate_names(specs: &mut [ParsedSpec]) {
     let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
@@ -417,6 +432,10 @@ impl Walker<'_> {
                             tokens.join(", ")
                         ),
                     );
+                    continue;
+                }
+                Err(LineError::NamePattern(message)) => {
+                    self.out.push(pos, Rule::PackageNamePattern, message);
                     continue;
                 }
                 Err(LineError::Invalid(message)) => {

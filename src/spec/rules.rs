@@ -8,7 +8,7 @@
 //! holding two packages must never be half-installed or silently dropped.
 
 use oci_spec::distribution::Reference;
-use rattler_conda_types::{MatchSpec, PackageNameMatcher, ParseStrictness};
+use rattler_conda_types::{MatchSpec, PackageNameMatcher, ParseMatchSpecOptions};
 use std::str::FromStr;
 
 pub const MAX_NAME_LEN: usize = 63;
@@ -20,6 +20,8 @@ pub enum LineError {
     SeveralPackages(Vec<String>),
     /// Not a valid package for this manager.
     Invalid(String),
+    /// Parses, but names a pattern of packages (`*`, `test*`), which is no install request.
+    NamePattern(String),
 }
 
 /// `[a-z0-9]` at both ends, `[a-z0-9._-]` inside, at most 63 characters.
@@ -81,10 +83,57 @@ fn parse_image_reference(text: &str) -> Result<String, String> {
             "`{text}` is not an image reference: it contains whitespace"
         ));
     }
+    if let Some(host_end) = text.strip_prefix('[').and_then(|rest| rest.find(']')) {
+        return parse_ipv6_reference(text, host_end + 2);
+    }
     let reference = Reference::from_str(text)
         .map_err(|e| format!("`{text}` is not a valid image reference: {e}"))?;
     check_repository_path(text)?;
     Ok(reference.whole())
+}
+
+/// A reference whose registry is an IPv6 address in brackets (`[2001:db8::1]:5000/repo:tag`,
+/// `[::1]:5000/repo`), as Docker and the distribution project accept it. oci-spec 0.10's
+/// reference grammar predates IPv6 hosts, so Kiln parses around it: the address is checked
+/// here (no zone index: `[fe80::1%eth0]` is refused, as by Docker), the rest of the reference
+/// is parsed by oci-spec with a stand-in host, and the address is put back.
+fn parse_ipv6_reference(text: &str, host_end: usize) -> Result<String, String> {
+    const STAND_IN: &str = "ipv6.kiln.invalid";
+    let host = &text[..host_end];
+    let address = &host[1..host.len() - 1];
+    if address.parse::<std::net::Ipv6Addr>().is_err() {
+        return Err(format!(
+            "`{text}`: `{host}` is not an IPv6 address (a registry host in brackets must be one, \
+             without a zone index)"
+        ));
+    }
+    let rest = &text[host_end..];
+    // The bracketed host is always a registry, so a repository path must follow it.
+    let path_start = match rest.strip_prefix(':') {
+        Some(port) => port.find('/').map(|i| 1 + i),
+        None => rest.starts_with('/').then_some(0),
+    };
+    let Some(path_start) = path_start else {
+        return Err(format!(
+            "`{text}` is not a valid image reference: a registry `{host}` needs a repository \
+             after it (`{host}:5000/name:tag`)"
+        ));
+    };
+    let port = &rest[..path_start];
+    if let Some(digits) = port.strip_prefix(':')
+        && (digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()))
+    {
+        return Err(format!("`{text}`: `{digits}` is not a port number"));
+    }
+    let stand_in = format!("{STAND_IN}{rest}");
+    let reference = Reference::from_str(&stand_in)
+        .map_err(|e| format!("`{text}` is not a valid image reference: {e}"))?;
+    check_repository_path(&stand_in).map_err(|e| e.replace(STAND_IN, host))?;
+    let whole = reference.whole();
+    Ok(match whole.strip_prefix(STAND_IN) {
+        Some(tail) => format!("{host}{tail}"),
+        None => whole,
+    })
 }
 
 /// Docker's grammar on top of the parser: a first component is a registry host only if it has
@@ -212,10 +261,22 @@ pub fn check_pip(line: &str) -> Result<(), LineError> {
     }
 }
 
-/// PEP 508 parsing with the project name checked first: pep508_rs 0.9.2 panics on a name
-/// that ends in `.`, `-` or `_` when more text follows (`numpy- >=1.0`; fixed upstream, not
-/// released), and input from a commit must never panic Kiln.
-fn parse_pep508(text: &str) -> Result<pep508_rs::Requirement<pep508_rs::VerbatimUrl>, String> {
+/// PEP 508 parsing, with three things pep508_rs 0.9.2 refuses but pip (pypa/packaging)
+/// accepts handled around it:
+///
+/// * the project name is checked first: pep508_rs panics on a name that ends in `.`, `-` or
+///   `_` when more text follows (`numpy- >=1.0`; fixed upstream, not released), and input from
+///   a commit must never panic Kiln;
+/// * arbitrary equality (`pkg===arbitrarystring`): pep508_rs parses the `===` operator but
+///   then requires a PEP 440 version, while PEP 440 allows any string there. The string is
+///   replaced by a version before parsing (it is installed as written: only the check sees
+///   the replacement);
+/// * parentheses in markers without spaces (`;(python_version>="3.4")and extra=="x"`):
+///   pep508_rs needs a space between `)` and `and`/`or`; spaces are added around every
+///   parenthesis outside quoted strings, which changes nothing in the marker's meaning;
+/// * URLs go through [`PipUrl`] rather than pep508_rs's `VerbatimUrl`, whose `url` crate
+///   refuses what pip accepts (`git+ssh://git@github.com:org/repo.git`, a port, userinfo).
+fn parse_pep508(text: &str) -> Result<pep508_rs::Requirement<PipUrl>, String> {
     let name_end = text
         .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
         .unwrap_or(text.len());
@@ -225,11 +286,118 @@ fn parse_pep508(text: &str) -> Result<pep508_rs::Requirement<pep508_rs::Verbatim
             "`{name}` is not a valid project name (it must start and end with a letter or digit)"
         ));
     }
-    pep508_rs::Requirement::<pep508_rs::VerbatimUrl>::from_str(text).map_err(|e| e.to_string())
+    let normalized = normalize_pep508(text);
+    pep508_rs::Requirement::<PipUrl>::from_str(normalized.as_deref().unwrap_or(text))
+        .map_err(|e| e.to_string())
+}
+
+/// The rewrite described at [`parse_pep508`], or `None` when the text needs none (the common
+/// case: no allocation).
+fn normalize_pep508(text: &str) -> Option<String> {
+    if !text.contains("===") && !text.contains(['(', ')']) {
+        return None;
+    }
+    // Where the marker starts: the first `;` after the URL (a URL ends at whitespace and may
+    // itself hold `;`), or the first `;` when there is no URL.
+    let at = text.find('@');
+    let semi = text.find(';');
+    let is_url = matches!((at, semi), (Some(a), Some(s)) if a < s) || (at.is_some() && semi.is_none());
+    let marker_from = match at.filter(|_| is_url) {
+        Some(a) => {
+            let url_start = a + 1 + (text[a + 1..].len() - text[a + 1..].trim_start().len());
+            let url_end = text[url_start..]
+                .find(char::is_whitespace)
+                .map_or(text.len(), |i| url_start + i);
+            text[url_end..].find(';').map(|i| url_end + i)
+        }
+        None => semi,
+    };
+    let (head, marker) = text.split_at(marker_from.unwrap_or(text.len()));
+    let mut out = String::with_capacity(text.len() + 8);
+    if is_url {
+        out.push_str(head);
+    } else {
+        // `===` and the arbitrary string after it (up to whitespace, `;` or `)`).
+        let mut rest = head;
+        while let Some(i) = rest.find("===") {
+            out.push_str(&rest[..i + 3]);
+            let after = &rest[i + 3..];
+            let spaces = after.len() - after.trim_start().len();
+            out.push_str(&after[..spaces]);
+            let value = &after[spaces..];
+            let end = value
+                .find(|c: char| c.is_whitespace() || c == ';' || c == ')')
+                .unwrap_or(value.len());
+            if end > 0 {
+                out.push('0');
+            }
+            rest = &value[end..];
+        }
+        out.push_str(rest);
+    }
+    let mut quote = None;
+    for c in marker.chars() {
+        match (quote, c) {
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                out.push(c);
+            }
+            (Some(q), _) if c == q => {
+                quote = None;
+                out.push(c);
+            }
+            (None, '(' | ')') => {
+                out.push(' ');
+                out.push(c);
+                out.push(' ');
+            }
+            _ => out.push(c),
+        }
+    }
+    Some(out)
+}
+
+/// A requirement's URL as pip takes it (pypa/packaging's rule): a scheme, `://`, and a
+/// non-empty network location unless the scheme is `file` (`file:///abs/path`, `file://.`).
+/// Kept verbatim: Kiln passes the line to pip as written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PipUrl(String);
+
+impl std::fmt::Display for PipUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why a requirement's URL is refused.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is not a URL pip accepts (it needs `scheme://host/…`, or `file://…`)")]
+pub struct PipUrlError(String);
+
+impl pep508_rs::Pep508Url for PipUrl {
+    type Err = PipUrlError;
+
+    fn parse_url(url: &str, _working_dir: Option<&std::path::Path>) -> Result<Self, Self::Err> {
+        let bad = || PipUrlError(url.to_string());
+        let (scheme, rest) = url.split_once(':').ok_or_else(bad)?;
+        let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+        let after = rest.strip_prefix("//").ok_or_else(bad)?;
+        let netloc = after.split(['/', '?', '#']).next().unwrap_or_default();
+        let netloc_ok = !netloc.is_empty() || scheme.eq_ignore_ascii_case("file");
+        if !scheme_ok || !netloc_ok || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(bad());
+        }
+        Ok(PipUrl(url.to_string()))
+    }
 }
 
 /// A conda MatchSpec (`numpy`, `numpy>=1.17`, `conda-forge::numpy==1.17*`, `numpy 1.17.* py38_0`).
 pub fn check_conda(line: &str) -> Result<(), LineError> {
+    let normalized = normalize_conda(line);
+    let line = &*normalized;
     let tokens: Vec<&str> = line.split_whitespace().collect();
     // `name [version [build]]`: a second token must be a version, not another package.
     let looks_like_package =
@@ -255,17 +423,82 @@ pub fn check_conda(line: &str) -> Result<(), LineError> {
             )));
         }
     }
-    conda_one(line).map_err(LineError::Invalid)
+    conda_one(line)
 }
 
-fn conda_one(text: &str) -> Result<(), String> {
-    let spec = MatchSpec::from_str(text, ParseStrictness::Lenient)
-        .map_err(|e| format!("`{text}` is not a conda match spec: {e}"))?;
+/// conda reads a version range written with spaces (`foo >=1.0 , < 2.0`, `foo >= 1.0`) as
+/// the same range without them; rattler splits such a line at the spaces into name, version
+/// and build and refuses it. So spaces after a comparison operator and around `,` and `|`
+/// are removed (outside brackets and quotes) before rattler and the one-package-per-line
+/// check see the line. The line is installed as written.
+fn normalize_conda(line: &str) -> std::borrow::Cow<'_, str> {
+    let is_op = |c: char| matches!(c, '<' | '>' | '=' | '!' | '~');
+    // Most lines need nothing: decide that without allocating.
+    let bytes = line.as_bytes();
+    let needed = bytes.windows(2).any(|w| {
+        (w[1].is_ascii_whitespace() && matches!(w[0], b'<' | b'>' | b'=' | b'!' | b'~' | b',' | b'|'))
+            || (w[0].is_ascii_whitespace() && matches!(w[1], b',' | b'|'))
+    });
+    if !needed {
+        return std::borrow::Cow::Borrowed(line);
+    }
+    let chars: Vec<char> = line.chars().collect();
+    let mut out = String::with_capacity(line.len());
+    let (mut depth, mut quote) = (0usize, None::<char>);
+    let mut changed = false;
+    for (i, &c) in chars.iter().enumerate() {
+        match (quote, c) {
+            (Some(q), _) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '[') => depth += 1,
+            (None, ']') => depth = depth.saturating_sub(1),
+            (None, _) if depth == 0 && c.is_whitespace() => {
+                let prev = out.chars().last();
+                let next = chars[i + 1..].iter().copied().find(|c| !c.is_whitespace());
+                let after_op = prev.is_some_and(|p| is_op(p) || matches!(p, ',' | '|'));
+                let before_joint = next.is_some_and(|n| matches!(n, ',' | '|'));
+                // `foo >=1.0 , < 2.0`: the space before `<` follows a comma (dropped above).
+                if after_op || before_joint {
+                    changed = true;
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        out.push(c);
+    }
+    if changed {
+        std::borrow::Cow::Owned(out)
+    } else {
+        std::borrow::Cow::Borrowed(line)
+    }
+}
+
+/// rattler's options for Kiln: lenient (as conda is), name patterns parsed so that they get a
+/// rule of their own, and the bracket keys conda accepts (`when`, `extras`, `flags`), which
+/// rattler only parses when asked to.
+fn conda_options() -> ParseMatchSpecOptions {
+    ParseMatchSpecOptions::lenient()
+        .with_exact_names_only(false)
+        .with_extras(true)
+        .with_conditionals(true)
+        .with_flags(true)
+}
+
+fn conda_parse(text: &str) -> Result<MatchSpec, String> {
+    MatchSpec::from_str(text, conda_options())
+        .map_err(|e| format!("`{text}` is not a conda match spec: {e}"))
+}
+
+fn conda_one(text: &str) -> Result<(), LineError> {
+    let spec = conda_parse(text).map_err(LineError::Invalid)?;
     match spec.name {
         PackageNameMatcher::Exact(_) => Ok(()),
-        _ => Err(format!(
-            "`{text}`: the package name must be exact, not a pattern"
-        )),
+        _ => Err(LineError::NamePattern(format!(
+            "`{text}` matches packages by a name pattern; conda installs packages by name, so \
+             name the package (a pattern such as `*` or `test*` selects no single package)"
+        ))),
     }
 }
 
@@ -289,7 +522,7 @@ pub fn package_key(manager: crate::spec::Manager, line: &str) -> String {
         Manager::Pip => parse_pep508(line)
             .map(|r| r.name.to_string())
             .unwrap_or_else(|_| line.to_lowercase()),
-        Manager::Conda => MatchSpec::from_str(line, ParseStrictness::Lenient)
+        Manager::Conda => conda_parse(line)
             .ok()
             .and_then(|s| match s.name {
                 PackageNameMatcher::Exact(name) => Some(name.as_normalized().to_string()),

@@ -539,6 +539,8 @@ struct SpecPage {
     updated: When,
     yaml: Vec<String>,
     errors: Vec<DiagView>,
+    /// The file is a symlink or submodule Kiln does not read (an `unreadable-file` error).
+    unreadable: bool,
     jobs: Vec<JobRowView>,
     pager: Pager,
 }
@@ -615,6 +617,11 @@ async fn spec_page(
             .as_ref()
             .map(|r| highlight::yaml(&r.yaml))
             .unwrap_or_default(),
+        unreadable: current.as_ref().is_some_and(|r| {
+            r.errors
+                .iter()
+                .any(|d| d.rule == crate::spec::Rule::UnreadableFile)
+        }),
         errors: current
             .as_ref()
             .map(|r| {
