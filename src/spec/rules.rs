@@ -334,6 +334,16 @@ fn normalize_pep508(text: &str) -> Option<String> {
             rest = &value[end..];
         }
         out.push_str(rest);
+        // `name()`: an empty version list in parentheses, which pep508_rs refuses.
+        while let Some(open) = out.find('(') {
+            let inner = &out[open + 1..];
+            let blank = inner.len() - inner.trim_start().len();
+            if inner[blank..].starts_with(')') {
+                out.replace_range(open..open + 1 + blank + 1, "");
+            } else {
+                break;
+            }
+        }
     }
     let mut quote = None;
     for c in marker.chars() {
@@ -395,17 +405,44 @@ impl pep508_rs::Pep508Url for PipUrl {
 }
 
 /// A conda MatchSpec (`numpy`, `numpy>=1.17`, `conda-forge::numpy==1.17*`, `numpy 1.17.* py38_0`).
-pub fn check_conda(line: &str) -> Result<(), LineError> {
-    let normalized = normalize_conda(line);
-    let line = &*normalized;
+pub fn check_conda(original: &str) -> Result<(), LineError> {
+    if let Some(feature) = original.strip_suffix('@')
+        && !feature.is_empty()
+        && feature
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        return Err(LineError::NamePattern(format!(
+            "`{original}` is conda's old form of a feature selector (`*[track_features={feature}]`): \
+             it matches packages by feature, not a package to install; name the package"
+        )));
+    }
+    let spaced = normalize_conda(strip_bare_equals(original));
+    let bracketed = conda_brackets(&spaced).map_err(|why| {
+        LineError::Invalid(format!("`{original}` is not a conda match spec: {why}"))
+    })?;
+    let line = bracketed.as_deref().unwrap_or(&spaced);
+    conda_version_shape(line).map_err(|why| {
+        LineError::Invalid(format!("`{original}` is not a conda match spec: {why}"))
+    })?;
     let tokens: Vec<&str> = line.split_whitespace().collect();
-    // `name [version [build]]`: a second token must be a version, not another package.
-    let looks_like_package =
-        |t: &str| t.contains("::") || t.starts_with(|c: char| c.is_ascii_alphabetic());
+    // `name [version [build]]`: a second token must be a version, not another package. After
+    // a version (`numpy!=1.10 py38_0`) a second token with a digit, `_` or `*` is a build
+    // string, as conda reads it; a plain word (`numpy==1.0 scipy`) is another package.
+    let versioned = tokens.first().is_some_and(|t| {
+        let name_end = t.rfind("::").map_or(0, |i| i + 2);
+        t[name_end..].contains(['<', '>', '=', '!', '~'])
+    });
+    let build_like = |t: &str| t.contains(|c: char| c.is_ascii_digit() || matches!(c, '_' | '*'));
+    let looks_like_package = |t: &str| {
+        t.contains("::")
+            || (t.starts_with(|c: char| c.is_ascii_alphabetic())
+                && !(versioned && tokens.len() == 2 && build_like(t)))
+    };
     let bracket = line.contains('[');
     if !bracket && tokens.len() > 3 && !tokens.iter().all(|t| conda_one(t).is_ok()) {
         return Err(LineError::Invalid(format!(
-            "`{line}` has {} parts; a conda match spec is `name [version [build]]`",
+            "`{original}` has {} parts; a conda match spec is `name [version [build]]`",
             tokens.len()
         )));
     }
@@ -418,12 +455,166 @@ pub fn check_conda(line: &str) -> Result<(), LineError> {
         }
         if tokens.len() >= 2 && looks_like_package(tokens[1]) {
             return Err(LineError::Invalid(format!(
-                "`{line}`: `{}` is not a version; if it is another package, put one package per line",
+                "`{original}`: `{}` is not a version; if it is another package, put one package per line",
                 tokens[1]
             )));
         }
     }
     conda_one(line)
+}
+
+/// conda's bracket section (`name[key=value, …]`), rewritten where rattler 0.58 is stricter
+/// than conda (parsed around it; the line is installed as written):
+///
+/// * pairs separated by spaces (`numpy[version=1.10 build=py38_0]`) are joined by commas;
+/// * the deprecated `numpy[version<2]` (conda warns, then reads `version='<2'`) gets its `=`;
+/// * `name=…` is dropped: conda ignores a name inside the brackets (the one outside wins),
+///   rattler refuses the key;
+/// * `md5`/`sha256` must be hexadecimal; conda compares them as strings, so a prefix such as
+///   `deadbeef` is accepted, while rattler wants a whole digest: they are checked here and
+///   left out of rattler's input;
+/// * a key given twice is refused, as conda does (rattler's lenient mode keeps the last);
+/// * conda's trailing `(target=…, optional)` section is checked for its shape and dropped.
+///
+/// `Ok(None)`: nothing to rewrite.
+fn conda_brackets(line: &str) -> Result<Option<String>, String> {
+    let Some(open) = line.find('[') else {
+        return Ok(None);
+    };
+    // The matching `]`, skipping nested brackets and quoted text.
+    let (mut depth, mut quote, mut close) = (0usize, None::<char>, None);
+    for (i, c) in line[open..].char_indices() {
+        match (quote, c) {
+            (Some(q), _) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '[') => depth += 1,
+            (None, ']') => {
+                depth -= 1;
+                if depth == 0 {
+                    close = Some(open + i);
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    let Some(close) = close else {
+        return Ok(None); // unbalanced: rattler says so
+    };
+    let tail = line[close + 1..].trim();
+    let tail_ok = tail.is_empty()
+        || tail
+            .strip_prefix('(')
+            .and_then(|t| t.strip_suffix(')'))
+            .is_some_and(|inner| {
+                inner.split(',').map(str::trim).all(|item| {
+                    item == "optional" || item.strip_prefix("target=").is_some_and(|t| !t.is_empty())
+                })
+            });
+    if !tail_ok {
+        return Ok(None); // rattler refuses what follows the brackets
+    }
+    // Split the content into pairs at top-level commas and spaces.
+    let content = &line[open + 1..close];
+    let mut pairs: Vec<String> = Vec::new();
+    let (mut current, mut depth, mut quote) = (String::new(), 0usize, None::<char>);
+    let mut separated = false;
+    for c in content.chars() {
+        match (quote, c) {
+            (Some(q), _) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '[') => depth += 1,
+            (None, ']') => depth = depth.saturating_sub(1),
+            (None, ',') if depth == 0 => {
+                pairs.push(std::mem::take(&mut current));
+                separated = false;
+                continue;
+            }
+            (None, _) if depth == 0 && c.is_whitespace() => {
+                separated = true;
+                continue;
+            }
+            _ => {}
+        }
+        if separated && !current.is_empty() {
+            // `version=1.10 build=py38_0`, but `version= 1.10` is one pair.
+            if current.ends_with('=') {
+            } else {
+                pairs.push(std::mem::take(&mut current));
+            }
+        }
+        separated = false;
+        current.push(c);
+    }
+    pairs.push(current);
+    let mut seen: Vec<String> = Vec::new();
+    let mut kept: Vec<String> = Vec::new();
+    for pair in pairs {
+        let key_end = pair
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(pair.len());
+        let (key, rest) = pair.split_at(key_end);
+        let value = match rest.strip_prefix('=') {
+            Some(value) => value.to_string(),
+            // conda's deprecated `version<2`: the operator is part of the value.
+            None if (key == "version" || key == "build_number")
+                && rest.starts_with(['<', '>', '!', '~']) =>
+            {
+                rest.to_string()
+            }
+            // No `key=value` pair: leave the whole line to rattler, which says why.
+            None => return Ok(None),
+        };
+        if key.is_empty() {
+            return Ok(None);
+        }
+        if seen.iter().any(|k| k == key) {
+            return Err(format!("`{key}` is given twice in the brackets"));
+        }
+        seen.push(key.to_string());
+        match key {
+            "name" => {}
+            "md5" | "sha256" => {
+                let hex = value.trim_matches(['\'', '"']);
+                if hex.is_empty() || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                    return Err(format!("`{key}={value}` is not a hexadecimal digest"));
+                }
+            }
+            _ => kept.push(format!("{key}={value}")),
+        }
+    }
+    let head = &line[..open];
+    Ok(Some(if kept.is_empty() {
+        head.trim_end().to_string()
+    } else {
+        format!("{head}[{}]", kept.join(","))
+    }))
+}
+
+/// A version written as conda reads it: each `,`- or `|`-separated part starts with its
+/// operator. rattler's lenient mode reads `pkg 4.2.2<6.0.0` as a version; conda refuses it (an
+/// operator inside a part), and so does Kiln.
+fn conda_version_shape(line: &str) -> Result<(), String> {
+    let spec = line.split('[').next().unwrap_or(line);
+    let after_channel = spec.rfind("::").map_or(spec, |i| &spec[i + 2..]);
+    let name_end = after_channel
+        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '*')))
+        .unwrap_or(after_channel.len());
+    let version = &after_channel[name_end..];
+    let glued = version.as_bytes().windows(2).any(|pair| {
+        (pair[0].is_ascii_alphanumeric() || matches!(pair[0], b'*' | b'.'))
+            && matches!(pair[1], b'<' | b'>')
+    });
+    if glued {
+        return Err(format!(
+            "`{}` has a comparison inside a version; write each bound after a comma \
+             (`>=1.0,<2.0`)",
+            version.trim()
+        ));
+    }
+    Ok(())
 }
 
 /// conda reads a version range written with spaces (`foo >=1.0 , < 2.0`, `foo >= 1.0`) as
@@ -472,6 +663,14 @@ fn normalize_conda(line: &str) -> std::borrow::Cow<'_, str> {
         std::borrow::Cow::Owned(out)
     } else {
         std::borrow::Cow::Borrowed(line)
+    }
+}
+
+/// `numpy=`: conda reads a lone trailing `=` as no version at all; rattler refuses it.
+fn strip_bare_equals(line: &str) -> &str {
+    match line.strip_suffix('=') {
+        Some(head) if !head.ends_with(['=', '<', '>', '!', '~']) && !head.contains('[') => head,
+        _ => line,
     }
 }
 
