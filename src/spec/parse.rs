@@ -805,4 +805,19 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn package_name_pattern_and_unreadable_file() {
+        let (rule, line, col, message) = only(
+            "demo.yaml",
+            &format!("{HEAD}packages:\n  conda:\n    - numpy\n    - 'test* 1.2'\n"),
+        );
+        assert_eq!((rule, line, col), (Rule::PackageNamePattern, 6, 7));
+        assert!(message.contains("name the package"), "{message}");
+        let parsed = unreadable_spec("specs/two.yaml", "is a symbolic link to `one.yaml`");
+        let d = &parsed.diagnostics[0];
+        assert_eq!((d.rule, d.line, d.column), (Rule::UnreadableFile, 1, 1));
+        assert_eq!(d.to_string(), "specs/two.yaml:1:1: error[unreadable-file]: the file is a symbolic link to `one.yaml`");
+        assert!(parsed.spec.is_none() && parsed.name.is_none());
+    }
 }

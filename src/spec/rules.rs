@@ -870,4 +870,51 @@ mod tests {
         assert!(check_conda("numpy 1.0 py38 extra").is_err());
         assert!(check_conda("::").is_err());
     }
+
+    #[test]
+    fn forms_the_peers_accept_that_kiln_used_to_refuse() {
+        assert_eq!(
+            check_image_reference("[2001:db8::1]:5000/repo:tag").unwrap(),
+            "[2001:db8::1]:5000/repo:tag"
+        );
+        assert_eq!(
+            check_image_reference("[::1]:5000/repo").unwrap(),
+            "[::1]:5000/repo:latest"
+        );
+        for bad in ["[::1]:5000", "[fe80::1%eth0]:5000/repo", "[::1]:x/repo", "[zz]/repo"] {
+            assert!(check_image_reference(bad).is_err(), "{bad}");
+        }
+        for good in [
+            "pkg===arbitrarystring",
+            "name;(python_version>=\"3.4\")and extra==\"x\"",
+            "name @ git+ssh://git@github.com:pypa/packaging.git",
+            "name @ ssh://user:pass%20word@example.com:2222/pkg.zip",
+        ] {
+            assert_eq!(check_pip(good), Ok(()), "{good}");
+        }
+        assert!(check_pip("name @ gopher:/foo/com").is_err());
+        for good in [
+            "numpy[version<2]",
+            "numpy[version=1.10 build=py38_0]",
+            "python[md5=deadbeef]",
+            "foo >=1.0 , < 2.0",
+            "numpy!=1.10 py38_0",
+        ] {
+            assert_eq!(check_conda(good), Ok(()), "{good}");
+        }
+        for bad in ["python[md5=xyz]", "package[build=a, build=b]", "pkg 4.2.2<6.0.0"] {
+            assert!(matches!(check_conda(bad), Err(LineError::Invalid(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn conda_name_patterns_have_a_rule_of_their_own() {
+        for pattern in ["*", "test* 1.2", "*[license_family='LGPL']", "defaults::*", "mkl@"] {
+            assert!(
+                matches!(check_conda(pattern), Err(LineError::NamePattern(_))),
+                "{pattern}: {:?}",
+                check_conda(pattern)
+            );
+        }
+    }
 }
