@@ -56,7 +56,9 @@ fn is_submodule(dir: &Path) -> bool {
 fn holds_spec_files(dir: &Path) -> bool {
     walkdir::WalkDir::new(dir)
         .into_iter()
-        .filter_entry(|e| e.depth() == 0 || !e.file_name().to_str().is_some_and(|n| n.starts_with('.')))
+        .filter_entry(|e| {
+            e.depth() == 0 || !e.file_name().to_str().is_some_and(|n| n.starts_with('.'))
+        })
         .filter_map(Result::ok)
         .any(|e| !e.file_type().is_dir() && is_spec_file(e.path()))
 }
@@ -108,7 +110,8 @@ pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, CheckError> {
             }
         } else if is_spec_file(path) {
             files.push(path.clone());
-        } else if meta.file_type().is_symlink() && std::fs::metadata(path).is_ok_and(|m| m.is_dir()) {
+        } else if meta.file_type().is_symlink() && std::fs::metadata(path).is_ok_and(|m| m.is_dir())
+        {
             // A symlinked folder named on the command line: the user asked for it.
             files.extend(collect_files(&[path.join(".")])?);
         } else {
@@ -323,7 +326,11 @@ mod tests {
         std::os::unix::fs::symlink("/nonexistent/kiln", root.join("dangling.yml")).unwrap();
         // A submodule's work tree (a `.git` file inside) holding a spec.
         write(root, "vendor/.git", "gitdir: ../.git/modules/vendor\n");
-        write(root, "vendor/three.yaml", "name: three\nbaseImage: debian\n");
+        write(
+            root,
+            "vendor/three.yaml",
+            "name: three\nbaseImage: debian\n",
+        );
         // A symlinked folder of specs, and a named pipe with a spec name.
         write(root, "real/four.yaml", "name: four\nbaseImage: debian\n");
         std::os::unix::fs::symlink("real", root.join("linked")).unwrap();
@@ -359,7 +366,11 @@ mod tests {
         assert!(!files.iter().any(|f| f.ends_with("three.yaml")));
 
         // Named on the command line, a symlinked spec is reported too.
-        let report = check_files(&collect_files(&[root.join("two.yaml")]).unwrap(), &SpecContext::default()).unwrap();
+        let report = check_files(
+            &collect_files(&[root.join("two.yaml")]).unwrap(),
+            &SpecContext::default(),
+        )
+        .unwrap();
         assert_eq!(report.diagnostics[0].rule, spec::Rule::UnreadableFile);
     }
 }

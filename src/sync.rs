@@ -301,13 +301,23 @@ mod tests {
         let store = Store::open(&data.path().join("store")).unwrap();
         let c1 = pass(&repo, &store, None).await;
 
-        let two = store.spec("two").unwrap().expect("the symlink is a spec record");
+        let two = store
+            .spec("two")
+            .unwrap()
+            .expect("the symlink is a spec record");
         assert!(!two.valid && !two.deleted);
         let revision = store.revision("two", 1).unwrap().unwrap();
         assert_eq!(revision.errors.len(), 1, "{:?}", revision.errors);
         let error = &revision.errors[0];
-        assert_eq!((error.rule, error.path.as_str()), (Rule::UnreadableFile, "specs/two.yaml"));
-        assert!(error.message.contains("symbolic link to `one.yaml`"), "{}", error.message);
+        assert_eq!(
+            (error.rule, error.path.as_str()),
+            (Rule::UnreadableFile, "specs/two.yaml")
+        );
+        assert!(
+            error.message.contains("symbolic link to `one.yaml`"),
+            "{}",
+            error.message
+        );
         assert!(store.spec("one").unwrap().unwrap().valid);
 
         // A second file claiming `two` is read beside the unchanged link: both are reported.

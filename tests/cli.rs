@@ -114,7 +114,9 @@ fn check_accepts_what_pip_conda_and_docker_accept() {
     let (code, out, _) = kiln(&["check", &root]);
     assert_eq!(code, 1, "{out}");
     assert!(
-        out.contains(&format!("{root}/glob.yaml:4:11: error[package-name-pattern]:")),
+        out.contains(&format!(
+            "{root}/glob.yaml:4:11: error[package-name-pattern]:"
+        )),
         "{out}"
     );
     assert!(

@@ -193,7 +193,11 @@ impl std::fmt::Display for NotAFile {
         match self {
             NotAFile::Symlink { target } => write!(f, "a symbolic link to `{target}`"),
             NotAFile::Submodule { commit } => {
-                write!(f, "a git submodule (at commit {})", &commit[..commit.len().min(7)])
+                write!(
+                    f,
+                    "a git submodule (at commit {})",
+                    &commit[..commit.len().min(7)]
+                )
             }
             NotAFile::Other { mode } => write!(f, "a tree entry of mode {mode:o}"),
         }

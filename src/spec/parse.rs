@@ -113,7 +113,11 @@ pub fn unreadable_spec(path: &str, reason: &str) -> ParsedSpec {
         digest: None,
         diagnostics: vec![],
     };
-    out.push(Pos::START, Rule::UnreadableFile, format!("the file {reason}"));
+    out.push(
+        Pos::START,
+        Rule::UnreadableFile,
+        format!("the file {reason}"),
+    );
     out
 }
 
@@ -817,7 +821,10 @@ mod tests {
         let parsed = unreadable_spec("specs/two.yaml", "is a symbolic link to `one.yaml`");
         let d = &parsed.diagnostics[0];
         assert_eq!((d.rule, d.line, d.column), (Rule::UnreadableFile, 1, 1));
-        assert_eq!(d.to_string(), "specs/two.yaml:1:1: error[unreadable-file]: the file is a symbolic link to `one.yaml`");
+        assert_eq!(
+            d.to_string(),
+            "specs/two.yaml:1:1: error[unreadable-file]: the file is a symbolic link to `one.yaml`"
+        );
         assert!(parsed.spec.is_none() && parsed.name.is_none());
     }
 }

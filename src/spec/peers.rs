@@ -121,8 +121,10 @@ impl Agreement {
                 }
             };
             if !agrees {
-                a.misses
-                    .push(format!("{:?} {:?}: Kiln says {answer:?}", case.verdict, case.form));
+                a.misses.push(format!(
+                    "{:?} {:?}: Kiln says {answer:?}",
+                    case.verdict, case.form
+                ));
             }
         }
         a
@@ -184,8 +186,14 @@ fn pep508_product() -> Vec<Case> {
     let urls_and_specifiers: [(Option<&str>, &str); 17] = [
         (None, ""),
         (Some("https://example.com/packagename.zip"), ""),
-        (Some("ssh://user:pass%20word@example.com/packagename.zip"), ""),
-        (Some("https://example.com/name;v=1.1/?query=foo&bar=baz#blah"), ""),
+        (
+            Some("ssh://user:pass%20word@example.com/packagename.zip"),
+            "",
+        ),
+        (
+            Some("https://example.com/name;v=1.1/?query=foo&bar=baz#blah"),
+            "",
+        ),
         (Some("git+ssh://git.example.com/MyProject"), ""),
         (Some("git+ssh://git@github.com:pypa/packaging.git"), ""),
         (Some("git+https://git.example.com/MyProject.git@master"), ""),

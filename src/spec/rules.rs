@@ -301,7 +301,8 @@ fn normalize_pep508(text: &str) -> Option<String> {
     // itself hold `;`), or the first `;` when there is no URL.
     let at = text.find('@');
     let semi = text.find(';');
-    let is_url = matches!((at, semi), (Some(a), Some(s)) if a < s) || (at.is_some() && semi.is_none());
+    let is_url =
+        matches!((at, semi), (Some(a), Some(s)) if a < s) || (at.is_some() && semi.is_none());
     let marker_from = match at.filter(|_| is_url) {
         Some(a) => {
             let url_start = a + 1 + (text[a + 1..].len() - text[a + 1..].trim_start().len());
@@ -509,7 +510,8 @@ fn conda_brackets(line: &str) -> Result<Option<String>, String> {
             .and_then(|t| t.strip_suffix(')'))
             .is_some_and(|inner| {
                 inner.split(',').map(str::trim).all(|item| {
-                    item == "optional" || item.strip_prefix("target=").is_some_and(|t| !t.is_empty())
+                    item == "optional"
+                        || item.strip_prefix("target=").is_some_and(|t| !t.is_empty())
                 })
             });
     if !tail_ok {
@@ -627,7 +629,8 @@ fn normalize_conda(line: &str) -> std::borrow::Cow<'_, str> {
     // Most lines need nothing: decide that without allocating.
     let bytes = line.as_bytes();
     let needed = bytes.windows(2).any(|w| {
-        (w[1].is_ascii_whitespace() && matches!(w[0], b'<' | b'>' | b'=' | b'!' | b'~' | b',' | b'|'))
+        (w[1].is_ascii_whitespace()
+            && matches!(w[0], b'<' | b'>' | b'=' | b'!' | b'~' | b',' | b'|'))
             || (w[0].is_ascii_whitespace() && matches!(w[1], b',' | b'|'))
     });
     if !needed {
@@ -881,7 +884,12 @@ mod tests {
             check_image_reference("[::1]:5000/repo").unwrap(),
             "[::1]:5000/repo:latest"
         );
-        for bad in ["[::1]:5000", "[fe80::1%eth0]:5000/repo", "[::1]:x/repo", "[zz]/repo"] {
+        for bad in [
+            "[::1]:5000",
+            "[fe80::1%eth0]:5000/repo",
+            "[::1]:x/repo",
+            "[zz]/repo",
+        ] {
             assert!(check_image_reference(bad).is_err(), "{bad}");
         }
         for good in [
@@ -902,14 +910,27 @@ mod tests {
         ] {
             assert_eq!(check_conda(good), Ok(()), "{good}");
         }
-        for bad in ["python[md5=xyz]", "package[build=a, build=b]", "pkg 4.2.2<6.0.0"] {
-            assert!(matches!(check_conda(bad), Err(LineError::Invalid(_))), "{bad}");
+        for bad in [
+            "python[md5=xyz]",
+            "package[build=a, build=b]",
+            "pkg 4.2.2<6.0.0",
+        ] {
+            assert!(
+                matches!(check_conda(bad), Err(LineError::Invalid(_))),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn conda_name_patterns_have_a_rule_of_their_own() {
-        for pattern in ["*", "test* 1.2", "*[license_family='LGPL']", "defaults::*", "mkl@"] {
+        for pattern in [
+            "*",
+            "test* 1.2",
+            "*[license_family='LGPL']",
+            "defaults::*",
+            "mkl@",
+        ] {
             assert!(
                 matches!(check_conda(pattern), Err(LineError::NamePattern(_))),
                 "{pattern}: {:?}",
