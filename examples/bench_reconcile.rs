@@ -235,6 +235,7 @@ fn main() -> Res<()> {
                     .push(ObservedFile {
                         path: f.path,
                         bytes: f.bytes,
+                        unreadable: None,
                     });
             }
         }

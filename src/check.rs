@@ -2,6 +2,11 @@
 //!
 //! Files are read one by one and only their diagnostics are kept, so checking 10,000 specs
 //! needs memory for the diagnostics, not for the specs.
+//!
+//! What Kiln will not read is reported, never skipped: a symlink or a submodule in the specs
+//! folder (git stores a link or a commit id there, and Kiln's sync reads only regular files,
+//! so such a spec would never be built), and a spec file that cannot be opened or read. Each
+//! is a diagnostic with the rule `unreadable-file`, as the dashboard shows it after a sync.
 
 use crate::spec::{self, Diagnostic, ParsedSpec, SpecContext};
 use serde::Serialize;
@@ -42,12 +47,29 @@ fn is_spec_file(path: &Path) -> bool {
     )
 }
 
+/// A git submodule's work tree: a folder holding a `.git` file (or folder).
+fn is_submodule(dir: &Path) -> bool {
+    std::fs::symlink_metadata(dir.join(".git")).is_ok()
+}
+
+/// Whether a submodule's work tree holds spec files, which Kiln would never read.
+fn holds_spec_files(dir: &Path) -> bool {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_entry(|e| {
+            e.depth() == 0 || !e.file_name().to_str().is_some_and(|n| n.starts_with('.'))
+        })
+        .filter_map(Result::ok)
+        .any(|e| !e.file_type().is_dir() && is_spec_file(e.path()))
+}
+
 /// The spec files named by `paths`: files as given, folders searched recursively (hidden
-/// folders such as `.git` skipped), sorted for stable output.
+/// folders such as `.git` skipped), sorted for stable output. Symlinks with a spec name and
+/// submodules are listed too (never followed): [`check_files`] reports them.
 pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, CheckError> {
     let mut files = Vec::new();
     for path in paths {
-        let meta = std::fs::metadata(path).map_err(|source| CheckError::Io {
+        let meta = std::fs::symlink_metadata(path).map_err(|source| CheckError::Io {
             path: path.clone(),
             source,
         })?;
@@ -58,7 +80,8 @@ pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, CheckError> {
                 .filter_entry(|e| {
                     e.depth() == 0 || !e.file_name().to_str().is_some_and(|n| n.starts_with('.'))
                 });
-            for entry in walker {
+            let mut walker = walker;
+            while let Some(entry) = walker.next() {
                 let entry = entry.map_err(|e| CheckError::Io {
                     path: e
                         .path()
@@ -68,12 +91,29 @@ pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, CheckError> {
                         .into_io_error()
                         .unwrap_or_else(|| std::io::Error::other("file system loop")),
                 })?;
-                if entry.file_type().is_file() && is_spec_file(entry.path()) {
+                let kind = entry.file_type();
+                if kind.is_dir() {
+                    // Kiln reads the repository's own tree; a submodule's files are not in it.
+                    if entry.depth() > 0 && is_submodule(entry.path()) {
+                        walker.skip_current_dir();
+                        if is_spec_file(entry.path()) || holds_spec_files(entry.path()) {
+                            files.push(entry.into_path());
+                        }
+                    }
+                } else if is_spec_file(entry.path())
+                    || (kind.is_symlink()
+                        && std::fs::metadata(entry.path()).is_ok_and(|m| m.is_dir())
+                        && holds_spec_files(entry.path()))
+                {
                     files.push(entry.into_path());
                 }
             }
         } else if is_spec_file(path) {
             files.push(path.clone());
+        } else if meta.file_type().is_symlink() && std::fs::metadata(path).is_ok_and(|m| m.is_dir())
+        {
+            // A symlinked folder named on the command line: the user asked for it.
+            files.extend(collect_files(&[path.join(".")])?);
         } else {
             return Err(CheckError::NotYaml { path: path.clone() });
         }
@@ -115,8 +155,11 @@ pub fn check_files(files: &[PathBuf], ctx: &SpecContext) -> Result<Report, Check
 fn check_part(files: &[PathBuf], ctx: &SpecContext) -> Result<Vec<ParsedSpec>, CheckError> {
     let mut parsed = Vec::with_capacity(files.len());
     for path in files {
-        let bytes = read_limited(path)?;
-        let mut one = spec::parse_spec(&path.display().to_string(), &bytes, ctx);
+        let shown = path.display().to_string();
+        let mut one = match read_spec(path) {
+            Ok(bytes) => spec::parse_spec(&shown, &bytes, ctx),
+            Err(reason) => spec::unreadable_spec(&shown, &reason),
+        };
         // Keep only what the report needs: the name (for duplicates) and the diagnostics.
         one.spec = None;
         parsed.push(one);
@@ -124,20 +167,38 @@ fn check_part(files: &[PathBuf], ctx: &SpecContext) -> Result<Vec<ParsedSpec>, C
     Ok(parsed)
 }
 
-/// Read at most one byte more than the spec limit: a huge file is refused without loading it.
-fn read_limited(path: &Path) -> Result<Vec<u8>, CheckError> {
+/// The bytes of a spec file, or why Kiln will not read it. Reads at most one byte more than
+/// the spec limit: a huge file is refused without loading it. Symlinks are never followed:
+/// git stores the link, not the file it points to, so the sync would not read it either.
+fn read_spec(path: &Path) -> Result<Vec<u8>, String> {
     use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|source| CheckError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let meta = std::fs::symlink_metadata(path).map_err(|e| format!("cannot read the file: {e}"))?;
+    let kind = meta.file_type();
+    if kind.is_symlink() {
+        let target = std::fs::read_link(path)
+            .map(|t| format!(" to `{}`", t.display()))
+            .unwrap_or_default();
+        return Err(format!(
+            "is a symbolic link{target}; Kiln reads only regular files and never follows links \
+             (git stores the link, not what it points to), so this is never built: commit the \
+             file itself"
+        ));
+    }
+    if kind.is_dir() {
+        return Err(
+            "is a git submodule; Kiln reads only this repository's own files, so the specs in \
+             it would never be built: commit them into this repository"
+                .to_string(),
+        );
+    }
+    if !kind.is_file() {
+        return Err("is not a regular file; Kiln reads only regular files".to_string());
+    }
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot be opened: {e}"))?;
     let mut bytes = Vec::new();
     file.take(spec::MAX_SPEC_BYTES as u64 + 1)
         .read_to_end(&mut bytes)
-        .map_err(|source| CheckError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        .map_err(|e| format!("cannot be read: {e}"))?;
     Ok(bytes)
 }
 
@@ -235,5 +296,81 @@ mod tests {
             serde_json::from_str(&render_report(&report, Format::Json)).unwrap();
         assert_eq!(json[0]["rule"], "one-package-per-line");
         assert_eq!(json[0]["column"], 5);
+    }
+
+    fn write(dir: &Path, rel: &str, text: &str) {
+        let path = dir.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    /// (file name relative to `root`, rule, message) of each diagnostic.
+    fn findings(root: &Path, report: &Report) -> Vec<(String, spec::Rule, String)> {
+        let prefix = format!("{}/", root.display());
+        report
+            .diagnostics
+            .iter()
+            .map(|d| {
+                let path = d.path.strip_prefix(&prefix).unwrap_or(&d.path).to_string();
+                (path, d.rule, d.message.clone())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn what_kiln_will_not_read_is_reported_with_file_and_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(root, "one.yaml", "name: one\nbaseImage: debian:bookworm\n");
+        std::os::unix::fs::symlink("one.yaml", root.join("two.yaml")).unwrap();
+        std::os::unix::fs::symlink("/nonexistent/kiln", root.join("dangling.yml")).unwrap();
+        // A submodule's work tree (a `.git` file inside) holding a spec.
+        write(root, "vendor/.git", "gitdir: ../.git/modules/vendor\n");
+        write(
+            root,
+            "vendor/three.yaml",
+            "name: three\nbaseImage: debian\n",
+        );
+        // A symlinked folder of specs, and a named pipe with a spec name.
+        write(root, "real/four.yaml", "name: four\nbaseImage: debian\n");
+        std::os::unix::fs::symlink("real", root.join("linked")).unwrap();
+        let fifo = root.join("pipe.yaml");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        let has_fifo = made.is_ok_and(|s| s.success());
+
+        let files = collect_files(&[root.to_path_buf()]).unwrap();
+        let report = check_files(&files, &SpecContext::default()).unwrap();
+        let found = findings(root, &report);
+        let unreadable: Vec<&str> = found
+            .iter()
+            .filter(|(_, rule, _)| *rule == spec::Rule::UnreadableFile)
+            .map(|(path, _, _)| path.as_str())
+            .collect();
+        let mut expected = vec!["dangling.yml", "linked", "two.yaml", "vendor"];
+        if has_fifo {
+            expected.insert(2, "pipe.yaml");
+        }
+        assert_eq!(unreadable, expected, "{found:#?}");
+        assert_eq!(found.len(), expected.len(), "{found:#?}");
+        let message = |name: &str| {
+            found
+                .iter()
+                .find(|(path, _, _)| path == name)
+                .map(|(_, _, m)| m.clone())
+                .unwrap()
+        };
+        assert!(message("two.yaml").contains("symbolic link to `one.yaml`"));
+        assert!(message("vendor").contains("git submodule"));
+        // The file the link points to is checked as itself; the submodule's spec is not read.
+        assert!(files.iter().any(|f| f.ends_with("one.yaml")));
+        assert!(!files.iter().any(|f| f.ends_with("three.yaml")));
+
+        // Named on the command line, a symlinked spec is reported too.
+        let report = check_files(
+            &collect_files(&[root.join("two.yaml")]).unwrap(),
+            &SpecContext::default(),
+        )
+        .unwrap();
+        assert_eq!(report.diagnostics[0].rule, spec::Rule::UnreadableFile);
     }
 }

@@ -42,6 +42,9 @@ pub trait StateView {
 pub struct ObservedFile {
     pub path: String,
     pub bytes: Vec<u8>,
+    /// `Some(why)` for an entry Kiln will not read (a symlink, a submodule): `bytes` is then
+    /// empty and the file is an `unreadable-file` error; `why` completes "the file …".
+    pub unreadable: Option<String>,
 }
 
 /// Every file claiming `name` at one commit. No files: the spec is gone.
@@ -251,7 +254,10 @@ fn evaluate<'o>(
     let primary = files[0];
     let mut parsed: Vec<ParsedSpec> = files
         .iter()
-        .map(|f| spec::parse_spec(&f.path, &f.bytes, ctx))
+        .map(|f| match &f.unreadable {
+            Some(why) => spec::unreadable_spec(&f.path, why),
+            None => spec::parse_spec(&f.path, &f.bytes, ctx),
+        })
         .collect();
     if parsed.len() > 1 {
         spec::check_duplicate_names(&mut parsed);
@@ -277,6 +283,10 @@ fn evaluate<'o>(
                 hasher.update([0]);
                 hasher.update(&f.bytes);
                 hasher.update([0]);
+                if let Some(why) = &f.unreadable {
+                    hasher.update(why.as_bytes());
+                    hasher.update([0]);
+                }
             }
             format!("invalid:{}", hex::encode(hasher.finalize()))
         }
@@ -404,6 +414,7 @@ mod tests {
             files: vec![ObservedFile {
                 path: format!("specs/{name}.yaml"),
                 bytes,
+                unreadable: None,
             }],
         }
     }
@@ -605,10 +616,12 @@ mod tests {
                 ObservedFile {
                     path: "x/a.yaml".into(),
                     bytes: spec_yaml("a", &["curl"]),
+                    unreadable: None,
                 },
                 ObservedFile {
                     path: "y/a.yml".into(),
                     bytes: spec_yaml("a", &["jq"]),
+                    unreadable: None,
                 },
             ],
         };

@@ -9,7 +9,7 @@
 use crate::config::Config;
 use crate::model::CommitMeta;
 use crate::reconcile::{self, Observation, ObservedFile, ObservedStep, Settings, name_of_path};
-use crate::repo::{FileChange, Oid, Repo, RepoError, RepoLocation, StepKind};
+use crate::repo::{Entry, FileChange, Oid, Repo, RepoError, RepoLocation, StepKind};
 use crate::spec::SpecContext;
 use crate::store::{Store, StoreError};
 use std::collections::{BTreeMap, BTreeSet};
@@ -142,6 +142,8 @@ impl Syncer {
 
 /// Turn git steps into observations of names: for every name a step touches, all files that
 /// claim it after the step (siblings unchanged in this step are read at the step's commit).
+/// A spec-named symlink or submodule claims its name too, as a file Kiln will not read: it
+/// becomes an invalid revision with an `unreadable-file` error, shown like any other.
 /// Public for benchmarks that time this phase on its own.
 pub fn observe(
     repo: &Repo,
@@ -154,13 +156,14 @@ pub fn observe(
         if step.kind == StepKind::Rewrite {
             tracing::warn!(commit = %step.commit.sha, "history was rewritten; applying the net difference as one step");
         }
-        let mut touched: BTreeMap<String, BTreeMap<String, Option<Vec<u8>>>> = BTreeMap::new();
+        let mut touched: BTreeMap<String, BTreeMap<String, Option<Entry>>> = BTreeMap::new();
         for change in &step.changes {
             let Some(name) = name_of_path(change.path()) else {
                 continue;
             };
             let bytes = match change {
-                FileChange::Upserted { bytes, .. } => Some(bytes.clone()),
+                FileChange::Upserted { bytes, .. } => Some(Entry::File(bytes.clone())),
+                FileChange::NotAFile { what, .. } => Some(Entry::NotAFile(what.clone())),
                 FileChange::Deleted { .. } => None,
             };
             touched
@@ -202,18 +205,28 @@ pub fn observe(
             }
             let mut files = Vec::with_capacity(known.len());
             for path in known.iter() {
-                let bytes = match changes.get(path) {
-                    Some(Some(bytes)) => Some(bytes.clone()),
+                let entry = match changes.get(path) {
+                    Some(Some(entry)) => Some(entry.clone()),
                     _ => match commit_id {
-                        Some(id) => repo.file_at(id, path)?,
+                        Some(id) => repo.entry_at(id, path)?,
                         None => None,
                     },
                 };
-                if let Some(bytes) = bytes {
-                    files.push(ObservedFile {
+                match entry {
+                    Some(Entry::File(bytes)) => files.push(ObservedFile {
                         path: path.clone(),
                         bytes,
-                    });
+                        unreadable: None,
+                    }),
+                    Some(Entry::NotAFile(what)) => files.push(ObservedFile {
+                        path: path.clone(),
+                        bytes: Vec::new(),
+                        unreadable: Some(format!(
+                            "is {what}; Kiln reads only regular files and never follows links \
+                             or submodules, so this is never built: commit the file itself"
+                        )),
+                    }),
+                    None => {}
                 }
             }
             specs.push(Observation { name, files });
@@ -230,4 +243,112 @@ pub fn observe(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::Rule;
+    use std::path::Path;
+    use std::process::Command;
+
+    fn git(dir: &Path, args: &[&str]) {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_AUTHOR_NAME", "Ada")
+            .env("GIT_AUTHOR_EMAIL", "ada@example.com")
+            .env("GIT_COMMITTER_NAME", "Ada")
+            .env("GIT_COMMITTER_EMAIL", "ada@example.com")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("HOME", dir)
+            .output()
+            .expect("git runs");
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    }
+
+    fn head(repo: &Repo) -> Oid {
+        repo.branch_head("main").unwrap().unwrap()
+    }
+
+    /// One pass of the sync path without a Docker Engine: git steps → observations →
+    /// reconcile → store, as [`Syncer::sync_once`] does it.
+    async fn pass(repo: &Repo, store: &Store, from: Option<Oid>) -> Oid {
+        let to = head(repo);
+        let steps = repo.steps(from, to, "specs").unwrap();
+        let observed = observe(repo, store, &steps).unwrap();
+        let plan = reconcile::reconcile(store, &observed, &Settings::default()).unwrap();
+        store.apply(&plan, &to.to_string()).await.unwrap();
+        to
+    }
+
+    #[tokio::test]
+    async fn a_symlinked_spec_is_an_invalid_revision_not_a_silence() {
+        let work = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let dir = work.path();
+        git(dir, &["init", "-q", "-b", "main"]);
+        std::fs::create_dir_all(dir.join("specs")).unwrap();
+        std::fs::write(
+            dir.join("specs/one.yaml"),
+            "name: one\nbaseImage: debian:bookworm\n",
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("one.yaml", dir.join("specs/two.yaml")).unwrap();
+        git(dir, &["add", "-A"]);
+        git(dir, &["commit", "-q", "-m", "one and a link"]);
+
+        let repo = Repo::open(&RepoLocation::Local(dir.to_path_buf()), data.path()).unwrap();
+        let store = Store::open(&data.path().join("store")).unwrap();
+        let c1 = pass(&repo, &store, None).await;
+
+        let two = store
+            .spec("two")
+            .unwrap()
+            .expect("the symlink is a spec record");
+        assert!(!two.valid && !two.deleted);
+        let revision = store.revision("two", 1).unwrap().unwrap();
+        assert_eq!(revision.errors.len(), 1, "{:?}", revision.errors);
+        let error = &revision.errors[0];
+        assert_eq!(
+            (error.rule, error.path.as_str()),
+            (Rule::UnreadableFile, "specs/two.yaml")
+        );
+        assert!(
+            error.message.contains("symbolic link to `one.yaml`"),
+            "{}",
+            error.message
+        );
+        assert!(store.spec("one").unwrap().unwrap().valid);
+
+        // A second file claiming `two` is read beside the unchanged link: both are reported.
+        std::fs::create_dir_all(dir.join("specs/team")).unwrap();
+        std::fs::write(
+            dir.join("specs/team/two.yaml"),
+            "name: two\nbaseImage: debian:bookworm\n",
+        )
+        .unwrap();
+        git(dir, &["add", "-A"]);
+        git(dir, &["commit", "-q", "-m", "a real two beside the link"]);
+        let c2 = pass(&repo, &store, Some(c1)).await;
+        let revision = store.revision("two", 2).unwrap().unwrap();
+        let rules: Vec<(Rule, &str)> = revision
+            .errors
+            .iter()
+            .map(|d| (d.rule, d.path.as_str()))
+            .collect();
+        assert!(
+            rules.contains(&(Rule::UnreadableFile, "specs/two.yaml")),
+            "{rules:?}"
+        );
+
+        // The link replaced by nothing: `two` is the file in team/ alone, and valid.
+        std::fs::remove_file(dir.join("specs/two.yaml")).unwrap();
+        git(dir, &["add", "-A"]);
+        git(dir, &["commit", "-q", "-m", "link gone"]);
+        pass(&repo, &store, Some(c2)).await;
+        let two = store.spec("two").unwrap().unwrap();
+        assert!(two.valid, "{two:?}");
+        assert_eq!(two.path, "specs/team/two.yaml");
+    }
 }

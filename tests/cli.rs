@@ -62,6 +62,70 @@ fn check_reports_every_problem_with_position_and_exit_1() {
 }
 
 #[test]
+fn check_reports_a_symlinked_spec_instead_of_skipping_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("one.yaml"),
+        "name: one\nbaseImage: debian:bookworm\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("one.yaml", dir.path().join("two.yaml")).unwrap();
+    let root = dir.path().display().to_string();
+    let (code, out, _) = kiln(&["check", &root]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!(
+            "{root}/two.yaml:1:1: error[unreadable-file]: the file is a symbolic link to `one.yaml`;"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("checked 2 spec file(s): 1 problem(s) in 1 file(s)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_accepts_what_pip_conda_and_docker_accept() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("peers.yaml"),
+        concat!(
+            "name: peers\n",
+            "baseImage: '[2001:db8::1]:5000/team/base:tag'\n",
+            "packages:\n",
+            "  conda:\n",
+            "    - numpy[version<2]\n",
+            "    - python[md5=deadbeef]\n",
+            "    - 'scipy >=1.0 , < 2.0'\n",
+            "  pip:\n",
+            "    - pkg===arbitrarystring\n",
+            "    - 'name;(python_version>=\"3.4\")and extra==\"x\"'\n",
+            "    - 'other @ git+ssh://git@github.com:pypa/packaging.git'\n",
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("glob.yaml"),
+        "name: glob\nbaseImage: debian\npackages:\n  conda: ['test* 1.2']\n",
+    )
+    .unwrap();
+    let root = dir.path().display().to_string();
+    let (code, out, _) = kiln(&["check", &root]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!(
+            "{root}/glob.yaml:4:11: error[package-name-pattern]:"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("checked 2 spec file(s): 1 problem(s) in 1 file(s)"),
+        "{out}"
+    );
+}
+
+#[test]
 fn check_usage_and_io_errors_exit_2() {
     let (code, _, err) = kiln(&["check", "/nonexistent/kiln/specs"]);
     assert_eq!(code, 2);

@@ -13,9 +13,10 @@
 //! descends only into subtrees whose ids differ. A change costs the size of the directories
 //! on its path, not the size of the repository. It also never pairs files up as renames (see
 //! the module documentation of [`super`]), and it reports the spec-relevant outcome of a type
-//! change (file → symlink is a deletion, symlink → file an addition) directly.
+//! change directly: a spec-named symlink or submodule is [`FileChange::NotAFile`] (reported,
+//! never read or followed), and removing one is a deletion like removing a file.
 
-use super::{FileChange, MAX_FULL_READ, TRUNCATED_LEN};
+use super::{FileChange, MAX_FULL_READ, NotAFile, TRUNCATED_LEN};
 use git2::{FileMode, ObjectType, Odb, Oid, Repository, Tree, TreeEntry};
 use std::cmp::Ordering;
 use std::io::Read;
@@ -116,6 +117,11 @@ fn entry_kind(entry: &TreeEntry<'_>) -> EntryKind {
 /// A regular or executable file (not a folder, symlink or submodule).
 pub(crate) fn is_regular_file(entry: &TreeEntry<'_>) -> bool {
     entry_kind(entry) == EntryKind::File
+}
+
+/// A folder.
+pub(crate) fn is_tree(entry: &TreeEntry<'_>) -> bool {
+    entry_kind(entry) == EntryKind::Tree
 }
 
 /// git's tree order: names compared bytewise, a folder's name as if it ended in `/`.
@@ -227,8 +233,10 @@ impl<'r> TreeDiffer<'r> {
     ) -> Result<(), git2::Error> {
         if let (Some(o), Some(n)) = (old, new)
             && o.id() == n.id()
+            && entry_kind(o) == entry_kind(n)
         {
             // Same content; at most the executable bit changed, which means nothing to a spec.
+            // (A file and a symlink whose target spells the same bytes share a blob id.)
             return Ok(());
         }
         let entry = new.or(old).expect("at least one side");
@@ -253,15 +261,36 @@ impl<'r> TreeDiffer<'r> {
             return Ok(());
         }
         let path = format!("{prefix}{}", String::from_utf8_lossy(name));
-        match (old_kind, new_kind, new) {
-            (_, Some(EntryKind::File), Some(n)) => {
+        match (old_kind, new) {
+            (_, Some(n)) if new_kind == Some(EntryKind::File) => {
                 let bytes = self.read_blob(n.id())?;
                 out.push(FileChange::Upserted { path, bytes });
             }
-            (Some(EntryKind::File), _, _) => out.push(FileChange::Deleted { path }),
-            _ => {}
+            (_, Some(n)) => {
+                let what = self.not_a_file(n)?;
+                out.push(FileChange::NotAFile { path, what });
+            }
+            (Some(_), None) => out.push(FileChange::Deleted { path }),
+            (None, None) => {}
         }
         Ok(())
+    }
+
+    /// What a spec-named entry that is not a regular file is: a symlink (its target, which is
+    /// the blob's content, capped) or a submodule (the commit it pins).
+    pub(crate) fn not_a_file(&self, entry: &TreeEntry<'_>) -> Result<NotAFile, git2::Error> {
+        let mode = entry.filemode();
+        if mode == i32::from(FileMode::Link) {
+            let target = self.read_blob(entry.id())?;
+            let target = String::from_utf8_lossy(&target[..target.len().min(4096)]).into_owned();
+            Ok(NotAFile::Symlink { target })
+        } else if mode == i32::from(FileMode::Commit) {
+            Ok(NotAFile::Submodule {
+                commit: entry.id().to_string(),
+            })
+        } else {
+            Ok(NotAFile::Other { mode })
+        }
     }
 
     /// The content of a blob, capped: blobs up to [`MAX_FULL_READ`] are read whole; larger

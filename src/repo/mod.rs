@@ -148,10 +148,20 @@ pub enum FileChange {
         /// The file's bytes, capped at [`TRUNCATED_LEN`] for blobs over [`MAX_FULL_READ`].
         bytes: Vec<u8>,
     },
-    /// The file was deleted (or replaced by a symlink, a submodule or a folder).
+    /// The file was deleted (or replaced by a folder), or a spec-named symlink or submodule
+    /// was removed.
     Deleted {
         /// Repository-relative path with forward slashes.
         path: String,
+    },
+    /// A spec-named entry that is not a regular file was added or changed (or replaced a
+    /// file): a symlink or a submodule. Kiln never follows or reads it; the caller reports it
+    /// rather than letting the spec vanish without a word.
+    NotAFile {
+        /// Repository-relative path with forward slashes.
+        path: String,
+        /// What is there instead of a file.
+        what: NotAFile,
     },
 }
 
@@ -159,9 +169,48 @@ impl FileChange {
     /// The repository-relative path this change is about.
     pub fn path(&self) -> &str {
         match self {
-            FileChange::Upserted { path, .. } | FileChange::Deleted { path } => path,
+            FileChange::Upserted { path, .. }
+            | FileChange::Deleted { path }
+            | FileChange::NotAFile { path, .. } => path,
         }
     }
+}
+
+/// What a spec-named tree entry is when it is not a regular file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NotAFile {
+    /// A symbolic link (mode 120000); `target` is what it points to, as stored in git.
+    Symlink { target: String },
+    /// A submodule (mode 160000) pinned at `commit`.
+    Submodule { commit: String },
+    /// Any other mode git does not normally write.
+    Other { mode: i32 },
+}
+
+impl std::fmt::Display for NotAFile {
+    /// `a symbolic link to `one.yaml``, `a git submodule (at commit 1a2b3c4)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotAFile::Symlink { target } => write!(f, "a symbolic link to `{target}`"),
+            NotAFile::Submodule { commit } => {
+                write!(
+                    f,
+                    "a git submodule (at commit {})",
+                    &commit[..commit.len().min(7)]
+                )
+            }
+            NotAFile::Other { mode } => write!(f, "a tree entry of mode {mode:o}"),
+        }
+    }
+}
+
+/// What is at one path at one commit ([`Repo::entry_at`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// A regular file, its bytes capped like [`FileChange::Upserted`]'s.
+    File(Vec<u8>),
+    /// A symlink or a submodule.
+    NotAFile(NotAFile),
 }
 
 /// A spec file as it is at one commit.
@@ -257,8 +306,9 @@ impl Repo {
     /// * `from`: the last processed commit (exclusive); `None` imports history from the root.
     /// * `to`: the new head (inclusive).
     /// * `specs_dir`: the specs folder relative to the repository root (`""` or `"."` for the
-    ///   whole repository). Only `*.yaml` / `*.yml` files in it or below it count; symlinks,
-    ///   submodules and other non-file entries never do.
+    ///   whole repository). Only `*.yaml` / `*.yml` entries in it or below it count; a
+    ///   symlink or submodule with such a name is never read or followed but reported as
+    ///   [`FileChange::NotAFile`].
     ///
     /// Normally each commit of `to`'s first-parent history after `from` that changes at least
     /// one spec file is one [`StepKind::Commit`] step, diffed against its first parent (the
@@ -321,7 +371,8 @@ impl Repo {
 
     /// Every spec file in `commit`'s tree under `specs_dir`, in git path order: the full
     /// rescan used to check an import and for benchmarks. Same rules as [`Repo::steps`]
-    /// (extensions, symlinks and submodules skipped, large blobs capped). A specs folder that
+    /// (extensions, large blobs capped), regular files only: symlinks and submodules are not
+    /// files ([`Repo::steps`] reports them as [`FileChange::NotAFile`]). A specs folder that
     /// does not exist at that commit yields an empty list.
     pub fn spec_files_at(&self, commit: Oid, specs_dir: &str) -> Result<Vec<SpecFile>, RepoError> {
         let dir = self.specs_dir(specs_dir)?;
@@ -335,7 +386,7 @@ impl Repo {
             .into_iter()
             .filter_map(|change| match change {
                 FileChange::Upserted { path, bytes } => Some(SpecFile { path, bytes }),
-                FileChange::Deleted { .. } => None,
+                FileChange::Deleted { .. } | FileChange::NotAFile { .. } => None,
             })
             .collect())
     }
@@ -357,6 +408,31 @@ impl Repo {
                 return Ok(None);
             }
             TreeDiffer::new(&self.repo)?.read_blob(entry.id()).map(Some)
+        };
+        read().map_err(|e| self.git_error(format!("reading {path:?} at {}", commit.id()), &e))
+    }
+
+    /// What is at `path` at `commit`: a regular file's bytes, or what the entry is when it is a
+    /// symlink or a submodule. `None` when nothing is there or it is a folder. Used to read a
+    /// file that a step did not change, e.g. another file claiming the same spec name, without
+    /// losing a sibling that is a symlink.
+    pub fn entry_at(&self, commit: Oid, path: &str) -> Result<Option<Entry>, RepoError> {
+        let commit = self.find_commit(commit)?;
+        let read = || -> Result<Option<Entry>, git2::Error> {
+            let tree = commit.tree()?;
+            let entry = match tree.get_path(Path::new(path)) {
+                Ok(entry) => entry,
+                Err(e) if e.code() == ErrorCode::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let differ = TreeDiffer::new(&self.repo)?;
+            if diff::is_regular_file(&entry) {
+                differ.read_blob(entry.id()).map(|b| Some(Entry::File(b)))
+            } else if diff::is_tree(&entry) {
+                Ok(None)
+            } else {
+                differ.not_a_file(&entry).map(|w| Some(Entry::NotAFile(w)))
+            }
         };
         read().map_err(|e| self.git_error(format!("reading {path:?} at {}", commit.id()), &e))
     }

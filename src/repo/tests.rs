@@ -442,14 +442,26 @@ fn symlinks_submodules_and_type_changes() {
         "--cacheinfo",
         "160000,0123456789abcdef0123456789abcdef01234567,specs/sub.yaml",
     ]);
+    // An empty folder is how git leaves a submodule that is not checked out.
+    std::fs::create_dir_all(f.work().join("specs/sub.yaml")).unwrap();
     let c1 = f.commit("file, symlink, submodule");
     let repo = f.open();
+    // The symlink and the submodule are reported, never read or followed.
     assert_eq!(
         summary(&repo.steps(None, c1, "specs").unwrap()),
         vec![(
             StepKind::Commit,
             c1.to_string(),
-            vec![up("specs/a.yaml", A1)]
+            vec![
+                up("specs/a.yaml", A1),
+                link("specs/link.yaml", "a.yaml"),
+                FileChange::NotAFile {
+                    path: "specs/sub.yaml".into(),
+                    what: NotAFile::Submodule {
+                        commit: "0123456789abcdef0123456789abcdef01234567".into()
+                    }
+                },
+            ]
         )]
     );
     let files = repo.spec_files_at(c1, "specs").unwrap();
@@ -461,7 +473,7 @@ fn symlinks_submodules_and_type_changes() {
         }]
     );
 
-    // File → symlink: the spec is gone. Symlink → file: a spec appears.
+    // File → symlink: reported as a symlink. Symlink → file: a spec file appears.
     f.remove("specs/a.yaml");
     std::os::unix::fs::symlink("link.yaml", f.work().join("specs/a.yaml")).unwrap();
     f.remove("specs/link.yaml");
@@ -469,8 +481,19 @@ fn symlinks_submodules_and_type_changes() {
     let c2 = f.commit("swap");
     assert_eq!(
         repo.steps(Some(c1), c2, "specs").unwrap()[0].changes,
-        vec![del("specs/a.yaml"), up("specs/link.yaml", B1)]
+        vec![link("specs/a.yaml", "link.yaml"), up("specs/link.yaml", B1)]
     );
+    assert_eq!(
+        repo.entry_at(c2, "specs/a.yaml").unwrap(),
+        Some(Entry::NotAFile(NotAFile::Symlink {
+            target: "link.yaml".into()
+        }))
+    );
+    assert_eq!(
+        repo.entry_at(c2, "specs/link.yaml").unwrap(),
+        Some(Entry::File(B1.as_bytes().to_vec()))
+    );
+    assert_eq!(repo.entry_at(c2, "specs").unwrap(), None);
 
     // File → folder of the same name.
     f.remove("specs/link.yaml");
@@ -485,6 +508,26 @@ fn symlinks_submodules_and_type_changes() {
     f.git(&["update-index", "--chmod=+x", "specs/link.yaml/inner.yaml"]);
     let c4 = f.commit("chmod");
     assert!(repo.steps(Some(c3), c4, "specs").unwrap().is_empty());
+
+    // Removing a symlink and a submodule is a deletion; a file whose bytes equal a removed
+    // link's target (the same blob id) is still a new file.
+    f.remove("specs/a.yaml");
+    f.git(&["rm", "--cached", "-q", "specs/sub.yaml"]);
+    f.write("specs/a.yaml", "link.yaml");
+    let c5 = f.commit("links gone");
+    assert_eq!(
+        repo.steps(Some(c4), c5, "specs").unwrap()[0].changes,
+        vec![up("specs/a.yaml", "link.yaml"), del("specs/sub.yaml")]
+    );
+}
+
+fn link(path: &str, target: &str) -> FileChange {
+    FileChange::NotAFile {
+        path: path.into(),
+        what: NotAFile::Symlink {
+            target: target.into(),
+        },
+    }
 }
 
 #[test]

@@ -25,10 +25,12 @@ pub enum Rule {
     OnePackagePerLine,
     DuplicatePackage,
     BlockStyle,
+    PackageNamePattern,
+    UnreadableFile,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 18] = [
+    pub const ALL: [Rule; 20] = [
         Rule::FileTooLarge,
         Rule::NotUtf8,
         Rule::YamlSyntax,
@@ -47,6 +49,8 @@ impl Rule {
         Rule::OnePackagePerLine,
         Rule::DuplicatePackage,
         Rule::BlockStyle,
+        Rule::PackageNamePattern,
+        Rule::UnreadableFile,
     ];
 
     pub fn id(self) -> &'static str {
@@ -69,6 +73,8 @@ impl Rule {
             Rule::OnePackagePerLine => "one-package-per-line",
             Rule::DuplicatePackage => "duplicate-package",
             Rule::BlockStyle => "block-style",
+            Rule::PackageNamePattern => "package-name-pattern",
+            Rule::UnreadableFile => "unreadable-file",
         }
     }
 }

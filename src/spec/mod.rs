@@ -14,13 +14,15 @@
 pub mod diagnostic;
 pub mod digest;
 pub mod parse;
+#[cfg(test)]
+mod peers;
 pub mod rules;
 pub mod schema;
 pub mod yaml;
 
 pub use diagnostic::{Diagnostic, Rule};
 pub use digest::canonical_digest;
-pub use parse::{ParsedSpec, SpecContext, check_duplicate_names, parse_spec};
+pub use parse::{ParsedSpec, SpecContext, check_duplicate_names, parse_spec, unreadable_spec};
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

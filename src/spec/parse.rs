@@ -102,6 +102,25 @@ pub fn parse_spec(path: &str, bytes: &[u8], ctx: &SpecContext) -> ParsedSpec {
     out
 }
 
+/// A file in the specs folder that Kiln will not read (a symlink, a submodule, a file that
+/// cannot be opened): one `unreadable-file` diagnostic saying why, so that it is reported like
+/// any invalid spec rather than skipped. `reason` completes "the file …".
+pub fn unreadable_spec(path: &str, reason: &str) -> ParsedSpec {
+    let mut out = ParsedSpec {
+        path: path.to_string(),
+        name: None,
+        spec: None,
+        digest: None,
+        diagnostics: vec![],
+    };
+    out.push(
+        Pos::START,
+        Rule::UnreadableFile,
+        format!("the file {reason}"),
+    );
+    out
+}
+
 /// Two files declaring one name: an error on both, at each file's `name`.
 pub fn check_duplicate_names(specs: &mut [ParsedSpec]) {
     let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
@@ -417,6 +436,10 @@ impl Walker<'_> {
                             tokens.join(", ")
                         ),
                     );
+                    continue;
+                }
+                Err(LineError::NamePattern(message)) => {
+                    self.out.push(pos, Rule::PackageNamePattern, message);
                     continue;
                 }
                 Err(LineError::Invalid(message)) => {
@@ -785,5 +808,23 @@ mod tests {
                 Rule::OnePackagePerLine
             ]
         );
+    }
+
+    #[test]
+    fn package_name_pattern_and_unreadable_file() {
+        let (rule, line, col, message) = only(
+            "demo.yaml",
+            &format!("{HEAD}packages:\n  conda:\n    - numpy\n    - 'test* 1.2'\n"),
+        );
+        assert_eq!((rule, line, col), (Rule::PackageNamePattern, 6, 7));
+        assert!(message.contains("name the package"), "{message}");
+        let parsed = unreadable_spec("specs/two.yaml", "is a symbolic link to `one.yaml`");
+        let d = &parsed.diagnostics[0];
+        assert_eq!((d.rule, d.line, d.column), (Rule::UnreadableFile, 1, 1));
+        assert_eq!(
+            d.to_string(),
+            "specs/two.yaml:1:1: error[unreadable-file]: the file is a symbolic link to `one.yaml`"
+        );
+        assert!(parsed.spec.is_none() && parsed.name.is_none());
     }
 }

@@ -516,6 +516,7 @@ mod tests {
                 files: vec![ObservedFile {
                     path: "a.yaml".into(),
                     bytes: b"name: a\nbaseImage: debian:bookworm\n".to_vec(),
+                    unreadable: None,
                 }],
             }],
         };

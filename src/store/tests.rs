@@ -21,6 +21,7 @@ fn step(n: u8, name: &str, apt: &str) -> ObservedStep {
             files: vec![ObservedFile {
                 path: format!("{name}.yaml"),
                 bytes,
+                unreadable: None,
             }],
         }],
     }

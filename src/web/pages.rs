@@ -367,6 +367,8 @@ struct SpecPage {
     updated: When,
     yaml: Vec<String>,
     errors: Vec<DiagView>,
+    /// The file is a symlink or submodule Kiln does not read (an `unreadable-file` error).
+    unreadable: bool,
     jobs: Vec<JobRowView>,
     pager: Pager,
 }
@@ -443,6 +445,11 @@ pub(super) async fn spec_page(
             .as_ref()
             .map(|r| highlight::yaml(&r.yaml))
             .unwrap_or_default(),
+        unreadable: current.as_ref().is_some_and(|r| {
+            r.errors
+                .iter()
+                .any(|d| d.rule == crate::spec::Rule::UnreadableFile)
+        }),
         errors: current
             .as_ref()
             .map(|r| {
