@@ -135,7 +135,13 @@ pub struct DataDirConfig {
     pub data_dir: PathBuf,
     pub listen: String,
     pub retention: Retention,
+    /// sled's page cache in MiB (`store_cache_mb`).
+    pub store_cache_mb: u64,
 }
+
+/// sled's page cache when `store_cache_mb` is not set: small enough for a 512 MiB VM (sled's
+/// own default, 1 GiB, let `kiln serve` grow to ~900 MiB RSS after one read of a 200 MB log).
+pub const DEFAULT_STORE_CACHE_MB: u64 = 64;
 
 /// The file layer. Unknown keys are errors, so a typo never silently falls back to a default.
 /// Its JSON Schema lists the accepted keys ([`file_keys`]).
@@ -172,6 +178,7 @@ struct ConfigFile {
     log_retention_days: Option<u64>,
     max_jobs_per_spec: Option<usize>,
     gc_interval: Option<u64>,
+    store_cache_mb: Option<u64>,
 }
 
 /// Everything a Kiln process needs to know, resolved.
@@ -220,6 +227,8 @@ pub struct Config {
     pub webhook_secret_files: BTreeMap<String, PathBuf>,
     /// Job retention (`log_retention_days`, `max_jobs_per_spec`, `gc_interval`).
     pub retention: Retention,
+    /// sled's page cache in MiB (`store_cache_mb`, at least 1).
+    pub store_cache_mb: u64,
 }
 
 impl Config {
@@ -240,6 +249,7 @@ impl Config {
             .unwrap_or_else(|| "127.0.0.1:8080".into());
         Ok(DataDirConfig {
             retention: Retention::resolve(retention, &file)?,
+            store_cache_mb: store_cache_mb(&file),
             data_dir: args
                 .data_dir
                 .clone()
@@ -322,7 +332,28 @@ impl Config {
                 .or(file.webhook_secret_file),
             webhook_secret_files: file.webhook_secret_files,
             retention,
+            store_cache_mb: store_cache_mb(&file),
         })
+    }
+}
+
+fn store_cache_mb(file: &ConfigFile) -> u64 {
+    file.store_cache_mb
+        .unwrap_or(DEFAULT_STORE_CACHE_MB)
+        .max(1)
+}
+
+impl Config {
+    /// How the store is opened: the page cache from `store_cache_mb`.
+    pub fn store_options(&self) -> crate::store::StoreOptions {
+        crate::store::StoreOptions::with_cache_mb(self.store_cache_mb)
+    }
+}
+
+impl DataDirConfig {
+    /// How the store is opened: the page cache from `store_cache_mb`.
+    pub fn store_options(&self) -> crate::store::StoreOptions {
+        crate::store::StoreOptions::with_cache_mb(self.store_cache_mb)
     }
 }
 

@@ -4,11 +4,14 @@
 
 pub mod build;
 pub mod check;
+pub mod commands;
 pub mod config;
 pub mod jobs;
 pub mod model;
 pub mod reconcile;
 pub mod repo;
+pub mod retention;
+pub mod serve;
 pub mod spec;
 pub mod store;
 pub mod sync;
