@@ -274,6 +274,7 @@ impl Config {
         file: ConfigFile,
     ) -> Result<Config, ConfigError> {
         let retention = Retention::resolve(&args.retention, &file)?;
+        let store_cache_mb = store_cache_mb(&file);
         let repo = args.repo.clone().or(file.repo).ok_or(ConfigError::NoRepo)?;
         let listen = listen
             .or(file.listen)
@@ -332,7 +333,7 @@ impl Config {
                 .or(file.webhook_secret_file),
             webhook_secret_files: file.webhook_secret_files,
             retention,
-            store_cache_mb: store_cache_mb(&file),
+            store_cache_mb,
         })
     }
 }
