@@ -339,9 +339,7 @@ impl Config {
 }
 
 fn store_cache_mb(file: &ConfigFile) -> u64 {
-    file.store_cache_mb
-        .unwrap_or(DEFAULT_STORE_CACHE_MB)
-        .max(1)
+    file.store_cache_mb.unwrap_or(DEFAULT_STORE_CACHE_MB).max(1)
 }
 
 impl Config {

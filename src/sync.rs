@@ -129,11 +129,10 @@ impl Syncer {
         }
         let (store, settings) = (self.store.clone(), self.settings.clone());
         let step_count = steps.len();
-        let plan = tokio::task::spawn_blocking(move || {
-            reconcile::reconcile(&store, &steps, &settings)
-        })
-        .await
-        .map_err(|e| SyncError::Worker(e.to_string()))??;
+        let plan =
+            tokio::task::spawn_blocking(move || reconcile::reconcile(&store, &steps, &settings))
+                .await
+                .map_err(|e| SyncError::Worker(e.to_string()))??;
         let jobs = self.store.apply(&plan, &head).await?;
         let outcome = SyncOutcome {
             head: Some(head),

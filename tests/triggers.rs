@@ -89,9 +89,7 @@ async fn last_commit(server: &Server) -> Option<String> {
 }
 
 fn server_log(server: &Server) -> String {
-    let port = server.base.rsplit(':').next().unwrap();
-    std::fs::read_to_string(std::env::temp_dir().join(format!("kiln-serve-{port}.log")))
-        .unwrap_or_default()
+    server.log_text()
 }
 
 fn hmac_hex(secret: &str, parts: &[&[u8]]) -> String {
@@ -220,8 +218,9 @@ impl Remote {
         ]);
     }
 
+    /// A child process: tests read its log (`server_log`).
     async fn serve(&self, poll: &str) -> Server {
-        Server::in_process(&[
+        Server::start(&[
             "--repo",
             &self.url(),
             "--data-dir",

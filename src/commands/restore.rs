@@ -18,11 +18,12 @@ pub struct RestoreReport {
 pub fn restore(input: &Path, data_dir: &Path) -> Result<RestoreReport, CommandError> {
     let started = std::time::Instant::now();
     let file = std::fs::File::open(input).map_err(io("cannot open", input))?;
-    let summary = crate::store::backup::restore(std::io::BufReader::new(file), data_dir)
-        .map_err(|source| CommandError::Restore {
+    let summary = crate::store::backup::restore(std::io::BufReader::new(file), data_dir).map_err(
+        |source| CommandError::Restore {
             path: input.to_path_buf(),
             source,
-        })?;
+        },
+    )?;
     Ok(RestoreReport {
         input: input.to_path_buf(),
         data_dir: data_dir.to_path_buf(),

@@ -39,13 +39,16 @@ enum Running {
 pub struct Server {
     pub base: String,
     running: Running,
+    /// The child's stderr (its log), for child servers.
+    log: Option<std::path::PathBuf>,
 }
 
 impl Server {
     /// `kiln serve ARGS` in this process, on 127.0.0.1:0.
     pub async fn in_process(args: &[&str]) -> Server {
-        let parsed = ServeArgs::try_parse_from(std::iter::once("serve").chain(args.iter().copied()))
-            .unwrap_or_else(|e| panic!("serve arguments {args:?}: {e}"));
+        let parsed =
+            ServeArgs::try_parse_from(std::iter::once("serve").chain(args.iter().copied()))
+                .unwrap_or_else(|e| panic!("serve arguments {args:?}: {e}"));
         let config = Config::resolve(&parsed.config, Some("127.0.0.1:0".into()))
             .unwrap_or_else(|e| panic!("config from {args:?}: {e}"));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
@@ -73,6 +76,7 @@ impl Server {
                 shutdown,
                 thread: Some(thread),
             },
+            log: None,
         };
         server.wait_healthy(|| String::new()).await;
         server
@@ -120,6 +124,7 @@ impl Server {
         let server = Server {
             base: format!("http://{addr}"),
             running: Running::Child(child),
+            log: Some(log.clone()),
         };
         server.wait_healthy(read_log).await;
         server
@@ -155,6 +160,14 @@ impl Server {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// What a child server logged so far (empty for an in-process server).
+    pub fn log_text(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
     }
 
     /// The child process (panics for an in-process server).

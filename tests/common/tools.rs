@@ -57,10 +57,7 @@ pub fn have(tool: Tool) -> bool {
 
 /// The decision itself, for a requirement that is not one of [`Tool`]'s.
 pub fn missing(what: &str, why: &str, install: &str) {
-    assert!(
-        !in_ci(),
-        "CI=true but {what} is missing ({why}): {install}"
-    );
+    assert!(!in_ci(), "CI=true but {what} is missing ({why}): {install}");
     // Straight to fd 2: the harness captures `eprintln!` of passing tests.
     use std::io::Write as _;
     let _ = writeln!(

@@ -459,7 +459,11 @@ mod tests {
         // The write is over: the first request rebuilds.
         let after = caches.specs.get(&store).await.unwrap();
         assert_eq!(
-            after.rows.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            after
+                .rows
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>(),
             ["a", "b"]
         );
     }
