@@ -78,7 +78,7 @@ impl Server {
             },
             log: None,
         };
-        server.wait_healthy(|| String::new()).await;
+        server.wait_healthy(String::new).await;
         server
     }
 
