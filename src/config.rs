@@ -137,7 +137,13 @@ pub struct DataDirConfig {
     pub data_dir: PathBuf,
     pub listen: String,
     pub retention: Retention,
+    /// sled's page cache in MiB (`store_cache_mb`).
+    pub store_cache_mb: u64,
 }
+
+/// sled's page cache when `store_cache_mb` is not set: small enough for a 512 MiB VM (sled's
+/// own default, 1 GiB, let `kiln serve` grow to ~900 MiB RSS after one read of a 200 MB log).
+pub const DEFAULT_STORE_CACHE_MB: u64 = 64;
 
 /// The file layer. Unknown keys are errors, so a typo never silently falls back to a default.
 /// Its JSON Schema lists the accepted keys ([`file_keys`]).
@@ -180,6 +186,7 @@ struct ConfigFile {
     /// The file this layer was read from, for error messages (not a key).
     #[serde(skip)]
     path: Option<PathBuf>,
+    store_cache_mb: Option<u64>,
 }
 
 /// Everything a Kiln process needs to know, resolved.
@@ -230,6 +237,8 @@ pub struct Config {
     pub retention: Retention,
     /// The build workers: the `[[workers]]` tables, else one worker from the `docker_*` keys.
     pub workers: Vec<crate::pool::WorkerConfig>,
+    /// sled's page cache in MiB (`store_cache_mb`, at least 1).
+    pub store_cache_mb: u64,
 }
 
 impl Config {
@@ -250,6 +259,7 @@ impl Config {
             .unwrap_or_else(|| "127.0.0.1:8080".into());
         Ok(DataDirConfig {
             retention: Retention::resolve(retention, &file)?,
+            store_cache_mb: store_cache_mb(&file),
             data_dir: args
                 .data_dir
                 .clone()
@@ -275,6 +285,7 @@ impl Config {
         file: ConfigFile,
     ) -> Result<Config, ConfigError> {
         let retention = Retention::resolve(&args.retention, &file)?;
+        let store_cache_mb = store_cache_mb(&file);
         let repo = args.repo.clone().or(file.repo).ok_or(ConfigError::NoRepo)?;
         let listen = listen
             .or(file.listen)
@@ -345,7 +356,26 @@ impl Config {
             webhook_secret_files: file.webhook_secret_files,
             retention,
             workers,
+            store_cache_mb,
         })
+    }
+}
+
+fn store_cache_mb(file: &ConfigFile) -> u64 {
+    file.store_cache_mb.unwrap_or(DEFAULT_STORE_CACHE_MB).max(1)
+}
+
+impl Config {
+    /// How the store is opened: the page cache from `store_cache_mb`.
+    pub fn store_options(&self) -> crate::store::StoreOptions {
+        crate::store::StoreOptions::with_cache_mb(self.store_cache_mb)
+    }
+}
+
+impl DataDirConfig {
+    /// How the store is opened: the page cache from `store_cache_mb`.
+    pub fn store_options(&self) -> crate::store::StoreOptions {
+        crate::store::StoreOptions::with_cache_mb(self.store_cache_mb)
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod backoff;
 pub mod builder;
 pub mod check;
+pub mod commands;
 pub mod config;
 pub mod docker;
 pub mod dockerfile;
@@ -14,6 +15,8 @@ pub mod model;
 pub mod pool;
 pub mod reconcile;
 pub mod repo;
+pub mod retention;
+pub mod serve;
 pub mod spec;
 pub mod store;
 pub mod sync;

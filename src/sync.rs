@@ -5,6 +5,10 @@
 //! observations of spec *names*, hands them to the pure reconcile function and applies the
 //! plan to the store in one transaction together with the processed head. Running it twice on
 //! the same head does nothing.
+//!
+//! Nothing here blocks an async worker thread: git runs on a blocking thread, and so does
+//! reconcile (YAML parsing, validation, Dockerfile rendering: CPU work that takes seconds
+//! for a 10,000-spec import); the store applies the plan on one of its own.
 
 use crate::config::Config;
 use crate::model::CommitMeta;
@@ -83,7 +87,7 @@ impl Syncer {
             }
             Err(e) => status.error = Some(e.to_string()),
         }
-        if let Err(e) = self.store.set_sync_status(&status) {
+        if let Err(e) = self.store.set_sync_status(&status).await {
             tracing::warn!(error = %e, "could not record sync status");
         }
         result
@@ -124,11 +128,16 @@ impl Syncer {
                 ..SyncOutcome::default()
             });
         }
-        let plan = reconcile::reconcile(&self.store, &steps, &self.settings)?;
+        let (store, settings) = (self.store.clone(), self.settings.clone());
+        let step_count = steps.len();
+        let plan =
+            tokio::task::spawn_blocking(move || reconcile::reconcile(&store, &steps, &settings))
+                .await
+                .map_err(|e| SyncError::Worker(e.to_string()))??;
         let jobs = self.store.apply(&plan, &head).await?;
         let outcome = SyncOutcome {
             head: Some(head),
-            steps: steps.len(),
+            steps: step_count,
             revisions: plan.revisions.len(),
             jobs,
             cancelled: plan.cancellations.len(),

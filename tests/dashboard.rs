@@ -21,7 +21,7 @@ mod browser;
 mod common;
 
 use browser::Browser;
-use common::{GitRepo, Server, kiln};
+use common::{GitRepo, Server, engine_available, kiln};
 use kiln::model::{InstalledPackage, InstalledPackages, JobStatus};
 use kiln::store::{LogLine, Store};
 use serde_json::Value;
@@ -506,11 +506,11 @@ async fn pages_navigation_escaping_and_headers() {
     drop(b);
     let mut server = server;
     let _ = std::process::Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
+        .args(["-TERM", &server.child().id().to_string()])
         .status();
     let stop = Instant::now();
     loop {
-        if server.child.try_wait().unwrap().is_some() {
+        if server.child().try_wait().unwrap().is_some() {
             break;
         }
         assert!(
@@ -546,22 +546,6 @@ where
 
 // ---------------------------------------------------------------------------------------
 // Live tail against a real build
-
-fn engine_available() -> bool {
-    let ok = std::process::Command::new("docker")
-        .arg("info")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        assert!(
-            std::env::var("CI").map(|v| v != "true").unwrap_or(true),
-            "CI=true but no Docker Engine answers: run scripts/dev-env.sh"
-        );
-        eprintln!("\n*** SKIPPED: no Docker Engine (run scripts/dev-env.sh up) ***\n");
-    }
-    ok
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_log_tail_follows_a_running_build() {

@@ -479,25 +479,10 @@ fn kubernetes_manifests_agree_with_each_other_and_with_kiln() {
     );
 }
 
-/// Whether an external checker is installed. With `CI=true` a missing one fails the test
-/// (scripts/test-all.sh installs it); outside CI the test says SKIPPED.
-fn tool_available(program: &str, install: &str) -> bool {
-    let found = Command::new(program)
-        .arg("--help")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        common::missing_tool(&format!("`{program}`"), install);
-    }
-    found
-}
-
 /// `kubectl kustomize deploy/kubernetes`: what `kubectl apply -k` would send, or `None` when
 /// kubectl is missing outside CI.
 fn kustomize() -> Option<String> {
-    if !tool_available("kubectl", "apt-get install kubectl") {
+    if !common::have(common::Tool::Kubectl) {
         return None;
     }
     let out = Command::new("kubectl")
@@ -534,7 +519,8 @@ fn kubernetes_validate(file: &Path) -> (bool, String) {
 #[test]
 fn kubernetes_manifests_pass_the_kubernetes_schema() {
     let install = "scripts/test-all.sh installs it: pip install kubernetes-validate";
-    if !tool_available("kubernetes-validate", install) {
+    if common::tools::which("kubernetes-validate").is_none() {
+        common::tools::missing("`kubernetes-validate`", "not on PATH", install);
         return;
     }
     let Some(rendered) = kustomize() else {

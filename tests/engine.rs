@@ -18,21 +18,12 @@ const OPEN_REGISTRY: &str = "127.0.0.1:5000";
 const AUTH_REGISTRY: &str = "127.0.0.1:5001";
 const MANIFEST_V2: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
+mod common;
 
-/// Says loudly that `test` did not run (`what` is missing), or fails under CI=true.
+/// Says loudly that `test` did not run (`what` is missing), or fails under CI: the one rule in
+/// `tests/common/tools.rs`.
 fn skip(test: &str, what: &str, why: &str) {
-    if in_ci() {
-        panic!("CI=true and {test} cannot run, {what}: {why}");
-    }
-    // Straight to fd 2: the test harness captures eprintln! of passing tests.
-    use std::io::Write as _;
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n!!!!!!!! SKIPPED: {what} — {test}: {why} !!!!!!!!\n"
-    );
+    common::tools::missing(what, &format!("{test}: {why}"), "run scripts/dev-env.sh up");
 }
 
 /// A connected Engine, or `None` after printing SKIPPED (panics instead when CI=true).

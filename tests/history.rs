@@ -189,7 +189,7 @@ async fn scripted_history(mode: Mode) {
     // A pass with nothing new changes nothing.
     assert!(s.sync().contains("0 step(s), 0 revision(s), 0 job(s)"));
 
-    let server = Server::start(&[
+    let server = Server::in_process(&[
         "--no-build",
         "--repo",
         &s.repo_arg(),

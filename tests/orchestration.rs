@@ -358,8 +358,8 @@ async fn kill_nine_during_builds_loses_nothing_and_pushes_nothing_twice() {
                 seen_logs.push((job["id"].as_u64().unwrap(), server.log(&job).await));
             }
         }
-        let _ = server.child.kill(); // SIGKILL: no shutdown, no flush beyond what was acknowledged
-        let _ = server.child.wait();
+        let _ = server.child().kill(); // SIGKILL: no shutdown, no flush beyond what was acknowledged
+        let _ = server.child().wait();
         eprintln!("round {round}: killed");
     }
 
@@ -460,11 +460,11 @@ async fn sigterm_lets_builds_finish_within_the_grace_then_requeues_them() {
     let asked = Instant::now();
     Command::new("kill")
         .arg("-TERM")
-        .arg(server.child.id().to_string())
+        .arg(server.child().id().to_string())
         .status()
         .unwrap();
     let status = loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
+        if let Some(status) = server.child().try_wait().unwrap() {
             break status;
         }
         assert!(

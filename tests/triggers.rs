@@ -89,9 +89,7 @@ async fn last_commit(server: &Server) -> Option<String> {
 }
 
 fn server_log(server: &Server) -> String {
-    let port = server.base.rsplit(':').next().unwrap();
-    std::fs::read_to_string(std::env::temp_dir().join(format!("kiln-serve-{port}.log")))
-        .unwrap_or_default()
+    server.log_text()
 }
 
 fn hmac_hex(secret: &str, parts: &[&[u8]]) -> String {
@@ -220,6 +218,7 @@ impl Remote {
         ]);
     }
 
+    /// A child process: tests read its log (`server_log`).
     async fn serve(&self, poll: &str) -> Server {
         Server::start(&[
             "--repo",
@@ -261,7 +260,7 @@ async fn local_work_tree_commits_become_jobs_without_polling() {
     let mut repo = GitRepo::init(&tmp.path().join("work"));
     repo.write("specs/app.yaml", &spec("app", &["curl"]));
     repo.commit("app r1");
-    let server = Server::start(&[
+    let server = Server::in_process(&[
         "--repo",
         &repo.dir.display().to_string(),
         "--specs-dir",
@@ -359,7 +358,7 @@ async fn local_work_tree_commits_become_jobs_without_polling() {
 async fn local_bare_repository_sees_pushes_and_force_pushes() {
     let mut remote = Remote::new();
     remote.commit_and_push("web.yaml", &spec("web", &["curl"]), "web r1");
-    let server = Server::start(&[
+    let server = Server::in_process(&[
         "--repo",
         &remote.bare.display().to_string(),
         "--data-dir",
@@ -556,7 +555,7 @@ async fn webhooks_of_every_provider_fetch_only_when_signed() {
 async fn webhooks_without_a_secret_are_disabled() {
     let mut remote = Remote::new();
     remote.commit_and_push("a.yaml", &spec("a", &["curl"]), "a");
-    let server = Server::start(&[
+    let server = Server::in_process(&[
         "--repo",
         &remote.url(),
         "--data-dir",
@@ -744,14 +743,12 @@ async fn unreachable_remote_shows_the_error_and_catches_up() {
 /// The same over the network: a `git daemon` that stops (connection refused) and comes back.
 #[tokio::test]
 async fn git_daemon_down_and_back() {
-    let exec_path = Command::new("git").arg("--exec-path").output().unwrap();
-    let exec_path = String::from_utf8_lossy(&exec_path.stdout)
-        .trim()
-        .to_string();
-    if !Path::new(&exec_path).join("git-daemon").exists() {
-        eprintln!("SKIPPED: git daemon is not available");
+    if !common::have(common::Tool::GitDaemon) {
         return;
     }
+    let Some(git_daemon) = common::tools::git_daemon() else {
+        return;
+    };
     let mut remote = Remote::new();
     remote.commit_and_push("net.yaml", &spec("net", &["curl"]), "net r1");
     let port = common::free_port();
@@ -759,7 +756,7 @@ async fn git_daemon_down_and_back() {
     // The daemon binary itself: killing a `git daemon` wrapper would orphan it.
     let start_daemon = || {
         Daemon(
-            Command::new(Path::new(&exec_path).join("git-daemon"))
+            Command::new(&git_daemon)
                 .args([
                     "--reuseaddr",
                     "--export-all",
@@ -781,7 +778,7 @@ async fn git_daemon_down_and_back() {
         std::net::TcpStream::connect(("127.0.0.1", port)).ok()
     })
     .await;
-    let server = Server::start(&[
+    let server = Server::in_process(&[
         "--repo",
         &url,
         "--data-dir",
@@ -1233,7 +1230,7 @@ async fn bench_commit_to_job_latency() {
             poll,
         ];
         args.extend(extra);
-        let server = Server::start(&args).await;
+        let server = Server::in_process(&args).await;
         wait_jobs(&server, "bench", 1).await;
         let lat = measure(label, &mut repo, None, &server, n, (0, 1000)).await;
         println!("{}", lat.row());

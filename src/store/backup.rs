@@ -312,7 +312,7 @@ fn header<R: Read>(input: &mut Hashed<R>) -> Result<BackupSummary, BackupError> 
 fn restore_db(input: impl Read, db_path: &Path) -> Result<BackupSummary, BackupError> {
     let result = (|| {
         let db = sled::Config::new()
-            .cache_capacity(super::CACHE_BYTES)
+            .cache_capacity(super::StoreOptions::default().cache_bytes)
             .path(db_path)
             .open()
             .map_err(StoreError::from)?;

@@ -222,6 +222,7 @@ impl Store {
         reuse_sources: &HashSet<JobId>,
     ) -> Result<(u64, u64, u64), StoreError> {
         let _writing = self.writes.blocking_lock();
+        let _mark = self.mark_writing();
         let trees = (
             &self.jobs,
             &self.jobs_by_spec,

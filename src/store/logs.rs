@@ -13,17 +13,38 @@
 //! Value layout: the chunk's line count (u32, big-endian) — so the length needs no
 //! decompression — then a zstd frame of the postcard-encoded `Vec<LogLine>`. The last chunk
 //! of a log is extended in place while it is small (a live build adds a few lines at a time).
+//!
+//! Live viewers: every append also broadcasts the new lines once, as an `Arc<LogBatch>`
+//! ([`Store::subscribe_logs`]), so N viewers of a running build share one copy instead of
+//! each decompressing the chunk again; they read the store only for history and after
+//! falling behind.
 
 use super::codec::{decode, encode};
 use super::{Store, StoreError, StoreEvent};
 use crate::model::JobId;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// One log line with the time Kiln received it (Unix milliseconds).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogLine {
     pub at_ms: i64,
     pub text: String,
+}
+
+/// Lines just appended to a job's log, numbered from `first_line`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogBatch {
+    pub job: JobId,
+    pub first_line: u64,
+    pub lines: Vec<LogLine>,
+}
+
+impl LogBatch {
+    /// The number after the batch's last line.
+    pub fn end(&self) -> u64 {
+        self.first_line + self.lines.len() as u64
+    }
 }
 
 /// Lines per chunk at most.
@@ -108,6 +129,30 @@ impl Store {
     /// One writer per job (the job's log task) is assumed: the last chunk is read, extended
     /// and written back without a transaction.
     pub async fn append_log(&self, job: JobId, lines: &[LogLine]) -> Result<u64, StoreError> {
+        if lines.is_empty() {
+            let store = self.clone();
+            return super::blocking(move || store.log_len(job)).await;
+        }
+        let (store, owned) = (self.clone(), lines.to_vec());
+        let (first_line, next_line, owned) = super::blocking(move || {
+            let _mark = store.mark_writing();
+            let (first, next) = store.append_log_blocking(job, &owned)?;
+            Ok((first, next, owned))
+        })
+        .await?;
+        self.db.flush_async().await?;
+        let _ = self.events.send(StoreEvent::Log { job, next_line });
+        let _ = self.lines.send(Arc::new(LogBatch {
+            job,
+            first_line,
+            lines: owned,
+        }));
+        Ok(next_line)
+    }
+
+    /// Read the last chunk, extend it, write: returns the number of the first appended line
+    /// and the new length. zstd and sled's batch, so on a blocking thread.
+    fn append_log_blocking(&self, job: JobId, lines: &[LogLine]) -> Result<(u64, u64), StoreError> {
         let last = self.logs.scan_prefix(job.to_be_bytes()).next_back();
         let (mut first, mut chunk) = match last {
             None => (0, Vec::new()),
@@ -127,9 +172,7 @@ impl Store {
                 }
             }
         };
-        if lines.is_empty() {
-            return Ok(first + chunk.len() as u64);
-        }
+        let first_appended = first + chunk.len() as u64;
         let mut batch = sled::Batch::default();
         let mut bytes = text_bytes(&chunk);
         for line in lines {
@@ -144,10 +187,7 @@ impl Store {
         }
         batch.insert(&key(job, first), encode_chunk(&chunk)?);
         self.logs.apply_batch(batch)?;
-        self.db.flush_async().await?;
-        let next_line = first + chunk.len() as u64;
-        let _ = self.events.send(StoreEvent::Log { job, next_line });
-        Ok(next_line)
+        Ok((first_appended, first + chunk.len() as u64))
     }
 
     /// Lines `from..from+limit` of a job's log, with their numbers.

@@ -22,15 +22,25 @@
 //! survives `kill -9`.
 //!
 //! Submodules: `logs` (paged log lines), `gc` (retention passes), `backup` (backup, restore,
-//! compaction), `codec` (encoding, keys).
+//! compaction), `codec` (encoding, keys), `summary` (what `/healthz` reads without sled).
+//!
+//! Blocking and async: sled and zstd are synchronous, and sled 0.34 transactions and batches
+//! take a process-wide write lock that every read waits for. The `async fn` writes
+//! ([`Store::apply`], [`Store::update_job`], [`Store::append_log`]) therefore run their sled
+//! work on a blocking thread, and mark the store as [`Store::writing`] meanwhile so that
+//! in-memory views can answer from their previous value instead of queueing behind the lock.
+//! The plain `fn` reads are for blocking threads (or small point reads); full scans from async
+//! code go through [`Store::all_specs`].
 
 pub mod backup;
 mod codec;
 pub mod gc;
 mod logs;
+mod summary;
 
 pub use gc::{GcPolicy, GcReport};
-pub use logs::LogLine;
+pub use logs::{LogBatch, LogLine};
+pub use summary::WriteMark;
 
 use crate::model::{
     InstalledPackages, Job, JobId, JobStatus, Revision, SpecRecord, Timestamp, now,
@@ -41,6 +51,7 @@ use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use thiserror::Error;
 use tokio::sync::broadcast;
 
@@ -74,6 +85,38 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("corrupt record in tree `{tree}`: {message}")]
     Corrupt { tree: &'static str, message: String },
+    #[error("internal error: store worker stopped: {0}")]
+    Worker(String),
+}
+
+/// How to open the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// sled's page cache in bytes.
+    pub cache_bytes: u64,
+}
+
+impl StoreOptions {
+    pub fn with_cache_mb(mb: u64) -> StoreOptions {
+        StoreOptions {
+            cache_bytes: mb.max(1) * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions::with_cache_mb(crate::config::DEFAULT_STORE_CACHE_MB)
+    }
+}
+
+/// Run blocking store work off the async worker threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| StoreError::Worker(e.to_string()))?
 }
 
 impl From<TransactionError<StoreError>> for StoreError {
@@ -120,6 +163,12 @@ pub struct Store {
     installed: sled::Tree,
     meta: sled::Tree,
     events: broadcast::Sender<StoreEvent>,
+    /// Appended log lines, shared: live log viewers take them from here instead of each
+    /// decompressing the chunk again. A channel of its own, so that caches that drain
+    /// `events` only on requests never hold log text.
+    lines: broadcast::Sender<Arc<LogBatch>>,
+    /// Last processed commit and sync status, kept in memory (see `summary.rs`).
+    summary: Arc<summary::Summary>,
     /// One writing transaction at a time: Kiln has one writer process, and serializing its
     /// multi-tree transactions (plan applies, job updates) avoids sled retry storms and a hang
     /// seen with many concurrent `update_job` calls.
@@ -133,14 +182,20 @@ const LAST_COMMIT: &[u8] = b"last_commit";
 const SCHEMA: &[u8] = b"schema_version";
 const SYNC: &[u8] = b"sync";
 const NEXT_JOB_ID: &[u8] = b"next_job_id";
-/// sled's page cache. Its default (1 GiB) lets a process grow to hundreds of MB after reading
-/// or writing one large log; logs are read in pages, so a small cache costs little.
-const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// Batches of appended log lines a live viewer may fall behind before it re-reads the store.
+const LINE_EVENTS: usize = 64;
 
 impl Store {
-    /// Open (or create) the store in `dir`. Fails at once, not after a hang, when another
-    /// process holds the data dir.
+    /// Open (or create) the store in `dir` with the default options.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        Store::open_with(dir, &StoreOptions::default())
+    }
+
+    /// Open (or create) the store in `dir`. Fails at once, not after a hang, when another
+    /// process holds the data dir. sled's page cache is `options.cache_bytes`: its own
+    /// default (1 GiB) lets a process grow to hundreds of MB after reading or writing one
+    /// large log; logs are read in pages, so a small cache costs little.
+    pub fn open_with(dir: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
         let path = dir.join(DB_DIR);
         if !path.exists() && dir.join(PRE_COMPACT_DIR).exists() {
@@ -149,7 +204,7 @@ impl Store {
             });
         }
         let db = sled::Config::new()
-            .cache_capacity(CACHE_BYTES)
+            .cache_capacity(options.cache_bytes)
             .path(&path)
             .open()
             .map_err(|e| match e {
@@ -205,7 +260,17 @@ impl Store {
             }
         }
         let (events, _) = broadcast::channel(1024);
+        let (lines, _) = broadcast::channel(LINE_EVENTS);
+        let last_commit = meta
+            .get(LAST_COMMIT)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned());
+        let sync = match meta.get(SYNC)? {
+            Some(v) => decode("meta", &v)?,
+            None => SyncStatus::default(),
+        };
         Ok(Store {
+            lines,
+            summary: Arc::new(summary::Summary::new(last_commit, sync)),
             specs: db.open_tree("specs")?,
             revisions: db.open_tree("revisions")?,
             jobs: db.open_tree("jobs")?,
@@ -232,23 +297,48 @@ impl Store {
         Ok(())
     }
 
+    /// Live appended log lines (see [`LogBatch`]).
+    pub fn subscribe_logs(&self) -> broadcast::Receiver<Arc<LogBatch>> {
+        self.lines.subscribe()
+    }
+
+    /// The last processed commit, from memory: never waits for sled (this Kiln is the only
+    /// writer, and [`Store::apply`] updates it with the record).
     pub fn last_commit(&self) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .meta
-            .get(LAST_COMMIT)?
-            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+        Ok(self.summary.last_commit())
     }
 
+    /// The outcome of the last sync attempt, from memory (see [`Store::last_commit`]).
     pub fn sync_status(&self) -> Result<SyncStatus, StoreError> {
-        Ok(match self.meta.get(SYNC)? {
-            Some(v) => decode("meta", &v)?,
-            None => SyncStatus::default(),
-        })
+        Ok(self.summary.sync())
     }
 
-    pub fn set_sync_status(&self, status: &SyncStatus) -> Result<(), StoreError> {
-        self.meta.insert(SYNC, encode(status)?)?;
-        Ok(())
+    /// Record a sync outcome (in memory at once, in sled on a blocking thread).
+    pub async fn set_sync_status(&self, status: &SyncStatus) -> Result<(), StoreError> {
+        self.summary.set_sync(status.clone());
+        let (meta, value) = (self.meta.clone(), encode(status)?);
+        blocking(move || {
+            meta.insert(SYNC, value)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// True while a sled write (transaction or batch) runs: reads may wait for it.
+    pub fn writing(&self) -> bool {
+        self.summary.writing()
+    }
+
+    /// Mark the store as writing until the mark is dropped (for writes done outside the
+    /// store's own `async fn`s, and for tests of views that must not wait for a write).
+    pub fn mark_writing(&self) -> WriteMark {
+        self.summary.mark_writing()
+    }
+
+    /// Every spec record, ordered by name, read on a blocking thread (a full scan).
+    pub async fn all_specs(&self) -> Result<Vec<SpecRecord>, StoreError> {
+        let store = self.clone();
+        blocking(move || store.specs().collect()).await
     }
 
     // ---- reads ----
@@ -370,6 +460,34 @@ impl Store {
     /// the jobs created, in plan order.
     pub async fn apply(&self, plan: &Plan, commit: &str) -> Result<Vec<JobId>, StoreError> {
         let _writing = self.writes.lock().await;
+        let (store, owned, commit_owned) = (self.clone(), plan.clone(), commit.to_string());
+        let created = blocking(move || {
+            let _mark = store.mark_writing();
+            store.apply_blocking(&owned, &commit_owned)
+        })
+        .await?;
+        self.summary.set_last_commit(commit.to_string());
+        self.db.flush_async().await?;
+        for (id, new) in created.iter().zip(&plan.jobs) {
+            let status = if new.cancelled.is_some() {
+                JobStatus::Cancelled
+            } else {
+                JobStatus::Queued
+            };
+            let _ = self.events.send(StoreEvent::Job { job: *id, status });
+        }
+        for cancel in &plan.cancellations {
+            let _ = self.events.send(StoreEvent::Job {
+                job: cancel.job,
+                status: JobStatus::Cancelled,
+            });
+        }
+        let _ = self.events.send(StoreEvent::Synced);
+        Ok(created)
+    }
+
+    /// The transaction of [`Store::apply`]; the caller holds `writes`.
+    fn apply_blocking(&self, plan: &Plan, commit: &str) -> Result<Vec<JobId>, StoreError> {
         let at = now();
         let trees = (
             &self.specs,
@@ -477,22 +595,6 @@ impl Store {
                 Ok(created)
             },
         )?;
-        self.db.flush_async().await?;
-        for (id, new) in created.iter().zip(&plan.jobs) {
-            let status = if new.cancelled.is_some() {
-                JobStatus::Cancelled
-            } else {
-                JobStatus::Queued
-            };
-            let _ = self.events.send(StoreEvent::Job { job: *id, status });
-        }
-        for cancel in &plan.cancellations {
-            let _ = self.events.send(StoreEvent::Job {
-                job: cancel.job,
-                status: JobStatus::Cancelled,
-            });
-        }
-        let _ = self.events.send(StoreEvent::Synced);
         Ok(created)
     }
 
@@ -500,6 +602,22 @@ impl Store {
     /// index and the spec's latest image in step, then flushes.
     pub async fn update_job(&self, job: &Job) -> Result<Job, StoreError> {
         let _writing = self.writes.lock().await;
+        let (store, owned) = (self.clone(), job.clone());
+        let stored = blocking(move || {
+            let _mark = store.mark_writing();
+            store.update_job_blocking(&owned)
+        })
+        .await?;
+        self.db.flush_async().await?;
+        let _ = self.events.send(StoreEvent::Job {
+            job: stored.id,
+            status: stored.status,
+        });
+        Ok(stored)
+    }
+
+    /// The transaction of [`Store::update_job`]; the caller holds `writes`.
+    fn update_job_blocking(&self, job: &Job) -> Result<Job, StoreError> {
         let trees = (&self.jobs, &self.active, &self.built, &self.specs);
         let stored = trees.transaction(|(jobs, active, built, specs)| {
             let abort = ConflictableTransactionError::Abort;
@@ -550,11 +668,6 @@ impl Store {
             }
             Ok(job)
         })?;
-        self.db.flush_async().await?;
-        let _ = self.events.send(StoreEvent::Job {
-            job: stored.id,
-            status: stored.status,
-        });
         Ok(stored)
     }
 
@@ -571,8 +684,12 @@ impl Store {
         job: JobId,
         packages: &InstalledPackages,
     ) -> Result<(), StoreError> {
-        self.installed
-            .insert(job.to_be_bytes(), encode(packages)?)?;
+        let (installed, value) = (self.installed.clone(), encode(packages)?);
+        blocking(move || {
+            installed.insert(job.to_be_bytes(), value)?;
+            Ok(())
+        })
+        .await?;
         self.db.flush_async().await?;
         Ok(())
     }
@@ -581,7 +698,8 @@ impl Store {
     /// why. Returns how many.
     pub async fn requeue_interrupted(&self) -> Result<usize, StoreError> {
         let mut count = 0;
-        for mut job in self.active_jobs()? {
+        let store = self.clone();
+        for mut job in blocking(move || store.active_jobs()).await? {
             if job.status != JobStatus::Running {
                 continue;
             }

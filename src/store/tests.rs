@@ -370,3 +370,64 @@ async fn many_concurrent_job_updates_all_land() {
     }
     assert!(store.active_jobs().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn appended_lines_are_broadcast_once_numbered() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut lines = store.subscribe_logs();
+    store.append_log(3, &numbered(0..5)).await.unwrap();
+    store.append_log(3, &numbered(5..7)).await.unwrap();
+    let first = lines.recv().await.unwrap();
+    assert_eq!((first.job, first.first_line, first.end()), (3, 0, 5));
+    let second = lines.recv().await.unwrap();
+    assert_eq!((second.first_line, second.end()), (5, 7));
+    assert_eq!(second.lines, numbered(5..7));
+    // Nothing appended, nothing sent.
+    assert_eq!(store.append_log(3, &[]).await.unwrap(), 7);
+    assert!(lines.try_recv().is_err());
+}
+
+/// `/healthz` reads the last commit and the sync status: they must not wait for sled, whose
+/// transactions hold a lock every read waits for. A transaction is held open on another
+/// thread while they are read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn summary_reads_do_not_wait_for_a_running_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    pass(&store, &[step(1, "a", "curl")]).await;
+    store
+        .set_sync_status(&SyncStatus {
+            last_attempt: Some(5),
+            last_success: Some(5),
+            error: None,
+        })
+        .await
+        .unwrap();
+    let (inside_tx, inside_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let writer = {
+        let meta = store.meta.clone();
+        std::thread::spawn(move || {
+            let release_rx = std::sync::Mutex::new(release_rx);
+            meta.transaction(|tx| {
+                tx.insert(b"held".as_slice(), b"1".as_slice())?;
+                let _ = inside_tx.send(());
+                let _ = release_rx.lock().map(|rx| rx.recv());
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .unwrap();
+        })
+    };
+    inside_rx.recv().unwrap();
+    assert_eq!(store.last_commit().unwrap(), Some(commit(1).sha));
+    assert_eq!(store.sync_status().unwrap().last_success, Some(5));
+    release_tx.send(()).unwrap();
+    writer.join().unwrap();
+
+    // And they survive a reopen (read back from sled at open).
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.last_commit().unwrap(), Some(commit(1).sha));
+    assert_eq!(store.sync_status().unwrap().last_attempt, Some(5));
+}

@@ -95,13 +95,19 @@ pub(super) async fn healthz(State(state): State<AppState>) -> Response {
     (StatusCode::OK, Json(body)).into_response()
 }
 
+/// A full scan (10,000 specs and more): on a blocking thread, not an async worker.
 pub(super) async fn list_specs(
     State(state): State<AppState>,
 ) -> Result<Json<Vec<SpecSummary>>, ApiError> {
-    let mut out = Vec::new();
-    for record in state.store.specs() {
-        out.push(summary(&state, record?)?);
-    }
+    let out = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        for record in state.store.specs() {
+            out.push(summary(&state, record?)?);
+        }
+        Ok::<_, ApiError>(out)
+    })
+    .await
+    .map_err(|e| StoreError::Worker(e.to_string()))??;
     Ok(Json(out))
 }
 

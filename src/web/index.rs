@@ -8,8 +8,13 @@
 //!
 //! Each cache holds a broadcast receiver. A request first drains it without waiting: a `Job`
 //! or `Synced` event (or a lagged receiver, which may have missed one) marks the cache stale,
-//! log events do not. A stale cache is rebuilt once, on a blocking thread, while concurrent
-//! requests wait for that one rebuild.
+//! log events do not. A stale cache is rebuilt once, on a blocking thread.
+//!
+//! Stale while writing: sled 0.34 makes every read wait while a transaction or batch runs
+//! (a 10,000-spec import, a big log batch). A stale cache that has a previous value answers
+//! with it while the store is [writing](Store::writing) or while another request is already
+//! rebuilding, so `/` never queues behind a write; the first request after the write
+//! rebuilds. Only a cache without any value yet waits.
 
 use super::AppInfo;
 use super::format::{When, encode};
@@ -221,16 +226,33 @@ impl<T: Send + Sync + 'static> Cached<T> {
         if self.stale.load(Ordering::SeqCst) {
             return None;
         }
+        self.previous()
+    }
+
+    /// The last value built, fresh or not.
+    fn previous(&self) -> Option<Arc<T>> {
         self.current.read().ok().and_then(|c| c.clone())
     }
 
-    /// The current value, rebuilt first when the store changed.
+    /// The current value, rebuilt first when the store changed — or, while the store is
+    /// writing or another request rebuilds, the previous value (see the module doc).
     pub async fn get(&self, store: &Store) -> Result<Arc<T>, StoreError> {
         self.note_changes();
         if let Some(value) = self.fresh() {
             return Ok(value);
         }
-        let _one_rebuild = self.rebuild.lock().await;
+        if store.writing()
+            && let Some(previous) = self.previous()
+        {
+            return Ok(previous);
+        }
+        let _one_rebuild = match self.rebuild.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => match self.previous() {
+                Some(previous) => return Ok(previous),
+                None => self.rebuild.lock().await,
+            },
+        };
         self.note_changes();
         if let Some(value) = self.fresh() {
             return Ok(value);
@@ -417,5 +439,44 @@ mod tests {
                 .unwrap()],
             1
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stale_index_answers_with_the_previous_value_while_the_store_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let info = Arc::new(AppInfo::default());
+        let caches = Caches::new(&store, &info);
+        store.apply(&plan(&["a"]), "c1").await.unwrap();
+        let before = caches.specs.get(&store).await.unwrap();
+        assert_eq!(before.rows.len(), 1);
+
+        store.apply(&plan(&["b"]), "c2").await.unwrap();
+        let writing = store.mark_writing();
+        // Stale (a Synced event arrived) but a write runs: the previous value, at once.
+        let during = caches.specs.get(&store).await.unwrap();
+        assert!(Arc::ptr_eq(&before, &during));
+        drop(writing);
+        // The write is over: the first request rebuilds.
+        let after = caches.specs.get(&store).await.unwrap();
+        assert_eq!(
+            after
+                .rows
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_empty_cache_builds_even_while_the_store_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.apply(&plan(&["a"]), "c1").await.unwrap();
+        let caches = Caches::new(&store, &Arc::new(AppInfo::default()));
+        let _writing = store.mark_writing();
+        let index = caches.specs.get(&store).await.unwrap();
+        assert_eq!(index.rows.len(), 1);
     }
 }

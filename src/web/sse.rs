@@ -9,13 +9,16 @@
 //! * keep-alive comments every 15 s; the stream ends on the server's shutdown token, so a
 //!   graceful shutdown never waits on an open tab.
 //!
-//! It never holds more than one page of lines: lines are read from the store in pages and
-//! sent as the client takes them.
+//! It never holds more than one page of lines: history is read from the store in pages and
+//! sent as the client takes them. New lines of a running build arrive through the store's
+//! shared line broadcast ([`Store::subscribe_logs`]): every viewer renders the same `Arc`'d
+//! batch, none decompresses the chunk again. A viewer that falls behind the broadcast (or
+//! sees a gap) goes back to reading the store.
 
 use super::AppState;
 use super::ansi::line_to_html;
 use crate::model::{JobId, JobStatus};
-use crate::store::{Store, StoreEvent};
+use crate::store::{LogBatch, Store, StoreEvent};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -23,6 +26,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::time::Instant;
@@ -52,6 +56,7 @@ pub async fn job_events(
     };
     // Subscribe before the first read, so no line written in between is missed.
     let events = state.store.subscribe();
+    let lines = state.store.subscribe_logs();
     let job = match state.store.job(id) {
         Ok(Some(job)) => job,
         Ok(None) => return (StatusCode::NOT_FOUND, "no such job").into_response(),
@@ -74,6 +79,8 @@ pub async fn job_events(
         id,
         next,
         events,
+        lines,
+        live: false,
         shutdown: state.shutdown.clone(),
         queue: VecDeque::new(),
         status: job.status,
@@ -101,6 +108,11 @@ struct Tail {
     /// Number of the next line to send.
     next: u64,
     events: broadcast::Receiver<StoreEvent>,
+    /// Appended lines, shared by every viewer.
+    lines: broadcast::Receiver<Arc<LogBatch>>,
+    /// The last wait ended with lines from the broadcast: the store has nothing newer to
+    /// read, so the next round skips the store reads.
+    live: bool,
     shutdown: CancellationToken,
     queue: VecDeque<Event>,
     /// The status the client was last told (or saw on the page).
@@ -118,6 +130,17 @@ impl Tail {
             }
             if self.done || self.shutdown.is_cancelled() {
                 return None;
+            }
+            if std::mem::take(&mut self.live) {
+                // Caught up through the broadcast; status changes come as events.
+                let wait = match self.final_since {
+                    None => RECHECK,
+                    Some(since) => GRACE.saturating_sub(since.elapsed()),
+                };
+                if !wait.is_zero() {
+                    self.wait_for_change(wait).await;
+                }
+                continue;
             }
             // More lines stored?
             match self.store.log_lines(self.id, self.next, BATCH) {
@@ -173,15 +196,46 @@ impl Tail {
         }
     }
 
-    /// Until an event about this job (or a missed one), the timeout, or shutdown.
+    /// Queue the part of a broadcast batch this viewer has not sent. `false` when the batch
+    /// starts after the next line to send (lines were missed: read the store).
+    fn take_batch(&mut self, batch: &LogBatch) -> bool {
+        if batch.first_line > self.next {
+            return false;
+        }
+        let skip = (self.next - batch.first_line) as usize;
+        for (n, line) in (batch.first_line..).zip(&batch.lines).skip(skip) {
+            self.queue.push_back(
+                Event::default()
+                    .id(n.to_string())
+                    .data(line_to_html(&line.text)),
+            );
+        }
+        self.next = self.next.max(batch.end());
+        true
+    }
+
+    /// Until an event about this job (or a missed one), the timeout, or shutdown. Lines of
+    /// this job that arrive meanwhile are queued directly.
     async fn wait_for_change(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 _ = tokio::time::sleep_until(deadline) => return,
+                batch = self.lines.recv() => match batch {
+                    Ok(batch) if batch.job == self.id => {
+                        if self.take_batch(&batch) {
+                            self.live = true;
+                        }
+                        return;
+                    }
+                    Ok(_) => {}
+                    // Fell behind (or the store is gone): the store has every line.
+                    Err(_) => return,
+                },
                 event = self.events.recv() => match event {
-                    Ok(StoreEvent::Log { job, .. } | StoreEvent::Job { job, .. }) if job == self.id => return,
+                    // Log events are for lines this viewer gets from the line broadcast.
+                    Ok(StoreEvent::Job { job, .. }) if job == self.id => return,
                     Ok(_) => {}
                     Err(RecvError::Lagged(_)) => return,
                     Err(RecvError::Closed) => {
@@ -191,5 +245,89 @@ impl Tail {
                 },
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::LogLine;
+
+    fn tail(store: &Store, next: u64) -> Tail {
+        Tail {
+            store: store.clone(),
+            id: 1,
+            next,
+            events: store.subscribe(),
+            lines: store.subscribe_logs(),
+            live: false,
+            shutdown: CancellationToken::new(),
+            queue: VecDeque::new(),
+            status: JobStatus::Running,
+            final_since: None,
+            done: false,
+        }
+    }
+
+    fn batch(job: JobId, first_line: u64, n: usize) -> LogBatch {
+        LogBatch {
+            job,
+            first_line,
+            lines: (0..n)
+                .map(|i| LogLine {
+                    at_ms: 0,
+                    text: format!("l{i}"),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_broadcast_batch_is_taken_from_the_next_unsent_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut t = tail(&store, 5);
+        // Lines 3..8: 3 and 4 were sent already.
+        assert!(t.take_batch(&batch(1, 3, 5)));
+        assert_eq!((t.queue.len(), t.next), (3, 8));
+        // All sent before: nothing queued, still in step.
+        assert!(t.take_batch(&batch(1, 6, 2)));
+        assert_eq!((t.queue.len(), t.next), (3, 8));
+        // Starts after line 8: lines were missed, the store must be read.
+        assert!(!t.take_batch(&batch(1, 9, 2)));
+        assert_eq!(t.next, 8);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn live_lines_reach_a_waiting_viewer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let line = |text: &str| LogLine {
+            at_ms: 0,
+            text: text.into(),
+        };
+        let mut plan = crate::reconcile::Plan::default();
+        plan.jobs.push(crate::reconcile::NewJob {
+            spec: "a".into(),
+            revision: 1,
+            commit: "c".into(),
+            digest: "d".into(),
+            plan: crate::model::JobPlan::Build,
+            dockerfile: String::new(),
+            cancelled: None,
+        });
+        assert_eq!(store.apply(&plan, "c").await.unwrap(), [1]);
+        store.append_log(1, &[line("old")]).await.unwrap();
+        let mut t = tail(&store, 0);
+        t.status = JobStatus::Queued;
+        // History from the store.
+        assert!(t.next_event().await.is_some());
+        assert_eq!(t.next, 1);
+        let viewer = tokio::spawn(async move {
+            let event = t.next_event().await;
+            (event.is_some(), t.next)
+        });
+        store.append_log(1, &[line("new")]).await.unwrap();
+        assert_eq!(viewer.await.unwrap(), (true, 2));
     }
 }

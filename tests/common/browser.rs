@@ -16,23 +16,16 @@ use std::time::{Duration, Instant};
 /// The W3C WebDriver element reference key.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|p| p.is_file())
-    })
-}
-
-/// `chromium` and `chromedriver`, or `None` (after failing in CI / printing SKIPPED).
+/// `chromium` and `chromedriver`, or `None` (after failing in CI / printing SKIPPED: see
+/// [`crate::common::tools`]).
 pub fn available() -> Option<(PathBuf, PathBuf)> {
-    let found = which("chromium")
-        .or_else(|| which("chromium-browser"))
-        .zip(which("chromedriver"));
-    if found.is_none() {
-        crate::common::missing_tool("chromium/chromedriver", "run scripts/install-browser.sh");
+    use crate::common::tools::{Tool, have, which};
+    if !have(Tool::Chromium) {
+        return None;
     }
-    found
+    which("chromium")
+        .or_else(|| which("chromium-browser"))
+        .zip(which("chromedriver"))
 }
 
 pub struct Browser {

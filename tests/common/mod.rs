@@ -1,9 +1,16 @@
-//! Helpers shared by the integration tests: real git repositories in temp dirs and a real
-//! `kiln` process.
+//! Helpers shared by the integration tests: real git repositories in temp dirs, a real Kiln
+//! (in-process on port 0, or a `kiln` process where a test needs one: [`server`]) and the
+//! one rule for missing tools ([`tools`]).
 #![allow(dead_code)]
 
+pub mod server;
+pub mod tools;
+
+pub use server::Server;
+pub use tools::{Tool, have};
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// A git work tree with a scripted author and clock, on branch `main`.
@@ -73,32 +80,9 @@ impl GitRepo {
     }
 }
 
-/// Whether the Docker Engine answers. With `CI=true` a missing Engine fails the test; outside
-/// CI the test is skipped with a loud message.
+/// Whether the Docker Engine answers (see [`tools`]: fails under CI, else SKIPPED).
 pub fn engine_available() -> bool {
-    let ok = Command::new("docker")
-        .arg("info")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI=true but no Docker Engine answers: run scripts/dev-env.sh"
-        );
-        eprintln!("SKIPPED: no Docker Engine (run scripts/dev-env.sh up)");
-    }
-    ok
-}
-
-/// A tool a test needs is missing: with `CI=true` that fails the test (the CI script installs
-/// the tool), elsewhere the test is skipped with a loud message.
-pub fn missing_tool(what: &str, install: &str) {
-    assert!(
-        std::env::var("CI").map(|v| v != "true").unwrap_or(true),
-        "CI=true but {what} is missing: {install}"
-    );
-    eprintln!("\n*** SKIPPED: {what} is missing ({install}) ***\n");
+    have(Tool::Docker)
 }
 
 /// A spec file with the given apt packages on the local base image.
@@ -188,152 +172,12 @@ pub fn sync(config: &str, repo: &Path, data: &Path) -> (i32, String) {
     (code, format!("{out}{err}"))
 }
 
-/// A free port on 127.0.0.1.
+/// A free port on 127.0.0.1, for helpers that are not Kiln (a registry, chromedriver, a
+/// git daemon) and cannot be handed a bound socket. Kiln itself binds port 0 (see [`server`]).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// A running `kiln serve`, killed on drop.
-pub struct Server {
-    pub child: Child,
-    pub base: String,
-}
-
-impl Server {
-    pub async fn start(args: &[&str]) -> Server {
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
-        let log = std::env::temp_dir().join(format!("kiln-serve-{port}.log"));
-        let child = Command::new(kiln_bin())
-            .arg("serve")
-            .args(args)
-            .args(["--listen", &listen])
-            .env("KILN_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("kiln serve starts");
-        let server = Server {
-            child,
-            base: format!("http://{listen}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(resp) = reqwest::get(format!("{}/healthz", server.base)).await
-                && resp.status().is_success()
-            {
-                return server;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "kiln serve did not answer; log: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// `kiln serve --no-build` on an existing data dir: looks at what a run left behind.
-    pub async fn observe(repo: &Path, data: &Path) -> Server {
-        let (repo, data) = (repo.display().to_string(), data.display().to_string());
-        Server::start(&[
-            "--no-build",
-            "--repo",
-            &repo,
-            "--data-dir",
-            &data,
-            "--poll-interval",
-            "3600",
-        ])
-        .await
-    }
-
-    /// The jobs of a spec, newest first; empty while the spec is unknown.
-    pub async fn jobs(&self, spec: &str) -> Vec<serde_json::Value> {
-        match reqwest::get(format!("{}/api/v1/specs/{spec}/jobs", self.base)).await {
-            Ok(r) if r.status().is_success() => r
-                .json::<serde_json::Value>()
-                .await
-                .ok()
-                .and_then(|v| v.as_array().cloned())
-                .unwrap_or_default(),
-            _ => Vec::new(),
-        }
-    }
-
-    /// The job of one revision of a spec.
-    pub async fn job(&self, spec: &str, revision: u64) -> Option<serde_json::Value> {
-        self.jobs(spec)
-            .await
-            .into_iter()
-            .find(|j| j["revision"] == revision)
-    }
-
-    /// Wait (bounded) until the job of `revision` satisfies `ok`.
-    pub async fn wait_for(
-        &self,
-        spec: &str,
-        revision: u64,
-        limit: Duration,
-        ok: impl Fn(&serde_json::Value) -> bool,
-    ) -> serde_json::Value {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(job) = self.job(spec, revision).await
-                && ok(&job)
-            {
-                return job;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "r{revision} of {spec} never got there: {:?}",
-                self.jobs(spec).await
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// A job's whole log as text.
-    pub async fn log(&self, job: &serde_json::Value) -> String {
-        reqwest::get(format!("{}/api/v1/jobs/{}/log", self.base, job["id"]))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    }
-
-    pub async fn get(&self, path: &str) -> serde_json::Value {
-        let resp = reqwest::get(format!("{}{path}", self.base)).await.unwrap();
-        assert!(resp.status().is_success(), "GET {path}: {}", resp.status());
-        resp.json().await.unwrap()
-    }
-
-    pub async fn status(&self, path: &str) -> u16 {
-        reqwest::get(format!("{}{path}", self.base))
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    }
-
-    /// SIGTERM and wait: a graceful stop.
-    pub fn stop(mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
