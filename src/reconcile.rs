@@ -3,7 +3,7 @@
 //! `reconcile` is a plain function of what is stored (a read-only [`StateView`]) and what was
 //! observed in git (one [`ObservedStep`] per first-parent commit, each listing the files that
 //! claim the names it touched). It returns a [`Plan`] — revisions to record, spec records to
-//! write, jobs to create and jobs to cancel — and does no I/O, so every rule of DESIGN.md §3 is
+//! write, jobs to create and jobs to cancel — and does no I/O, so every rule of docs/design.md §3 is
 //! unit-tested here without git, sled or Docker:
 //!
 //! * a revision is a commit at which a spec's *content key* changed: the canonical digest when

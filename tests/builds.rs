@@ -1,4 +1,4 @@
-//! Real builds (DESIGN.md §3–4): `kiln sync` against the real Docker Engine and registries that
+//! Real builds (docs/design.md §3–4): `kiln sync` against the real Docker Engine and registries that
 //! `scripts/dev-env.sh` starts, then the outcome checked through Kiln's API, the registry's
 //! HTTP API and the Engine itself. With `CI=true` a missing Engine fails these tests.
 

@@ -1,4 +1,4 @@
-//! Commits become revisions and jobs exactly as DESIGN.md §3 says: a scripted history in a real
+//! Commits become revisions and jobs exactly as docs/design.md §3 says: a scripted history in a real
 //! git repository, one `kiln sync --no-build` process per phase (so every phase is also a
 //! restart), and every assertion made through the JSON API of a running `kiln serve`. The same
 //! script runs against a local work tree and against a `file://` mirror.

@@ -1,4 +1,4 @@
-//! Build orchestration against the real Engine and registries (DESIGN.md §3–4): newest commit
+//! Build orchestration against the real Engine and registries (docs/design.md §3–4): newest commit
 //! wins, nothing is built or pushed twice, nothing is lost or left `running` when Kiln is
 //! killed, transient registry failures are retried and then reported.
 

@@ -1,4 +1,4 @@
-//! Triggers (DESIGN.md §5): a local repository is watched, so a commit becomes a job without
+//! Triggers (docs/design.md §5): a local repository is watched, so a commit becomes a job without
 //! polling; a remote one is fetched on every signed webhook, and survives being unreachable;
 //! the git hooks in `deploy/hooks/` work in real repositories.
 //!

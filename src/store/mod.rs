@@ -1,6 +1,6 @@
 //! Kiln's records in sled: the only module that sees sled.
 //!
-//! Trees (DESIGN.md §6; keys big-endian so sled's byte order is numeric order):
+//! Trees (docs/design.md §6; keys big-endian so sled's byte order is numeric order):
 //!
 //! | tree           | key                        | value                         |
 //! |----------------|----------------------------|-------------------------------|
