@@ -3,6 +3,7 @@
 //! See `ARCHITECTURE.md` for the map of modules and the data path.
 
 pub mod build;
+pub mod buildkit;
 pub mod check;
 pub mod config;
 pub mod jobs;
