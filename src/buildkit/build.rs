@@ -372,8 +372,11 @@ fn failure_error(
 /// retrying will not help.
 fn step_message(f: &super::progress::Failure) -> String {
     let mut text = f.message();
-    if let Some(code) = f.error.rsplit("exit code: ").next().filter(|_| f.error.contains("exit code: ")) {
-        text.push_str(&format!(" (the command returned a non-zero code: {})", code.trim()));
+    if let Some((_, code)) = f.error.rsplit_once("exit code: ") {
+        text.push_str(&format!(
+            " (the command returned a non-zero code: {})",
+            code.trim()
+        ));
     }
     text
 }

@@ -50,14 +50,10 @@ pub struct Failure {
 }
 
 impl Failure {
-    /// One message naming the step, its error and its last output lines.
+    /// One line naming the step and its error, for the job's `error` (the last output
+    /// lines are in the log, in the summary after the failure).
     pub fn message(&self) -> String {
-        let mut text = format!("step {} failed: {}", self.step, self.error);
-        if !self.tail.is_empty() {
-            text.push_str("\nlast output:\n");
-            text.push_str(&self.tail.join("\n"));
-        }
-        text
+        format!("step {} failed: {}", self.step, self.error)
     }
 }
 
@@ -255,12 +251,9 @@ fn flush_partial(step: &mut Step, out: &mut Vec<String>) {
 }
 
 fn emit_partial(step: &mut Step, out: &mut Vec<String>) {
+    // `take` leaves an empty buffer: a long line's allocation does not stay.
     let line = std::mem::take(&mut step.partial);
     emit(step, &line, out);
-    // Keep the buffer's allocation small after a long line.
-    if step.partial.capacity() > 4096 {
-        step.partial.shrink_to(256);
-    }
 }
 
 /// One output line of a step: `\r`-overwritten text reduced to its last version.
