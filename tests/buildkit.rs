@@ -117,6 +117,7 @@ async fn a_build_logs_steps_output_and_cached_and_leaks_no_descriptors() {
         .await
         .unwrap_or_else(|e| panic!("{e}\n{:#?}", first.lines()));
     assert!(built.image_id.starts_with("sha256:"), "{built:?}");
+    eprintln!("first build's log:\n{}", first.lines().join("\n"));
     let run = first
         .step_number(&format!("RUN echo kiln-out-{n}"))
         .unwrap_or_else(|| panic!("no step start for the RUN: {:#?}", first.lines()));
@@ -187,6 +188,7 @@ async fn a_failing_run_names_its_step() {
     .await
     .expect_err("the RUN fails");
     let text = err.to_string();
+    eprintln!("error: {text}\nlog:\n{}", log.lines().join("\n"));
     assert!(matches!(err, EngineError::BuildFailed(_)), "{err:?}");
     assert!(text.contains(&format!("RUN echo before-{n} && exit 3")), "{text}");
     assert!(text.contains("exit code: 3"), "{text}");
