@@ -46,7 +46,10 @@ fn auth_registry_login() -> (String, String) {
 }
 
 fn docker(args: &[&str]) -> (bool, String) {
-    let out = Command::new("docker").args(args).output().expect("docker runs");
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker runs");
     (
         out.status.success(),
         format!(
@@ -113,9 +116,14 @@ async fn a_build_logs_steps_output_and_cached_and_leaks_no_descriptors() {
     let fds_before = open_fds();
 
     let first = Log::default();
-    let built = build(&endpoint, &req, &mut first.sink(), &CancellationToken::new())
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{:#?}", first.lines()));
+    let built = build(
+        &endpoint,
+        &req,
+        &mut first.sink(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{:#?}", first.lines()));
     assert!(built.image_id.starts_with("sha256:"), "{built:?}");
     eprintln!("first build's log:\n{}", first.lines().join("\n"));
     let run = first
@@ -132,7 +140,9 @@ async fn a_build_logs_steps_output_and_cached_and_leaks_no_descriptors() {
     assert!(lines.contains(&format!("{run} kiln-out-{n}")), "{lines:#?}");
     assert!(lines.contains(&format!("{run} second line")), "{lines:#?}");
     assert!(
-        lines.iter().any(|l| l.starts_with(&format!("{run} DONE ")) && l.ends_with('s')),
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("{run} DONE ")) && l.ends_with('s')),
         "{lines:#?}"
     );
     for tag in &tags {
@@ -142,11 +152,18 @@ async fn a_build_logs_steps_output_and_cached_and_leaks_no_descriptors() {
     }
 
     let second = Log::default();
-    let again = build(&endpoint, &req, &mut second.sink(), &CancellationToken::new())
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{:#?}", second.lines()));
+    let again = build(
+        &endpoint,
+        &req,
+        &mut second.sink(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{:#?}", second.lines()));
     assert_eq!(again, built);
-    let run = second.step_number(&format!("RUN echo kiln-out-{n}")).unwrap();
+    let run = second
+        .step_number(&format!("RUN echo kiln-out-{n}"))
+        .unwrap();
     assert!(
         second.lines().contains(&format!("{run} CACHED")),
         "{:#?}",
@@ -190,14 +207,19 @@ async fn a_failing_run_names_its_step() {
     let text = err.to_string();
     eprintln!("error: {text}\nlog:\n{}", log.lines().join("\n"));
     assert!(matches!(err, EngineError::BuildFailed(_)), "{err:?}");
-    assert!(text.contains(&format!("RUN echo before-{n} && exit 3")), "{text}");
+    assert!(
+        text.contains(&format!("RUN echo before-{n} && exit 3")),
+        "{text}"
+    );
     assert!(text.contains("exit code: 3"), "{text}");
     assert!(!err.is_transient(), "{text}");
     let run = log.step_number(&format!("RUN echo before-{n}")).unwrap();
     let lines = log.lines();
     assert!(lines.contains(&format!("{run} before-{n}")), "{lines:#?}");
     assert!(
-        lines.iter().any(|l| l.starts_with(&format!("{run} ERROR: "))),
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("{run} ERROR: "))),
         "{lines:#?}"
     );
     let (exists, _) = docker(&["image", "inspect", &tags[0]]);
@@ -269,10 +291,7 @@ async fn credentials_reach_a_from_on_the_htpasswd_registry_through_the_session()
         &CancellationToken::new(),
     )
     .await;
-    assert!(
-        matches!(wrong, Err(EngineError::Auth { .. })),
-        "{wrong:?}"
-    );
+    assert!(matches!(wrong, Err(EngineError::Auth { .. })), "{wrong:?}");
 
     let credentials = [Credential::new(AUTH_REGISTRY, &user, &password)];
     let log = Log::default();
@@ -291,13 +310,19 @@ async fn credentials_reach_a_from_on_the_htpasswd_registry_through_the_session()
     .unwrap_or_else(|e| panic!("{e}\n{:#?}", log.lines()));
     assert!(built.image_id.starts_with("sha256:"));
     let lines = log.lines();
-    assert!(lines.iter().any(|l| l.ends_with(&format!(" pulled-{n}"))), "{lines:#?}");
+    assert!(
+        lines.iter().any(|l| l.ends_with(&format!(" pulled-{n}"))),
+        "{lines:#?}"
+    );
     assert!(
         lines.iter().all(|l| !l.contains(&password)),
         "the password reached the log"
     );
     let (_, history) = docker(&["history", "--no-trunc", &tags[0]]);
-    assert!(!history.contains(&password), "the password reached the image history");
+    assert!(
+        !history.contains(&password),
+        "the password reached the image history"
+    );
     docker(&["rmi", &tags[0]]);
 }
 
@@ -314,8 +339,12 @@ async fn cancelling_stops_a_running_step() {
     let log = Log::default();
     let cancel = CancellationToken::new();
     let task = {
-        let (dockerfile, tags, log, cancel) =
-            (dockerfile.clone(), tags.clone(), log.clone(), cancel.clone());
+        let (dockerfile, tags, log, cancel) = (
+            dockerfile.clone(),
+            tags.clone(),
+            log.clone(),
+            cancel.clone(),
+        );
         tokio::spawn(async move {
             build(
                 &EngineEndpoint::default(),
@@ -332,8 +361,16 @@ async fn cancelling_stops_a_running_step() {
     };
     // The step runs once its echo has come through.
     let deadline = Instant::now() + Duration::from_secs(120);
-    while !log.lines().iter().any(|l| l.ends_with(&format!(" {marker}"))) {
-        assert!(Instant::now() < deadline, "the step never ran: {:#?}", log.lines());
+    while !log
+        .lines()
+        .iter()
+        .any(|l| l.ends_with(&format!(" {marker}")))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the step never ran: {:#?}",
+            log.lines()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let running = || {

@@ -287,10 +287,8 @@ impl Job {
         let Some(image_id) = image_id else {
             return Err(EngineError::BuildFailed(match progress.failure() {
                 Some(f) => redact(step_message(f)),
-                None => {
-                    "the build output ended without an image id (the Engine reported no error)"
-                        .into()
-                }
+                None => "the build output ended without an image id (the Engine reported no error)"
+                    .into(),
             }));
         };
         let first_tag = &self.tags[0];
@@ -535,7 +533,10 @@ fn first_from_image(dockerfile: &str) -> Option<&str> {
 
 /// The build context: `Dockerfile` and, when given, the CA bundle (the same bytes as the
 /// classic builder's context, so both builders see the same files).
-pub(crate) fn build_context(dockerfile: &str, ca_bundle: Option<&[u8]>) -> std::io::Result<Vec<u8>> {
+pub(crate) fn build_context(
+    dockerfile: &str,
+    ca_bundle: Option<&[u8]>,
+) -> std::io::Result<Vec<u8>> {
     let mut tar = tar::Builder::new(Vec::new());
     append_file(&mut tar, "Dockerfile", dockerfile.as_bytes())?;
     if let Some(ca) = ca_bundle {

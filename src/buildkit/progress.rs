@@ -121,8 +121,8 @@ impl Progress {
                 s.started.as_ref().map(|t| (t.seconds, t.nanos)),
                 s.completed.as_ref().map(|t| (t.seconds, t.nanos)),
             )
-                .map(|d| format!(" {d:.1}s"))
-                .unwrap_or_default();
+            .map(|d| format!(" {d:.1}s"))
+            .unwrap_or_default();
             out.push(format!("#{} {}{amount}{took} done", step.number, s.id));
         }
         for w in &status.warnings {
@@ -193,7 +193,8 @@ impl Progress {
             let took = duration(
                 v.started.as_ref().map(|t| (t.seconds, t.nanos)),
                 v.completed.as_ref().map(|t| (t.seconds, t.nanos)),
-            ).unwrap_or(0.0);
+            )
+            .unwrap_or(0.0);
             out.push(format!("#{number} DONE {took:.1}s"));
         } else {
             out.push(format!("#{number} ERROR: {}", v.error));
@@ -220,7 +221,11 @@ impl Progress {
 fn announce(step: &mut Step, out: &mut Vec<String>) {
     if !step.announced {
         step.announced = true;
-        out.push(format!("#{} {}", step.number, step.name).trim_end().to_string());
+        out.push(
+            format!("#{} {}", step.number, step.name)
+                .trim_end()
+                .to_string(),
+        );
     }
 }
 
@@ -369,19 +374,40 @@ mod tests {
     fn steps_output_cached_and_durations_read_like_plain_progress() {
         let mut p = Progress::default();
         let mut lines = Vec::new();
-        let meta = vertex("sha256:m", "[internal] load metadata for 127.0.0.1:5000/kiln/bookworm:minbase");
+        let meta = vertex(
+            "sha256:m",
+            "[internal] load metadata for 127.0.0.1:5000/kiln/bookworm:minbase",
+        );
         lines.extend(p.update(&status(vec![meta.clone()], vec![])));
-        assert!(lines.is_empty(), "a vertex that has not started is not shown: {lines:?}");
+        assert!(
+            lines.is_empty(),
+            "a vertex that has not started is not shown: {lines:?}"
+        );
         lines.extend(p.update(&status(vec![started(meta.clone(), 0, 0)], vec![])));
         lines.extend(p.update(&status(vec![completed(started(meta, 0, 0), 0, 40)], vec![])));
-        let copy = vertex("sha256:c", "[stage-0 2/4] COPY kiln-ca-bundle.crt /usr/local/share/kiln/ca-bundle.crt");
+        let copy = vertex(
+            "sha256:c",
+            "[stage-0 2/4] COPY kiln-ca-bundle.crt /usr/local/share/kiln/ca-bundle.crt",
+        );
         let mut cached = completed(started(copy, 1, 0), 1, 0);
         cached.cached = true;
         lines.extend(p.update(&status(vec![cached], vec![])));
         let run = vertex("sha256:r", RUN);
-        lines.extend(p.update(&status(vec![started(run.clone(), 1, 0)], vec![log("sha256:r", "Get:1 http://deb")])));
-        lines.extend(p.update(&status(vec![], vec![log("sha256:r", ".debian.org bookworm InRelease\nReading pa"), log("sha256:r", "ckage lists...\n")])));
-        lines.extend(p.update(&status(vec![completed(started(run, 1, 0), 3, 500)], vec![log("sha256:r", "Setting up jq")])));
+        lines.extend(p.update(&status(
+            vec![started(run.clone(), 1, 0)],
+            vec![log("sha256:r", "Get:1 http://deb")],
+        )));
+        lines.extend(p.update(&status(
+            vec![],
+            vec![
+                log("sha256:r", ".debian.org bookworm InRelease\nReading pa"),
+                log("sha256:r", "ckage lists...\n"),
+            ],
+        )));
+        lines.extend(p.update(&status(
+            vec![completed(started(run, 1, 0), 3, 500)],
+            vec![log("sha256:r", "Setting up jq")],
+        )));
         assert_eq!(
             lines,
             [
@@ -405,9 +431,23 @@ mod tests {
         let mut p = Progress::default();
         let a = started(vertex("sha256:a", "[a 2/2] RUN x"), 0, 0);
         let b = started(vertex("sha256:b", "[b 2/2] RUN y"), 0, 0);
-        let mut lines = p.update(&status(vec![a, b], vec![log("sha256:a", "from "), log("sha256:b", "other ")]));
-        lines.extend(p.update(&status(vec![], vec![log("sha256:b", "side\n"), log("sha256:a", "a\n")])));
-        assert_eq!(lines, ["#1 [a 2/2] RUN x", "#2 [b 2/2] RUN y", "#2 other side", "#1 from a"]);
+        let mut lines = p.update(&status(
+            vec![a, b],
+            vec![log("sha256:a", "from "), log("sha256:b", "other ")],
+        ));
+        lines.extend(p.update(&status(
+            vec![],
+            vec![log("sha256:b", "side\n"), log("sha256:a", "a\n")],
+        )));
+        assert_eq!(
+            lines,
+            [
+                "#1 [a 2/2] RUN x",
+                "#2 [b 2/2] RUN y",
+                "#2 other side",
+                "#1 from a"
+            ]
+        );
     }
 
     #[test]
@@ -415,7 +455,10 @@ mod tests {
         let mut p = Progress::default();
         let run = started(vertex("sha256:f", "[stage-0 4/4] RUN false"), 0, 0);
         let other = started(vertex("sha256:o", "[other 2/2] RUN sleep 9"), 0, 0);
-        p.update(&status(vec![run.clone(), other.clone()], vec![log("sha256:f", "E: Unable to locate package nope\n")]));
+        p.update(&status(
+            vec![run.clone(), other.clone()],
+            vec![log("sha256:f", "E: Unable to locate package nope\n")],
+        ));
         let mut failed = completed(run, 0, 300);
         failed.error = "executor failed running [/bin/sh -c false]: exit code: 1".into();
         let mut canceled = completed(other, 0, 300);
@@ -441,7 +484,11 @@ mod tests {
     #[test]
     fn transfers_are_reported_once_when_done() {
         let mut p = Progress::default();
-        let pull = started(vertex("sha256:p", "[stage-0 1/2] FROM 127.0.0.1:5001/kiln/x:1"), 0, 0);
+        let pull = started(
+            vertex("sha256:p", "[stage-0 1/2] FROM 127.0.0.1:5001/kiln/x:1"),
+            0,
+            0,
+        );
         let mut s = VertexStatus {
             id: "sha256:layer".into(),
             vertex: "sha256:p".into(),
@@ -451,7 +498,10 @@ mod tests {
         };
         let mut msg = status(vec![pull], vec![]);
         msg.statuses = vec![s.clone()];
-        assert_eq!(p.update(&msg), ["#1 [stage-0 1/2] FROM 127.0.0.1:5001/kiln/x:1"]);
+        assert_eq!(
+            p.update(&msg),
+            ["#1 [stage-0 1/2] FROM 127.0.0.1:5001/kiln/x:1"]
+        );
         s.current = 27_100_000;
         stamp!(s.started, 0, 0);
         stamp!(s.completed, 0, 400);
@@ -459,7 +509,10 @@ mod tests {
             statuses: vec![s],
             ..Default::default()
         };
-        assert_eq!(p.update(&msg), ["#1 sha256:layer 27.1MB / 27.1MB 0.4s done"]);
+        assert_eq!(
+            p.update(&msg),
+            ["#1 sha256:layer 27.1MB / 27.1MB 0.4s done"]
+        );
         assert!(p.update(&msg).is_empty());
     }
 
@@ -467,7 +520,10 @@ mod tests {
     fn carriage_returns_keep_the_last_version_and_long_lines_are_cut() {
         let mut p = Progress::default();
         let run = started(vertex("sha256:r", "[1/1] RUN pip"), 0, 0);
-        let mut lines = p.update(&status(vec![run], vec![log("sha256:r", " 10%\r 50%\r100%\r\n")]));
+        let mut lines = p.update(&status(
+            vec![run],
+            vec![log("sha256:r", " 10%\r 50%\r100%\r\n")],
+        ));
         assert_eq!(lines, ["#1 [1/1] RUN pip", "#1 100%"]);
         // A multibyte character straddling the cut stays whole.
         let long = format!("{}é{}", "x".repeat(MAX_LINE - 1), "y".repeat(10));
@@ -491,15 +547,22 @@ mod tests {
         let mut emitted = 0usize;
         let mut max_retained = 0;
         for _ in 0..(40 << 20) / chunk.len() {
-            emitted += p.update(&status(vec![], vec![log("sha256:r", &chunk)])).len();
+            emitted += p
+                .update(&status(vec![], vec![log("sha256:r", &chunk)]))
+                .len();
             max_retained = max_retained.max(p.retained_bytes());
         }
         let no_newline = "z".repeat(16 * 1024);
         for _ in 0..64 {
-            emitted += p.update(&status(vec![], vec![log("sha256:r", &no_newline)])).len();
+            emitted += p
+                .update(&status(vec![], vec![log("sha256:r", &no_newline)]))
+                .len();
             max_retained = max_retained.max(p.retained_bytes());
         }
         assert!(emitted > 800_000, "{emitted}");
-        assert!(max_retained < 2 * MAX_LINE + TAIL_LINES * TAIL_LINE_CHARS + 8192, "{max_retained}");
+        assert!(
+            max_retained < 2 * MAX_LINE + TAIL_LINES * TAIL_LINE_CHARS + 8192,
+            "{max_retained}"
+        );
     }
 }
