@@ -4,6 +4,7 @@
 
 pub mod backoff;
 pub mod builder;
+pub mod buildkit;
 pub mod check;
 pub mod commands;
 pub mod config;

@@ -155,7 +155,12 @@ where
                         emit(line, &mut outcome, log);
                     }
                 }
-                if let Some(id) = info.aux.and_then(|a| a.id).filter(|id| !id.is_empty()) {
+                // With bollard's `buildkit` feature `aux` is BuildKit status or an image id.
+                if let Some(bollard::models::BuildInfoAux::Default(bollard::models::ImageId {
+                    id: Some(id),
+                })) = info.aux
+                    && !id.is_empty()
+                {
                     outcome.aux_id = Some(id);
                 }
                 if info.error_detail.is_some() {

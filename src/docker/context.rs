@@ -6,7 +6,7 @@
 use crate::dockerfile::CA_BUNDLE_CONTEXT_NAME;
 
 /// The build context: `Dockerfile` and, when given, the CA bundle.
-pub(super) fn build_context(
+pub(crate) fn build_context(
     dockerfile: &str,
     ca_bundle: Option<&[u8]>,
 ) -> std::io::Result<Vec<u8>> {

@@ -38,6 +38,7 @@ mod reference;
 mod run;
 
 pub use build::{BuildRequest, BuiltImage, StepImage};
+pub(crate) use context::build_context;
 pub use endpoint::{DEFAULT_ENDPOINT, EngineEndpoint, TlsFiles, Transport};
 pub use engine::Engine;
 pub use error::EngineError;
