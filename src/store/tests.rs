@@ -2,6 +2,20 @@ use super::*;
 use crate::model::{CommitMeta, JobPlan};
 use crate::reconcile::{self, Observation, ObservedFile, ObservedStep, Settings};
 
+/// Open a data dir that a handle dropped a moment ago may still hold: sled releases its
+/// file lock only when its background flusher has stopped, shortly after the drop.
+fn open_again(path: &std::path::Path) -> Store {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Store::open(path) {
+            Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other.unwrap(),
+        }
+    }
+}
+
 fn commit(n: u8) -> CommitMeta {
     CommitMeta {
         sha: format!("{n:02x}").repeat(20),
@@ -40,7 +54,7 @@ async fn pass(store: &Store, steps: &[ObservedStep]) -> Vec<JobId> {
 async fn apply_records_everything_and_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let store = Store::open(dir.path()).unwrap();
+        let store = open_again(dir.path());
         let ids = pass(&store, &[step(1, "a", "curl"), step(2, "a", "jq")]).await;
         assert_eq!(ids.len(), 2);
         let jobs = store.jobs_of_spec("a", 0, 10).unwrap();
@@ -55,7 +69,7 @@ async fn apply_records_everything_and_survives_reopen() {
         assert_eq!(store.spec("a").unwrap().unwrap().latest_job, Some(ids[1]));
         assert_eq!(store.paths_of("a").unwrap(), vec!["a.yaml"]);
     }
-    let store = Store::open(dir.path()).unwrap();
+    let store = open_again(dir.path());
     assert_eq!(store.last_commit().unwrap(), Some(commit(2).sha));
     assert_eq!(store.revisions("a").unwrap().len(), 2);
     // Processing the same commits again creates nothing.
@@ -68,7 +82,7 @@ async fn apply_records_everything_and_survives_reopen() {
 #[tokio::test]
 async fn an_unreadable_record_stops_reconcile_instead_of_renumbering() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = open_again(dir.path());
     pass(&store, &[step(1, "a", "curl")]).await;
     let good = store.specs.get("a").unwrap().unwrap();
     store.specs.insert("a", &[0xff, 0xff, 0xff][..]).unwrap();
@@ -105,7 +119,7 @@ async fn a_second_open_fails_fast_with_a_clear_message() {
 #[tokio::test]
 async fn new_job_supersedes_the_active_one_and_built_images_are_reused() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = open_again(dir.path());
     let first = pass(&store, &[step(1, "a", "curl")]).await[0];
     let mut job = store.job(first).unwrap().unwrap();
     job.status = JobStatus::Succeeded;
@@ -131,7 +145,7 @@ async fn new_job_supersedes_the_active_one_and_built_images_are_reused() {
 #[tokio::test]
 async fn logs_append_in_order_and_page() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = open_again(dir.path());
     let mut events = store.subscribe();
     let lines: Vec<LogLine> = (0..250)
         .map(|i| LogLine {
@@ -182,7 +196,7 @@ fn numbered(range: std::ops::Range<i64>) -> Vec<LogLine> {
 #[tokio::test]
 async fn chunked_logs_read_back_exactly_across_chunk_borders() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = open_again(dir.path());
     let mut expected = Vec::new();
     let mut next = 0i64;
     for size in [1, 1, 1, 7, 993, 1, 2500, 13, 1000, 1] {
@@ -257,7 +271,7 @@ async fn schema_2_logs_are_migrated_into_chunks() {
         }
         db.flush().unwrap();
     }
-    let store = Store::open(dir.path()).unwrap();
+    let store = open_again(dir.path());
     assert_eq!(store.log_len(1).unwrap(), 2500);
     assert_eq!(store.log_len(2).unwrap(), 3);
     assert_eq!(store.log_len(9).unwrap(), 1);
@@ -272,7 +286,7 @@ async fn schema_2_logs_are_migrated_into_chunks() {
     assert!(!store.db.tree_names().iter().any(|n| n.as_ref() == b"logs"));
     drop(store);
     // Opening again is a plain open of schema 3.
-    let store = Store::open(dir.path()).unwrap();
+    let store = open_again(dir.path());
     assert_eq!(store.log_len(1).unwrap(), 2500);
 }
 
@@ -280,7 +294,7 @@ async fn schema_2_logs_are_migrated_into_chunks() {
 async fn schema_mismatch_is_refused_with_advice() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let store = Store::open(dir.path()).unwrap();
+        let store = open_again(dir.path());
         store.meta.insert(SCHEMA, &99u32.to_be_bytes()).unwrap();
         store.flush().await.unwrap();
     }
@@ -298,7 +312,7 @@ async fn schema_mismatch_is_refused_with_advice() {
     {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = Store::open(dir.path()).unwrap();
+            let store = open_again(dir.path());
             store.meta.insert(SCHEMA, &1u32.to_be_bytes()).unwrap();
             store.flush().await.unwrap();
         }
@@ -319,7 +333,7 @@ async fn schema_mismatch_is_refused_with_advice() {
 #[tokio::test]
 async fn an_interrupted_compaction_is_refused_not_replaced_by_an_empty_store() {
     let dir = tempfile::tempdir().unwrap();
-    drop(Store::open(dir.path()).unwrap());
+    drop(open_again(dir.path()));
     std::fs::rename(dir.path().join(DB_DIR), dir.path().join(PRE_COMPACT_DIR)).unwrap();
     let err = Store::open(dir.path()).err().expect("must refuse");
     assert!(
@@ -332,7 +346,7 @@ async fn an_interrupted_compaction_is_refused_not_replaced_by_an_empty_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_job_updates_all_land() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = open_again(dir.path());
     let steps: Vec<ObservedStep> = (0..16u8)
         .map(|i| {
             let mut s = step(1, &format!("s{i}"), "curl");
@@ -374,7 +388,7 @@ async fn many_concurrent_job_updates_all_land() {
 #[tokio::test]
 async fn appended_lines_are_broadcast_once_numbered() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = open_again(dir.path());
     let mut lines = store.subscribe_logs();
     store.append_log(3, &numbered(0..5)).await.unwrap();
     store.append_log(3, &numbered(5..7)).await.unwrap();
@@ -394,7 +408,7 @@ async fn appended_lines_are_broadcast_once_numbered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn summary_reads_do_not_wait_for_a_running_transaction() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = open_again(dir.path());
     pass(&store, &[step(1, "a", "curl")]).await;
     store
         .set_sync_status(&SyncStatus {
@@ -427,7 +441,7 @@ async fn summary_reads_do_not_wait_for_a_running_transaction() {
 
     // And they survive a reopen (read back from sled at open).
     drop(store);
-    let store = Store::open(dir.path()).unwrap();
+    let store = open_again(dir.path());
     assert_eq!(store.last_commit().unwrap(), Some(commit(1).sha));
     assert_eq!(store.sync_status().unwrap().last_attempt, Some(5));
 }
