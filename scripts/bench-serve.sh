@@ -53,13 +53,17 @@ cleanup() {
 trap cleanup EXIT
 say() { printf '== %s\n' "$*" >&2; }
 
-# The noisy base: every child build runs `seq` for LOG_MB MB of output.
-NOISY="$REG/kiln/bench-serve-noisy:$(date +%s)"
-pad=$(printf 'x%.0s' {1..82})
-printf 'FROM %s\nONBUILD RUN seq -f "noisy %%010.0f %s" 1 %d\n' "$MIN_BASE" "$pad" $((LOG_MB * 10000)) |
-  docker build -q -t "$NOISY" - >/dev/null
-docker push -q "$NOISY" >/dev/null
-say "noisy base $NOISY"
+# A noisy base: every child build runs `seq` for LOG_MB MB of output. A new one per round (a
+# nonce label), so no round can take the ONBUILD step from the layer cache of an earlier one.
+noisy_base() {
+  local ref pad
+  ref="$REG/kiln/bench-serve-noisy:$(date +%s%N)"
+  pad=$(printf 'x%.0s' {1..82})
+  printf 'FROM %s\nLABEL io.kiln.bench.nonce="%s"\nONBUILD RUN seq -f "noisy %%010.0f %s" 1 %d\n' \
+    "$MIN_BASE" "$ref" "$pad" $((LOG_MB * 10000)) | docker build -q -t "$ref" - >/dev/null
+  docker push -q "$ref" >/dev/null
+  echo "$ref"
+}
 
 python3 "$ROOT/scripts/gen-specs.py" "$WORK/import-specs" --count 10000 --flat --seed 1 >/dev/null
 
@@ -85,7 +89,8 @@ to_ms() { # wrk latency (us/ms/s) → ms
 }
 
 latency_round() { # latency_round VARIANT DIR ROUND
-  local variant=$1 dir=$2 round=$3 w=$WORK/lat-$1-$3
+  local variant=$1 dir=$2 round=$3 w=$WORK/lat-$1-$3 NOISY
+  NOISY=$(noisy_base)
   mkdir -p "$w/repo/specs"
   git -C "$w/repo" init -q -b main
   printf 'name: noisy\nbaseImage: %s\n' "$NOISY" >"$w/repo/specs/noisy.yaml"
