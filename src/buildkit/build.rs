@@ -26,18 +26,18 @@
 use super::progress::Progress;
 use super::session::{LineSender, isolated};
 use crate::docker::auth::{Credential, registry_of};
-use crate::docker::{BuiltImage, EngineEndpoint, EngineError, LogSink, Transport, build_context};
+use crate::docker::{
+    BuiltImage, EngineEndpoint, EngineError, LogSink, Transport, bollard_message, build_context,
+    client,
+};
 use bollard::auth::DockerCredentials;
 use bollard::errors::Error as BollardError;
 use bollard::models::{BuildInfoAux, ImageId};
 use bollard::query_parameters::{BuildImageOptionsBuilder, BuilderVersion, TagImageOptionsBuilder};
-use bollard::{API_DEFAULT_VERSION, Docker};
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use tokio_util::sync::CancellationToken;
 
-/// Seconds bollard waits for response headers (not for the streamed build).
-const REQUEST_TIMEOUT_SECS: u64 = 120;
 /// The build argument that makes Engine 20.10's BuildKit write its cache into the image.
 pub const INLINE_CACHE_ARG: &str = "BUILDKIT_INLINE_CACHE";
 
@@ -169,7 +169,7 @@ impl Job {
         lines: LineSender,
         cancel: CancellationToken,
     ) -> Result<BuiltImage, EngineError> {
-        let docker = connect(&self.transport)?;
+        let docker = client(&self.transport)?;
         let endpoint = self.transport.host().to_string();
         let session = session_id();
         let mut build_args: HashMap<String, String> = self.build_args.iter().cloned().collect();
@@ -340,10 +340,10 @@ fn failure_error(
         e if is_connection_error(&e) => {
             return EngineError::Unreachable {
                 endpoint: endpoint.to_string(),
-                message: redact(error_text(&e)),
+                message: redact(bollard_message(&e)),
             };
         }
-        e => error_text(&e),
+        e => bollard_message(&e),
     };
     let message = redact(match progress.failure() {
         Some(f) => step_message(f),
@@ -416,50 +416,10 @@ fn api_error(e: BollardError, endpoint: &str, operation: &str) -> EngineError {
         },
         e if is_connection_error(&e) => EngineError::Unreachable {
             endpoint: endpoint.to_string(),
-            message: error_text(&e),
+            message: bollard_message(&e),
         },
-        e => EngineError::Other(format!("{operation}: {}", error_text(&e))),
+        e => EngineError::Other(format!("{operation}: {}", bollard_message(&e))),
     }
-}
-
-/// bollard's error text with its sources (bollard's errors never hold credentials).
-fn error_text(e: &BollardError) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
-}
-
-/// A bollard client for the build's runtime (no API version negotiation: bollard sends
-/// paths without a version prefix, so the Engine answers in its own version).
-fn connect(transport: &Transport) -> Result<Docker, EngineError> {
-    match transport {
-        Transport::Unix { path, .. } => {
-            Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
-        }
-        Transport::Http(url) => {
-            Docker::connect_with_http(url, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
-        }
-        Transport::Tls { host, files } => Docker::connect_with_ssl(
-            host,
-            &files.key,
-            &files.cert,
-            &files.ca,
-            REQUEST_TIMEOUT_SECS,
-            API_DEFAULT_VERSION,
-        ),
-    }
-    .map_err(|e| EngineError::Unreachable {
-        endpoint: transport.host().to_string(),
-        message: error_text(&e),
-    })
 }
 
 /// The session's credentials, keyed by the registry host BuildKit asks for: the host as in

@@ -103,26 +103,7 @@ impl Engine {
     pub fn unverified(endpoint: &EngineEndpoint) -> Result<Engine, EngineError> {
         let transport = endpoint.resolve(|name| std::env::var(name).ok())?;
         let host = transport.host().to_owned();
-        let docker = match &transport {
-            Transport::Unix { path, .. } => {
-                Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
-            }
-            Transport::Http(url) => {
-                Docker::connect_with_http(url, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
-            }
-            Transport::Tls { host, files } => Docker::connect_with_ssl(
-                host,
-                &files.key,
-                &files.cert,
-                &files.ca,
-                REQUEST_TIMEOUT_SECS,
-                API_DEFAULT_VERSION,
-            ),
-        }
-        .map_err(|e| EngineError::Unreachable {
-            endpoint: host.clone(),
-            message: bollard_message(&e),
-        })?;
+        let docker = client(&transport)?;
         Ok(Engine {
             docker: docker.with_request_modifier(url_safe_registry_headers),
             endpoint: host,
@@ -251,4 +232,30 @@ impl Engine {
     ) -> EngineError {
         map_bollard_error(&self.endpoint, e, op, auth)
     }
+}
+
+/// A bollard client for `transport` (no API version negotiation: bollard sends paths without
+/// a version prefix, so the Engine answers in its own version). Also used by
+/// `crate::buildkit`, whose builds each run on a runtime of their own.
+pub(crate) fn client(transport: &Transport) -> Result<Docker, EngineError> {
+    match transport {
+        Transport::Unix { path, .. } => {
+            Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
+        }
+        Transport::Http(url) => {
+            Docker::connect_with_http(url, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
+        }
+        Transport::Tls { host, files } => Docker::connect_with_ssl(
+            host,
+            &files.key,
+            &files.cert,
+            &files.ca,
+            REQUEST_TIMEOUT_SECS,
+            API_DEFAULT_VERSION,
+        ),
+    }
+    .map_err(|e| EngineError::Unreachable {
+        endpoint: transport.host().to_string(),
+        message: bollard_message(&e),
+    })
 }

@@ -223,7 +223,7 @@ pub(super) fn map_bollard_error(
 }
 
 /// bollard's error text, without secrets (bollard's errors never hold headers).
-pub(super) fn bollard_message(e: &BollardError) -> String {
+pub(crate) fn bollard_message(e: &BollardError) -> String {
     match e {
         BollardError::DockerResponseServerError {
             status_code,

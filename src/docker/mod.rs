@@ -41,6 +41,8 @@ pub use build::{BuildRequest, BuiltImage, StepImage};
 pub(crate) use context::build_context;
 pub use endpoint::{DEFAULT_ENDPOINT, EngineEndpoint, TlsFiles, Transport};
 pub use engine::Engine;
+pub(crate) use engine::client;
 pub use error::EngineError;
+pub(crate) use error::bollard_message;
 pub use lines::LogSink;
 pub use run::{RUN_CAPTURE_LIMIT, RUN_CAPTURE_TIMEOUT};
