@@ -49,6 +49,10 @@ WORK_DIR=$STATE/work
 DOCKER_CONFIG_DIR=$STATE/docker-config
 AUTH_ENV=$STATE/registry-auth.env
 DOCKERD_ENV=$STATE/dockerd.env
+# The Engine's embedded BuildKit cuts a step's log at 2 MiB and throttles it past 100 KiB/s by
+# default ("[output clipped, log limit 2MiB reached]"): a job log must keep all of a step's
+# output, so every Engine this script starts has both limits off.
+BUILDKIT_LOG_ENV=(BUILDKIT_STEP_LOG_MAX_SIZE=-1 BUILDKIT_STEP_LOG_MAX_SPEED=-1)
 DOCKERD_PID=$RUN_DIR/dockerd.pid
 DOCKERD_LOG=$LOG_DIR/dockerd.log
 DATA_ROOT=${KILN_DOCKER_DATA_ROOT:-/var/lib/docker}
@@ -187,7 +191,7 @@ try_dockerd() {
     printf '\n===== %s dockerd %s =====\n' "$(date -Is)" "$*" >>"$DOCKERD_LOG"
     rm -f "$DOCKERD_PID"
     # dockerd writes its own pid file (--pidfile) and removes it on exit.
-    setsid dockerd --pidfile "$DOCKERD_PID" --data-root "$DATA_ROOT" "$@" \
+    setsid env "${BUILDKIT_LOG_ENV[@]}" dockerd --pidfile "$DOCKERD_PID" --data-root "$DATA_ROOT" "$@" \
         </dev/null >>"$DOCKERD_LOG" 2>&1 9>&- &
     local spawned=$!
     for ((i = 0; i < 600; i++)); do
@@ -789,7 +793,7 @@ worker_start() {
         --iptables=false --ip-forward=false --ip-masq=false "${mtu_flag[@]}"
     )
     printf '\n===== %s dockerd %s =====\n' "$(date -Is)" "${argv[*]}" >>"$log"
-    setsid dockerd "${argv[@]}" </dev/null >>"$log" 2>&1 9>&- &
+    setsid env "${BUILDKIT_LOG_ENV[@]}" dockerd "${argv[@]}" </dev/null >>"$log" 2>&1 9>&- &
     local spawned=$!
     for ((k = 0; k < 600; k++)); do
         worker_answers "$i" && break
