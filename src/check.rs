@@ -157,7 +157,7 @@ fn check_part(files: &[PathBuf], ctx: &SpecContext) -> Result<Vec<ParsedSpec>, C
     for path in files {
         let shown = path.display().to_string();
         let mut one = match read_spec(path) {
-            Ok(bytes) => spec::parse_spec(&shown, &bytes, ctx),
+            Ok(bytes) => spec::validate_spec(&shown, &bytes, ctx),
             Err(reason) => spec::unreadable_spec(&shown, &reason),
         };
         // Keep only what the report needs: the name (for duplicates) and the diagnostics.

@@ -22,7 +22,9 @@ pub mod yaml;
 
 pub use diagnostic::{Diagnostic, Rule};
 pub use digest::canonical_digest;
-pub use parse::{ParsedSpec, SpecContext, check_duplicate_names, parse_spec, unreadable_spec};
+pub use parse::{
+    ParsedSpec, SpecContext, check_duplicate_names, parse_spec, unreadable_spec, validate_spec,
+};
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
