@@ -51,8 +51,9 @@ AUTH_ENV=$STATE/registry-auth.env
 DOCKERD_ENV=$STATE/dockerd.env
 # The Engine's embedded BuildKit cuts a step's log at 2 MiB and throttles it past 100 KiB/s by
 # default ("[output clipped, log limit 2MiB reached]"): a job log must keep all of a step's
-# output, so every Engine this script starts has both limits off.
-BUILDKIT_LOG_ENV=(BUILDKIT_STEP_LOG_MAX_SIZE=-1 BUILDKIT_STEP_LOG_MAX_SPEED=-1)
+# output, so every Engine this script starts has both limits raised. Not -1: the BuildKit of
+# Engine 20.10 takes -1 literally and clips every step at once ("log limit -1B reached").
+BUILDKIT_LOG_ENV=(BUILDKIT_STEP_LOG_MAX_SIZE=10737418240 BUILDKIT_STEP_LOG_MAX_SPEED=1073741824)
 DOCKERD_PID=$RUN_DIR/dockerd.pid
 DOCKERD_LOG=$LOG_DIR/dockerd.log
 DATA_ROOT=${KILN_DOCKER_DATA_ROOT:-/var/lib/docker}

@@ -2,8 +2,8 @@
 //!
 //! The order is chosen for the layer cache: apt (slowest to change) → conda → pip, so an edit
 //! to the pip list re-uses the apt layer. The labels come last: they change with every
-//! revision, and in the classic builder a changed instruction invalidates every layer after it,
-//! so labels placed before the RUN steps would rebuild everything on every commit. Packages are listed sorted and de-duplicated (the
+//! revision, and a changed instruction invalidates the cache of every step after it, so labels
+//! placed before the RUN steps would rebuild everything on every commit. Packages are listed sorted and de-duplicated (the
 //! same order the canonical digest uses) and every package is one shell-quoted argument:
 //! validation already rules out shell metacharacters, quoting makes injection doubly
 //! impossible. Revision metadata arrives as parameters, so rendering is a pure function.
@@ -15,6 +15,14 @@
 //! is added by [`for_base`] once the base is inspected; it is the last line, so adding it is
 //! idempotent across attempts.
 //!
+//! Builds run on BuildKit (`crate::buildkit`), so the package managers keep their downloads in
+//! cache mounts (`RUN --mount=type=cache`): apt's `/var/cache/apt` and `/var/lib/apt/lists`,
+//! pip's cache (`PIP_CACHE_DIR`) and conda's package directory (`CONDA_PKGS_DIRS`). They stay
+//! on the builder between builds — an edit of the pip list downloads only what is new there —
+//! and never become part of the image, so nothing needs cleaning inside the RUN steps. There
+//! is no `# syntax=` line: it would make BuildKit pull a frontend image from Docker Hub, and
+//! the Dockerfile frontend built into Engine 20.10 already knows `RUN --mount`.
+//!
 //! A custom CA bundle is copied into the image and exported only inside the RUN steps
 //! (`SSL_CERT_FILE`, `PIP_CERT`, `REQUESTS_CA_BUNDLE`, `CONDA_SSL_VERIFY`, apt's `CAInfo`), for
 //! networks behind a TLS-inspecting proxy; it does not change the environment of the final
@@ -22,6 +30,20 @@
 
 use crate::spec::{ImageSpec, Manager};
 use std::fmt::Write as _;
+
+/// BuildKit cache mounts of the package managers: kept by the builder between builds (an
+/// edit of the pip list downloads only what is new on that builder), never part of the image.
+/// `sharing=locked`: two builds on one builder take turns, as apt and pip do not expect a
+/// second process in their cache.
+const APT_ARCHIVES_CACHE: &str = "/var/cache/apt";
+const APT_LISTS_CACHE: &str = "/var/lib/apt/lists";
+const PIP_CACHE: &str = "/var/cache/kiln/pip";
+const CONDA_PKGS_CACHE: &str = "/var/cache/kiln/conda-pkgs";
+
+/// The `--mount` option of a RUN step for one cache directory.
+fn cache_mount(target: &str) -> String {
+    format!("--mount=type=cache,target={target},sharing=locked")
+}
 
 /// File name of the CA bundle inside the build context.
 pub const CA_BUNDLE_CONTEXT_NAME: &str = "kiln-ca-bundle.crt";
@@ -110,13 +132,22 @@ pub fn render(spec: &ImageSpec, rev: &RevisionInfo, options: &RenderOptions) -> 
         } else {
             String::new()
         };
-        let _ = writeln!(out, "RUN {ca_env}apt-get{apt_ca} update \\");
+        // apt keeps its lists and downloaded packages in cache mounts, outside the image; the
+        // base image's `docker-clean` hook would delete the packages after each install.
+        let _ = writeln!(
+            out,
+            "RUN {} {} \\",
+            cache_mount(APT_ARCHIVES_CACHE),
+            cache_mount(APT_LISTS_CACHE)
+        );
+        let _ = writeln!(out, "    rm -f /etc/apt/apt.conf.d/docker-clean \\");
+        let _ = writeln!(out, " && {ca_env}apt-get{apt_ca} update \\");
         let _ = writeln!(
             out,
             " && {ca_env}apt-get{apt_ca} install -y --no-install-recommends \\"
         );
         push_args(&mut out, &apt);
-        let _ = writeln!(out, " && rm -rf /var/lib/apt/lists/*");
+        let _ = writeln!(out, " && true");
     }
 
     let conda = spec.packages.normalized(Manager::Conda);
@@ -127,7 +158,11 @@ pub fn render(spec: &ImageSpec, rev: &RevisionInfo, options: &RenderOptions) -> 
         } else {
             String::new()
         };
-        let _ = writeln!(out, "RUN set -e; {export}\\");
+        let _ = writeln!(
+            out,
+            "RUN {} \\\n    set -e; export CONDA_PKGS_DIRS={CONDA_PKGS_CACHE}; {export}\\",
+            cache_mount(CONDA_PKGS_CACHE)
+        );
         let _ = writeln!(
             out,
             " if command -v micromamba >/dev/null; then CONDA='micromamba'; CONDA_INSTALL='micromamba install --yes --name base'; \\"
@@ -146,16 +181,18 @@ pub fn render(spec: &ImageSpec, rev: &RevisionInfo, options: &RenderOptions) -> 
         );
         let _ = writeln!(out, " $CONDA_INSTALL \\");
         push_args(&mut out, &conda);
-        let _ = writeln!(out, " && $CONDA clean --all --yes");
+        // The package cache is a cache mount, outside the image: nothing to clean.
+        let _ = writeln!(out, " && true");
     }
 
     let pip = spec.packages.normalized(Manager::Pip);
     if !pip.is_empty() {
+        let _ = writeln!(out, "RUN {} \\", cache_mount(PIP_CACHE));
         let _ = writeln!(
             out,
-            "RUN {ca_env}PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 \\"
+            "    {ca_env}PIP_CACHE_DIR={PIP_CACHE} PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 \\"
         );
-        let _ = writeln!(out, "    python3 -m pip install --no-cache-dir \\");
+        let _ = writeln!(out, "    python3 -m pip install \\");
         push_args(&mut out, &pip);
         // A trailing no-op keeps every argument line a continuation.
         let _ = writeln!(out, " && true");
@@ -226,46 +263,6 @@ pub fn uses_ca_bundle(dockerfile: &str) -> bool {
         .any(|l| l.starts_with("COPY ") && l.contains(CA_BUNDLE_CONTEXT_NAME))
 }
 
-/// Where the files of an image built from a Dockerfile are final.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FinalFiles {
-    /// The step (1-based, as the classic builder counts its `Step N/M`) of the last
-    /// instruction that changes files (`FROM`, `RUN`, `COPY`, `ADD`).
-    pub step: usize,
-    /// How many steps follow it; they only change metadata (`LABEL`, `USER`, …).
-    pub metadata_steps_after: usize,
-}
-
-/// Finds the step after which a rendered Dockerfile changes no more files. The image of
-/// that step holds exactly the final image's files, so what is installed can be listed from
-/// it while the builder is still writing labels. `None` without a `FROM`.
-pub fn final_files(dockerfile: &str) -> Option<FinalFiles> {
-    let mut steps = 0;
-    let mut last = None;
-    let mut continued = false;
-    for line in dockerfile.lines() {
-        let starts_instruction = !continued;
-        continued = line.trim_end().ends_with('\\');
-        let trimmed = line.trim_start();
-        if !starts_instruction || trimmed.is_empty() || trimmed.starts_with('#') {
-            continue;
-        }
-        steps += 1;
-        let keyword = trimmed
-            .split_whitespace()
-            .next()
-            .unwrap_or_default()
-            .to_ascii_uppercase();
-        if matches!(keyword.as_str(), "FROM" | "RUN" | "COPY" | "ADD") {
-            last = Some(steps);
-        }
-    }
-    last.map(|step| FinalFiles {
-        step,
-        metadata_steps_after: steps - step,
-    })
-}
-
 /// One shell-quoted argument per line, each continued.
 fn push_args(out: &mut String, args: &[&str]) {
     for arg in args {
@@ -327,21 +324,25 @@ FROM 127.0.0.1:5000/kiln/bookworm-python:minbase
 USER root
 ARG DEBIAN_FRONTEND=noninteractive
 COPY kiln-ca-bundle.crt /usr/local/share/kiln/ca-bundle.crt
-RUN SSL_CERT_FILE=/usr/local/share/kiln/ca-bundle.crt PIP_CERT=/usr/local/share/kiln/ca-bundle.crt REQUESTS_CA_BUNDLE=/usr/local/share/kiln/ca-bundle.crt CONDA_SSL_VERIFY=/usr/local/share/kiln/ca-bundle.crt apt-get -o Acquire::https::CAInfo=/usr/local/share/kiln/ca-bundle.crt update \
+RUN --mount=type=cache,target=/var/cache/apt,sharing=locked --mount=type=cache,target=/var/lib/apt/lists,sharing=locked \
+    rm -f /etc/apt/apt.conf.d/docker-clean \
+ && SSL_CERT_FILE=/usr/local/share/kiln/ca-bundle.crt PIP_CERT=/usr/local/share/kiln/ca-bundle.crt REQUESTS_CA_BUNDLE=/usr/local/share/kiln/ca-bundle.crt CONDA_SSL_VERIFY=/usr/local/share/kiln/ca-bundle.crt apt-get -o Acquire::https::CAInfo=/usr/local/share/kiln/ca-bundle.crt update \
  && SSL_CERT_FILE=/usr/local/share/kiln/ca-bundle.crt PIP_CERT=/usr/local/share/kiln/ca-bundle.crt REQUESTS_CA_BUNDLE=/usr/local/share/kiln/ca-bundle.crt CONDA_SSL_VERIFY=/usr/local/share/kiln/ca-bundle.crt apt-get -o Acquire::https::CAInfo=/usr/local/share/kiln/ca-bundle.crt install -y --no-install-recommends \
       curl \
       libgl1 \
- && rm -rf /var/lib/apt/lists/*
-RUN set -e; export SSL_CERT_FILE=/usr/local/share/kiln/ca-bundle.crt PIP_CERT=/usr/local/share/kiln/ca-bundle.crt REQUESTS_CA_BUNDLE=/usr/local/share/kiln/ca-bundle.crt CONDA_SSL_VERIFY=/usr/local/share/kiln/ca-bundle.crt; \
+ && true
+RUN --mount=type=cache,target=/var/cache/kiln/conda-pkgs,sharing=locked \
+    set -e; export CONDA_PKGS_DIRS=/var/cache/kiln/conda-pkgs; export SSL_CERT_FILE=/usr/local/share/kiln/ca-bundle.crt PIP_CERT=/usr/local/share/kiln/ca-bundle.crt REQUESTS_CA_BUNDLE=/usr/local/share/kiln/ca-bundle.crt CONDA_SSL_VERIFY=/usr/local/share/kiln/ca-bundle.crt; \
  if command -v micromamba >/dev/null; then CONDA='micromamba'; CONDA_INSTALL='micromamba install --yes --name base'; \
  elif command -v mamba >/dev/null; then CONDA='mamba'; CONDA_INSTALL='mamba install --yes'; \
  elif command -v conda >/dev/null; then CONDA='conda'; CONDA_INSTALL='conda install --yes'; \
  else echo 'kiln: the base image has no conda, mamba or micromamba' >&2; exit 1; fi; \
  $CONDA_INSTALL \
       'conda-forge::numpy==1.17*' \
- && $CONDA clean --all --yes
-RUN SSL_CERT_FILE=/usr/local/share/kiln/ca-bundle.crt PIP_CERT=/usr/local/share/kiln/ca-bundle.crt REQUESTS_CA_BUNDLE=/usr/local/share/kiln/ca-bundle.crt CONDA_SSL_VERIFY=/usr/local/share/kiln/ca-bundle.crt PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    python3 -m pip install --no-cache-dir \
+ && true
+RUN --mount=type=cache,target=/var/cache/kiln/pip,sharing=locked \
+    SSL_CERT_FILE=/usr/local/share/kiln/ca-bundle.crt PIP_CERT=/usr/local/share/kiln/ca-bundle.crt REQUESTS_CA_BUNDLE=/usr/local/share/kiln/ca-bundle.crt CONDA_SSL_VERIFY=/usr/local/share/kiln/ca-bundle.crt PIP_CACHE_DIR=/var/cache/kiln/pip PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    python3 -m pip install \
       'pandas>=2.1' \
       'six==1.16.0' \
  && true
@@ -368,10 +369,12 @@ USER jovyan
 FROM debian:bookworm
 USER root
 ARG DEBIAN_FRONTEND=noninteractive
-RUN apt-get update \
+RUN --mount=type=cache,target=/var/cache/apt,sharing=locked --mount=type=cache,target=/var/lib/apt/lists,sharing=locked \
+    rm -f /etc/apt/apt.conf.d/docker-clean \
+ && apt-get update \
  && apt-get install -y --no-install-recommends \
       jq \
- && rm -rf /var/lib/apt/lists/*
+ && true
 LABEL org.opencontainers.image.created="2026-11-23T12:00:00Z" \
       org.opencontainers.image.revision="1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b" \
       org.opencontainers.image.source="file:///srv/git/images.git" \
@@ -440,59 +443,11 @@ LABEL org.opencontainers.image.created="2026-11-23T12:00:00Z" \
         assert_eq!(pull_secret(GOLDEN_FULL), None);
         assert!(uses_ca_bundle(GOLDEN_FULL));
         assert_eq!(
-            final_files(&text),
-            final_files(&render(&spec(), &rev(), &RenderOptions::default()))
-        );
-        assert_eq!(
             base_image("# c\nFROM --platform=linux/amd64 127.0.0.1:5001/a:b AS x\nRUN y"),
             Some("127.0.0.1:5001/a:b")
         );
         assert_eq!(base_image("from debian\n"), Some("debian"));
         assert_eq!(base_image("RUN x\n"), None);
-    }
-
-    #[test]
-    fn final_files_is_the_last_step_that_writes_files() {
-        // FROM, USER, ARG, COPY, RUN apt, RUN conda, RUN pip = step 7; LABEL and USER follow.
-        assert_eq!(
-            final_files(GOLDEN_FULL),
-            Some(FinalFiles {
-                step: 7,
-                metadata_steps_after: 2
-            })
-        );
-        // FROM, USER, ARG, RUN apt = step 4; LABEL follows.
-        assert_eq!(
-            final_files(GOLDEN_APT_ONLY),
-            Some(FinalFiles {
-                step: 4,
-                metadata_steps_after: 1
-            })
-        );
-        // No packages: the base's files are the image's files (USER, ARG, LABEL follow).
-        let bare = render(
-            &ImageSpec {
-                packages: Packages::default(),
-                ..spec()
-            },
-            &rev(),
-            &RenderOptions::default(),
-        );
-        assert_eq!(
-            final_files(&bare),
-            Some(FinalFiles {
-                step: 1,
-                metadata_steps_after: 3
-            })
-        );
-        assert_eq!(final_files("# nothing\n"), None);
-        assert_eq!(
-            final_files("FROM a\nRUN x \\\n  RUN y\n\n# c\nrun z\nENV A=1\n"),
-            Some(FinalFiles {
-                step: 3,
-                metadata_steps_after: 1
-            })
-        );
     }
 
     #[test]

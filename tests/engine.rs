@@ -167,6 +167,23 @@ impl Drop for Cleanup {
     }
 }
 
+/// Whether a build log holds `text` as a line of a step's output (BuildKit's plain progress
+/// prefixes each with its step, `#5 text`).
+fn has_output_line(lines: &[String], text: &str) -> bool {
+    lines.iter().any(|l| {
+        l.split_once(' ')
+            .is_some_and(|(step, rest)| step.starts_with('#') && rest == text)
+    })
+}
+
+/// `what` made unique to this run, so a RUN that echoes it is never a cached step.
+fn unique(what: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{what}-{}-{nanos}", std::process::id())
+}
+
 fn dockerfile(from: &str, body: &str) -> String {
     format!("FROM {from}\n{body}\n")
 }
@@ -186,7 +203,7 @@ async fn build(
     };
     let mut sink = log.sink();
     engine
-        .build(&req, None, &mut sink, &CancellationToken::new())
+        .build(&req, &mut sink, &CancellationToken::new())
         .await
         .map(|b| b.image_id)
 }
@@ -208,9 +225,10 @@ async fn trivial_build_logs_whole_lines_and_applies_all_tags() {
     let name = repo(None, test);
     let tags = vec![format!("{name}:r1-abc1234"), format!("{name}:latest")];
     tags.iter().for_each(|t| cleanup.image(t));
+    let hello = unique("hello-from-kiln");
     let text = dockerfile(
         BASE,
-        "RUN echo hello-from-kiln && printf 'no newline at the end'\nUSER nobody",
+        &format!("RUN echo {hello} && printf 'no newline at the end'\nUSER nobody"),
     );
     let id = build(&engine, &text, &tags, None, &log).await.unwrap();
     assert!(id.starts_with("sha256:") && id.len() == 71, "{id}");
@@ -221,13 +239,26 @@ async fn trivial_build_logs_whole_lines_and_applies_all_tags() {
         );
     }
     let lines = log.lines();
-    assert!(lines.iter().any(|l| l == "hello-from-kiln"), "{lines:#?}");
+    assert!(has_output_line(&lines, &hello), "{lines:#?}");
     assert!(
-        lines.iter().any(|l| l.starts_with("Step 1/3 : FROM ")),
+        has_output_line(&lines, "no newline at the end"),
         "{lines:#?}"
     );
     assert!(
-        lines.iter().any(|l| l.starts_with("Successfully built ")),
+        !lines.iter().any(|l| l.contains("[output clipped")),
+        "the Engine clips step output: dockerd needs BUILDKIT_STEP_LOG_MAX_SIZE/SPEED raised \
+         (docs/operations.md): {lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with('#') && l.contains("1/2] FROM ")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with('#') && l.contains(&format!("writing image {id}"))),
         "{lines:#?}"
     );
     assert!(
@@ -317,7 +348,7 @@ async fn pip_build_with_ca_bundle_installs_six() {
         ..Default::default()
     };
     engine
-        .build(&req, None, &mut log.sink(), &CancellationToken::new())
+        .build(&req, &mut log.sink(), &CancellationToken::new())
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", log.text()));
     let (code, out) = engine
@@ -357,9 +388,8 @@ async fn failed_run_reports_the_engine_text() {
     eprintln!("{message}\nlog:\n{}", log.text());
     assert!(matches!(err, EngineError::BuildFailed(_)), "{err:?}");
     assert!(
-        message.contains(
-            "The command '/bin/sh -c apt-get install -y no-such-package-kiln' returned a non-zero code: 100"
-        ),
+        message.contains("RUN apt-get install -y no-such-package-kiln failed")
+            && message.contains("exit code: 100"),
         "{message}"
     );
     assert!(!err.is_transient());
@@ -595,7 +625,8 @@ async fn auth_registry_push_pull_and_build() {
     assert!(engine.remove_image(&image).await.unwrap());
     let tags = vec![format!("{}:built", repo(None, test))];
     cleanup.image(&tags[0]);
-    let text = dockerfile(&image, "RUN echo built-on-auth-base");
+    let marker = unique("built-on-auth-base");
+    let text = dockerfile(&image, &format!("RUN echo {marker}"));
     let err = build(&engine, &text, &tags, None, &log).await.unwrap_err();
     assert!(
         matches!(&err, EngineError::Auth { registry, .. } if registry == AUTH_REGISTRY),
@@ -605,7 +636,7 @@ async fn auth_registry_push_pull_and_build() {
     build(&engine, &text, &tags, Some(&awkward), &log)
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", log.text()));
-    assert!(log.lines().iter().any(|l| l == "built-on-auth-base"));
+    assert!(has_output_line(&log.lines(), &marker));
 
     seen.extend(log.lines());
     eprintln!("errors and log:\n{}", seen.join("\n"));
@@ -614,84 +645,6 @@ async fn auth_registry_push_pull_and_build() {
     }
 }
 
-/// Cancelling a `RUN sleep 60` build returns within 2 s, tags nothing, and the Engine stops
-/// the step (its container goes away).
-#[tokio::test]
-async fn cancel_stops_a_running_build() {
-    let test = "cancel";
-    let engine = engine_or_skip!(test);
-    let mut cleanup = Cleanup::default();
-    let marker = format!("kiln-cancel-{}", std::process::id());
-    let tags = vec![format!("{}:t", repo(None, test))];
-    cleanup.image(&tags[0]);
-    let text = dockerfile(BASE, &format!("RUN echo {marker} && sleep 60"));
-    let cancel = CancellationToken::new();
-    let log = Log::default();
-    let task = {
-        let engine = engine.clone();
-        let cancel = cancel.clone();
-        let log = log.clone();
-        let tags = tags.clone();
-        tokio::spawn(async move {
-            let req = BuildRequest {
-                dockerfile: &text,
-                tags: &tags,
-                ..Default::default()
-            };
-            engine.build(&req, None, &mut log.sink(), &cancel).await
-        })
-    };
-    // Wait until the RUN step is running (its echo reached the log).
-    let started = Instant::now();
-    while !log.lines().iter().any(|l| l == &marker) {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{}",
-            log.text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        running_containers_with(&marker).await > 0,
-        "the RUN container is running"
-    );
-    let t0 = Instant::now();
-    cancel.cancel();
-    let result = task.await.unwrap();
-    let took = t0.elapsed();
-    eprintln!("build returned {took:?} after cancel");
-    assert!(matches!(result, Err(EngineError::Cancelled)), "{result:?}");
-    assert!(took < Duration::from_secs(2), "took {took:?}");
-
-    // The Engine notices the closed connection and kills the step's container.
-    let t1 = Instant::now();
-    while running_containers_with(&marker).await > 0 {
-        assert!(
-            t1.elapsed() < Duration::from_secs(20),
-            "the RUN container still runs"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    eprintln!("RUN container gone {:?} after cancel", t0.elapsed());
-    assert_eq!(engine.image_id(&tags[0]).await.unwrap(), None);
-}
-
-/// Containers (any state) whose command mentions `marker`, straight through bollard.
-async fn running_containers_with(marker: &str) -> usize {
-    let docker = bollard::Docker::connect_with_local_defaults().unwrap();
-    let options = bollard::query_parameters::ListContainersOptionsBuilder::default()
-        .all(true)
-        .build();
-    docker
-        .list_containers(Some(options))
-        .await
-        .unwrap()
-        .iter()
-        .filter(|c| c.command.as_deref().is_some_and(|cmd| cmd.contains(marker)))
-        .count()
-}
-
-/// run_capture: exit codes, a missing program, bounded output, containers removed.
 #[tokio::test]
 async fn run_capture_exit_codes_and_limits() {
     let test = "run-capture";
@@ -821,13 +774,10 @@ async fn tls_endpoint_builds_and_refuses_strangers() {
     let tags = vec![format!("{name}:r1-abc1234")];
     cleanup.image(&tags[0]);
     let log = Log::default();
-    let text = dockerfile(BASE, "LABEL kiln.test=tls\nRUN echo over-tls");
+    let marker = unique("over-tls");
+    let text = dockerfile(BASE, &format!("LABEL kiln.test=tls\nRUN echo {marker}"));
     let id = build(&engine, &text, &tags, None, &log).await.unwrap();
-    assert!(
-        log.lines().iter().any(|l| l == "over-tls"),
-        "{}",
-        log.text()
-    );
+    assert!(has_output_line(&log.lines(), &marker), "{}", log.text());
     assert_eq!(
         unix.image_id(&tags[0]).await.unwrap().as_deref(),
         Some(id.as_str())

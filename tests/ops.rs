@@ -5,7 +5,8 @@
 mod common;
 
 use common::{
-    GitRepo, Server, engine_available, kiln, slow_uncached_spec, spec, wait_until_building,
+    GitRepo, Server, engine_available, kiln, run_step_started, slow_uncached_spec, spec,
+    wait_until_building,
 };
 use kiln::model::{JobPlan, JobStatus};
 use kiln::reconcile::{NewJob, Plan};
@@ -401,7 +402,7 @@ async fn a_backup_taken_during_a_running_build_restores_into_a_fresh_kiln() {
         "restored log is a prefix of the original"
     );
     assert!(
-        logged.contains("Step 3/"),
+        run_step_started(logged),
         "lines logged before the backup are kept"
     );
     fresh.stop();

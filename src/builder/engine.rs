@@ -4,7 +4,7 @@
 
 use super::{Builder, Builders, Lease};
 use crate::docker::auth::Credential;
-use crate::docker::{BuildRequest, BuiltImage, Engine, EngineError, LogSink, StepImage};
+use crate::docker::{BuildRequest, BuiltImage, Engine, EngineError, LogSink};
 use futures_util::future::BoxFuture;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -49,11 +49,10 @@ impl Builder for Engine {
     fn build<'a>(
         &'a self,
         req: &'a BuildRequest<'a>,
-        watch: Option<StepImage>,
         log: &'a mut dyn LogSink,
         cancel: &'a CancellationToken,
     ) -> BoxFuture<'a, Result<BuiltImage, EngineError>> {
-        Box::pin(Engine::build(self, req, watch, log, cancel))
+        Box::pin(Engine::build(self, req, log, cancel))
     }
 
     fn tag<'a>(
@@ -79,15 +78,6 @@ impl Builder for Engine {
         image: &'a str,
     ) -> BoxFuture<'a, Result<Option<String>, EngineError>> {
         Box::pin(Engine::image_id(self, image))
-    }
-
-    fn descends_from<'a>(
-        &'a self,
-        image: &'a str,
-        ancestor: &'a str,
-        max_depth: usize,
-    ) -> BoxFuture<'a, Result<bool, EngineError>> {
-        Box::pin(Engine::descends_from(self, image, ancestor, max_depth))
     }
 
     fn run_capture<'a>(

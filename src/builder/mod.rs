@@ -16,7 +16,7 @@
 mod engine;
 
 use crate::docker::auth::Credential;
-use crate::docker::{BuildRequest, BuiltImage, EngineError, LogSink, StepImage};
+use crate::docker::{BuildRequest, BuiltImage, EngineError, LogSink};
 use futures_util::future::BoxFuture;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -45,11 +45,10 @@ pub trait Builder: Send + Sync {
         log: &'a mut dyn LogSink,
     ) -> BoxFuture<'a, Result<(), EngineError>>;
 
-    /// Builds `req`; with `watch`, hands over the image of one step while the build goes on.
+    /// Builds `req` on BuildKit.
     fn build<'a>(
         &'a self,
         req: &'a BuildRequest<'a>,
-        watch: Option<StepImage>,
         log: &'a mut dyn LogSink,
         cancel: &'a CancellationToken,
     ) -> BoxFuture<'a, Result<BuiltImage, EngineError>>;
@@ -73,14 +72,6 @@ pub trait Builder: Send + Sync {
     /// The id of `image` if this builder has it.
     fn image_id<'a>(&'a self, image: &'a str)
     -> BoxFuture<'a, Result<Option<String>, EngineError>>;
-
-    /// Whether `ancestor` is `image` or one of its first `max_depth` parents.
-    fn descends_from<'a>(
-        &'a self,
-        image: &'a str,
-        ancestor: &'a str,
-        max_depth: usize,
-    ) -> BoxFuture<'a, Result<bool, EngineError>>;
 
     /// Runs `cmd` in a throw-away container of `image` without network; exit code and stdout.
     fn run_capture<'a>(

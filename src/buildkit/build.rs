@@ -20,8 +20,9 @@
 //! frontend built into the Engine is used; a `# syntax=` line would pull one from Docker
 //! Hub); the embedded BuildKit exports inline cache only (`BUILDKIT_INLINE_CACHE=1` here),
 //! which a later build on any Engine imports through `cache_from` of the pushed image; it
-//! clips step output at 200 KiB/s unless dockerd runs with `BUILDKIT_STEP_LOG_MAX_SIZE=-1`
-//! and `BUILDKIT_STEP_LOG_MAX_SPEED=-1` (docs/operations.md).
+//! clips step output (2 MiB, 200 KiB/s) unless dockerd runs with `BUILDKIT_STEP_LOG_MAX_SIZE`
+//! and `BUILDKIT_STEP_LOG_MAX_SPEED` raised — to large numbers, not -1, which this BuildKit
+//! takes literally (docs/operations.md).
 
 use super::progress::Progress;
 use super::session::{LineSender, isolated};
@@ -99,13 +100,25 @@ pub async fn build(
     log: &mut dyn LogSink,
     cancel: &CancellationToken,
 ) -> Result<BuiltImage, EngineError> {
+    let transport = endpoint.resolve(|name| std::env::var(name).ok())?;
+    build_on(&transport, req, log, cancel).await
+}
+
+/// [`build`] on an Engine whose endpoint is already resolved (an [`crate::docker::Engine`]
+/// keeps its own).
+pub async fn build_on(
+    transport: &Transport,
+    req: &BuildkitRequest<'_>,
+    log: &mut dyn LogSink,
+    cancel: &CancellationToken,
+) -> Result<BuiltImage, EngineError> {
     if req.tags.is_empty() {
         return Err(EngineError::Other("a build needs at least one tag".into()));
     }
     if cancel.is_cancelled() {
         return Err(EngineError::Cancelled);
     }
-    let transport = endpoint.resolve(|name| std::env::var(name).ok())?;
+    let transport = transport.clone();
     let context = build_context(req.dockerfile, req.ca_bundle)
         .map_err(|e| EngineError::Other(format!("cannot assemble the build context: {e}")))?;
     let mut cache_from = Vec::new();

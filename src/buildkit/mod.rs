@@ -11,5 +11,5 @@ pub mod build;
 pub mod progress;
 mod session;
 
-pub use build::{BuildkitRequest, INLINE_CACHE_ARG, build};
+pub use build::{BuildkitRequest, INLINE_CACHE_ARG, build, build_on};
 pub use progress::{Failure, Progress};

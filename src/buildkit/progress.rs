@@ -35,6 +35,8 @@ pub const MAX_LINE: usize = 64 * 1024;
 pub const TAIL_LINES: usize = 10;
 /// How much of one kept tail line is kept.
 const TAIL_LINE_CHARS: usize = 512;
+/// How BuildKit names the vertex that reads a `cache_from` image's inline cache.
+const CACHE_IMPORT: &str = "importing cache manifest from ";
 /// The error BuildKit gives the steps it cancels because another one failed.
 const CANCELED: &str = "context canceled";
 
@@ -196,6 +198,10 @@ impl Progress {
             )
             .unwrap_or(0.0);
             out.push(format!("#{number} DONE {took:.1}s"));
+        } else if self.step(&v.digest).name.starts_with(CACHE_IMPORT) {
+            // A cache source that is not there yet (the spec's first build) or not readable:
+            // BuildKit builds without it, so this is no failure of the build.
+            out.push(format!("#{number} not used: {}", v.error));
         } else {
             out.push(format!("#{number} ERROR: {}", v.error));
             let replaces = match &self.failure {
@@ -479,6 +485,25 @@ mod tests {
             f.message(),
             "step #1 [stage-0 4/4] RUN false failed: executor failed running [/bin/sh -c false]: exit code: 1"
         );
+    }
+
+    #[test]
+    fn a_missing_cache_source_is_no_failure() {
+        let mut p = Progress::default();
+        let import = started(
+            vertex(
+                "sha256:c",
+                "importing cache manifest from 127.0.0.1:5000/a:latest",
+            ),
+            0,
+            0,
+        );
+        p.update(&status(vec![import.clone()], vec![]));
+        let mut missing = completed(import, 0, 10);
+        missing.error = "127.0.0.1:5000/a:latest: not found".into();
+        let lines = p.update(&status(vec![missing], vec![]));
+        assert_eq!(lines, ["#1 not used: 127.0.0.1:5000/a:latest: not found"]);
+        assert_eq!(p.failure(), None);
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub(super) const REQUEST_TIMEOUT_SECS: u64 = 120;
 pub struct Engine {
     pub(super) docker: Docker,
     pub(super) endpoint: String,
+    /// Where the Engine is and how to reach it, for the BuildKit builds that open their own
+    /// connection on a runtime of their own (`crate::buildkit`).
+    pub(super) transport: Transport,
 }
 
 impl Engine {
@@ -107,12 +110,18 @@ impl Engine {
         Ok(Engine {
             docker: docker.with_request_modifier(url_safe_registry_headers),
             endpoint: host,
+            transport,
         })
     }
 
     /// The endpoint text, for messages.
     pub fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    /// How to reach the Engine (host and TLS material).
+    pub fn transport(&self) -> &Transport {
+        &self.transport
     }
 
     /// Checks that the Engine answers.
@@ -173,34 +182,6 @@ impl Engine {
             }) => Ok(None),
             Err(e) => Err(self.map_err(e, Op::Other("image inspect"), None)),
         }
-    }
-
-    /// Whether `ancestor` (an image id, short or full) is `image` itself or one of its first
-    /// `max_depth` parents. The classic builder keeps every step's image as the parent of the
-    /// next one (the image's history lists their ids), so this tells whether the image of a
-    /// step belongs to a finished build.
-    pub async fn descends_from(
-        &self,
-        image: &str,
-        ancestor: &str,
-        max_depth: usize,
-    ) -> Result<bool, EngineError> {
-        let want = ancestor.trim_start_matches("sha256:");
-        if want.len() < 12 {
-            return Ok(false);
-        }
-        let history = match self.docker.image_history(image).await {
-            Ok(history) => history,
-            Err(BollardError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => return Ok(false),
-            Err(e) => return Err(self.map_err(e, Op::Other("image history"), None)),
-        };
-        // Newest first; layers that came from a registry read `<missing>`.
-        Ok(history
-            .iter()
-            .take(max_depth + 1)
-            .any(|item| item.id.trim_start_matches("sha256:").starts_with(want)))
     }
 
     /// Removes the tag or image `image_ref` (not forced: an image a container uses stays).

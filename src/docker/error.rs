@@ -135,7 +135,6 @@ fn looks_like_auth_failure(message: &str) -> bool {
 /// Which Engine operation an error came from, to name it well.
 #[derive(Clone, Copy)]
 pub(super) enum Op<'a> {
-    Build { registry: &'a str },
     Pull { image: &'a str },
     Push { image: &'a str },
     Other(&'a str),
@@ -170,21 +169,6 @@ pub(super) fn map_bollard_error(
     };
     let message = redact(message.trim().to_string(), auth);
     match op {
-        Op::Build { registry } => {
-            if !message.contains("returned a non-zero code") && looks_like_auth_failure(&message) {
-                let registry = if registry.is_empty() {
-                    "of the base image"
-                } else {
-                    registry
-                };
-                EngineError::Auth {
-                    registry: registry.to_string(),
-                    message,
-                }
-            } else {
-                EngineError::BuildFailed(message)
-            }
-        }
         Op::Pull { image } => {
             if looks_like_auth_failure(&message) {
                 EngineError::Auth {

@@ -13,7 +13,7 @@
 //! | `endpoint.rs` | where the Engine listens: unix, TCP, mutual TLS like the Docker CLI | set-up mistakes must be named before anything connects |
 //! | `engine.rs` | the connection, tag / inspect / history / remove | unversioned paths, an Engine still starting |
 //! | `error.rs` | bollard errors → [`EngineError`], transient or not, secrets scrubbed | one error type for every channel |
-//! | `build.rs` | a classic build streamed line by line, a step's image handed over | three failure channels; unaligned chunks |
+//! | `build.rs` | a build on the Engine's embedded BuildKit (`crate::buildkit` runs it): credentials per registry, inline cache | the classic builder has no cache mounts or secrets |
 //! | `context.rs` | the in-memory tar context | `build_image` panics without a body |
 //! | `lines.rs` | whole lines out of chunks, the sink with backpressure | unaligned `stream` chunks |
 //! | `progress.rs` | pull/push progress condensed to a line per layer, push digest | thousands of progress messages |
@@ -37,7 +37,7 @@ mod push;
 mod reference;
 mod run;
 
-pub use build::{BuildRequest, BuiltImage, StepImage};
+pub use build::{BuildRequest, BuiltImage};
 pub(crate) use context::build_context;
 pub use endpoint::{DEFAULT_ENDPOINT, EngineEndpoint, TlsFiles, Transport};
 pub use engine::Engine;

@@ -35,7 +35,7 @@ mod log_sink;
 
 use crate::builder::{Builder, Builders};
 use crate::docker::auth::{Credential, RegistryAuths, registry_of};
-use crate::docker::{BuildRequest, EngineError, LogSink, StepImage};
+use crate::docker::{BuildRequest, EngineError, LogSink};
 use crate::dockerfile;
 use crate::model::{InstalledPackage, InstalledPackages, Job, JobId, JobPlan, JobStatus, now};
 use crate::store::{Store, StoreError, StoreEvent};
@@ -51,14 +51,6 @@ use tokio_util::sync::CancellationToken;
 
 /// What is inside an image, or the log line that says why it could not be listed.
 type Listing = Result<InstalledPackages, String>;
-
-/// The image a job's build made (or an earlier attempt of it).
-struct Built {
-    /// `sha256:…`
-    image_id: String,
-    /// Where its files became final, when metadata-only steps followed (a fresh build).
-    final_files: Option<dockerfile::FinalFiles>,
-}
 
 #[derive(Debug, Error)]
 pub enum JobError {
@@ -557,14 +549,11 @@ impl Workers {
         {
             return Ok(status);
         }
-        // The listing runs beside the rest of the job: it starts from the image of the last
-        // step that writes files (sent by the build while the builder writes the labels) or,
-        // failing that, from the finished image, and it overlaps the push.
-        let (step_tx, step_rx) = tokio::sync::oneshot::channel();
+        // The listing runs in the finished image beside the push.
         let (built_tx, built_rx) = tokio::sync::oneshot::channel();
         let build_and_push = async {
             // An earlier attempt (or a killed process) may have built the image already.
-            let built = if job.attempts > 1
+            let image_id = if job.attempts > 1
                 && job.image.as_deref() == Some(tags[0].as_str())
                 && let Some(id) = b.image_id(&tags[0]).await?
             {
@@ -575,83 +564,38 @@ impl Workers {
                 for tag in &tags[1..] {
                     b.tag(&tags[0], tag).await?;
                 }
-                // No build to hand over a step's image: the listing starts now.
-                drop(step_tx);
-                Built {
-                    image_id: id,
-                    final_files: None,
-                }
+                id
             } else {
-                self.build(b, job, &tags, step_tx, log, cancel).await?
+                self.build(b, job, &tags, log, cancel).await?
             };
             // Unsent (the build failed) the sender is dropped and the listing gives up.
-            let _ = built_tx.send(built);
+            let _ = built_tx.send(image_id);
             self.push_all(b, job, &tags, log, cancel).await
         };
-        let (pushed, listing) = tokio::join!(
-            build_and_push,
-            self.list_alongside(b, step_rx, built_rx, cancel)
-        );
+        let (pushed, listing) = tokio::join!(build_and_push, async {
+            let image_id = built_rx.await.ok()?;
+            let listing = self.list_installed(b, &image_id, cancel).await;
+            Some((listing, image_id))
+        });
         pushed?;
-        if let Some((listing, note)) = listing {
+        if let Some((listing, image_id)) = listing {
             if listing.is_ok() {
-                log.line(note);
+                log.line(format!("kiln: listed the installed packages of {image_id}"));
             }
             self.record_installed(job, listing, log).await;
         }
         Ok(JobStatus::Succeeded)
     }
 
-    /// Lists what is inside the image a job builds, as early as possible and beside the build
-    /// and push: from the image of the last step that writes files as soon as the build hands
-    /// it over, used once the finished image is known to descend from it (build output can
-    /// imitate the builder's step lines); else from the finished image. `None` when the build
-    /// failed. The second value is the log line that says which image was read.
-    async fn list_alongside(
-        &self,
-        b: &dyn Builder,
-        step_image: tokio::sync::oneshot::Receiver<String>,
-        built: tokio::sync::oneshot::Receiver<Built>,
-        cancel: &CancellationToken,
-    ) -> Option<(Listing, String)> {
-        let early = match step_image.await {
-            Ok(image) => Some((self.list_installed(b, &image, cancel).await, image)),
-            Err(_) => None,
-        };
-        let built = built.await.ok()?;
-        if let (Some((listing, image)), Some(f)) = (early, built.final_files) {
-            if let Ok(true) = b
-                .descends_from(&built.image_id, &image, f.metadata_steps_after)
-                .await
-            {
-                let note = format!(
-                    "kiln: listed the installed packages during the build, from {image} (step {}, the last that writes files)",
-                    f.step
-                );
-                return Some((listing, note));
-            }
-            let listing = self.list_installed(b, &built.image_id, cancel).await;
-            let note = format!(
-                "kiln: {image} is not the image of step {} of this build; listed the finished image",
-                f.step
-            );
-            return Some((listing, note));
-        }
-        let note = format!("kiln: listed the installed packages of {}", built.image_id);
-        Some((self.list_installed(b, &built.image_id, cancel).await, note))
-    }
-
-    /// Builds the image. Sends the image of the last step that writes files on `step_image`
-    /// as soon as the builder moves past it (when metadata-only steps follow it).
+    /// Builds the image and returns its id.
     async fn build(
         &self,
         b: &dyn Builder,
         job: &mut Job,
         tags: &[String],
-        step_image: tokio::sync::oneshot::Sender<String>,
         log: &mut dyn LogSink,
         cancel: &CancellationToken,
-    ) -> Result<Built, JobError> {
+    ) -> Result<String, JobError> {
         // Reconcile rendered the Dockerfile once and stored it with the job; it names the base
         // image and the `pullSecret`. Only the base image's own USER is added here, after the
         // base has been inspected (an earlier attempt's USER line is replaced, not repeated).
@@ -703,28 +647,31 @@ impl Workers {
         }
 
         log.line(format!("kiln: building {}", tags[0]));
+        // The spec's `latest` in the registry carries the cache of its last build inline: any
+        // builder, even one that never built this spec, can take its unchanged steps from it.
+        let cache_from = self
+            .settings
+            .registry
+            .is_some()
+            .then(|| {
+                tags.last()
+                    .map(|t| (t.as_str(), self.settings.push_credential(t)))
+            })
+            .flatten();
         let request = BuildRequest {
             dockerfile: &job.dockerfile,
             ca_bundle,
             tags,
             pull_auth,
             network: None,
+            cache_from,
         };
-        let final_files =
-            dockerfile::final_files(&job.dockerfile).filter(|f| f.metadata_steps_after > 0);
-        let watch = final_files.map(|f| StepImage {
-            step: f.step,
-            tx: step_image,
-        });
-        let built = b.build(&request, watch, log, cancel).await?;
+        let built = b.build(&request, log, cancel).await?;
         log.line(format!("kiln: built image {}", built.image_id));
         job.image = Some(tags[0].clone());
         job.image_digest = Some(built.image_id.clone());
         *job = self.store.update_job(job).await?;
-        Ok(Built {
-            image_id: built.image_id,
-            final_files,
-        })
+        Ok(built.image_id)
     }
 
     /// Retag the image of job `from`; `None` when it vanished from the Engine and the registry

@@ -134,7 +134,7 @@ pub async fn wait_until_building(server: &Server, spec: &str) {
         })
         .await;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !server.log(&running).await.contains("Step 3/") {
+    while !run_step_started(&server.log(&running).await) {
         assert!(Instant::now() < deadline, "the build never started");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -180,4 +180,26 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Whether a job log shows a `RUN` step under way: BuildKit's plain progress names each step
+/// `#N [i/n] RUN …` when it starts.
+pub fn run_step_started(log: &str) -> bool {
+    log.lines()
+        .any(|l| l.starts_with('#') && l.contains("] RUN "))
+}
+
+/// How many builds a job log shows starting: each names its first step
+/// `#N [stage-0 1/n] FROM …`.
+pub fn builds_started(log: &str) -> usize {
+    log.lines()
+        .filter(|l| {
+            l.starts_with('#')
+                && l.split_once("] FROM ").is_some_and(|(head, _)| {
+                    head.rsplit(['[', ' '])
+                        .next()
+                        .is_some_and(|step| step.starts_with("1/"))
+                })
+        })
+        .count()
 }
