@@ -187,12 +187,44 @@ pub fn render(spec: &ImageSpec, rev: &RevisionInfo, options: &RenderOptions) -> 
 
     let pip = spec.packages.normalized(Manager::Pip);
     if !pip.is_empty() {
+        // Wheels are kept in a folder of the cache mount, not in pip's HTTP cache: that one
+        // depends on the index's caching headers, which proxies and mirrors often drop (this
+        // machine's proxy does). A requirement pinned to one version whose wheels (its
+        // dependencies' too) are already there is resolved offline; the others are fetched
+        // and built into wheels — a range is resolved against the index on every build, so it
+        // still takes the newest release —, then everything is installed from the folder.
+        let (pinned, floating): (Vec<&str>, Vec<&str>) =
+            pip.iter().copied().partition(|r| is_exact_pin(r));
         let _ = writeln!(out, "RUN {} \\", cache_mount(PIP_CACHE));
         let _ = writeln!(
             out,
-            "    {ca_env}PIP_CACHE_DIR={PIP_CACHE} PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 \\"
+            "    set -e; export {ca_env}PIP_NO_CACHE_DIR=1 PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1; \\"
         );
-        let _ = writeln!(out, "    python3 -m pip install \\");
+        let _ = writeln!(out, "    W={PIP_CACHE}/wheels; \\");
+        if !pinned.is_empty() {
+            let _ = writeln!(out, "    for req in \\");
+            push_args(&mut out, &pinned);
+            let _ = writeln!(
+                out,
+                "    ; do python3 -m pip wheel --quiet --no-index --find-links \"$W\" --wheel-dir \"$W\" \"$req\" 2>/dev/null \\"
+            );
+            let _ = writeln!(
+                out,
+                "      || python3 -m pip wheel --find-links \"$W\" --wheel-dir \"$W\" \"$req\"; done; \\"
+            );
+        }
+        if !floating.is_empty() {
+            let _ = writeln!(
+                out,
+                "    python3 -m pip wheel --find-links \"$W\" --wheel-dir \"$W\" \\"
+            );
+            push_args(&mut out, &floating);
+            let _ = writeln!(out, "    ; \\");
+        }
+        let _ = writeln!(
+            out,
+            "    python3 -m pip install --no-index --find-links \"$W\" \\"
+        );
         push_args(&mut out, &pip);
         // A trailing no-op keeps every argument line a continuation.
         let _ = writeln!(out, " && true");
@@ -261,6 +293,14 @@ pub fn uses_ca_bundle(dockerfile: &str) -> bool {
     dockerfile
         .lines()
         .any(|l| l.starts_with("COPY ") && l.contains(CA_BUNDLE_CONTEXT_NAME))
+}
+
+/// Whether a pip requirement names exactly one version (`six==1.16.0`, `pkg===x`): only such
+/// a requirement may be satisfied from wheels an earlier build fetched.
+fn is_exact_pin(requirement: &str) -> bool {
+    let head = requirement.split(';').next().unwrap_or(requirement);
+    let pins = head.matches("==").count();
+    pins == 1 && !head.contains(['*', ',', '<', '>', '~', '!', '@']) && !head.contains("://")
 }
 
 /// One shell-quoted argument per line, each continued.
@@ -341,8 +381,16 @@ RUN --mount=type=cache,target=/var/cache/kiln/conda-pkgs,sharing=locked \
       'conda-forge::numpy==1.17*' \
  && true
 RUN --mount=type=cache,target=/var/cache/kiln/pip,sharing=locked \
-    SSL_CERT_FILE=/usr/local/share/kiln/ca-bundle.crt PIP_CERT=/usr/local/share/kiln/ca-bundle.crt REQUESTS_CA_BUNDLE=/usr/local/share/kiln/ca-bundle.crt CONDA_SSL_VERIFY=/usr/local/share/kiln/ca-bundle.crt PIP_CACHE_DIR=/var/cache/kiln/pip PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    python3 -m pip install \
+    set -e; export SSL_CERT_FILE=/usr/local/share/kiln/ca-bundle.crt PIP_CERT=/usr/local/share/kiln/ca-bundle.crt REQUESTS_CA_BUNDLE=/usr/local/share/kiln/ca-bundle.crt CONDA_SSL_VERIFY=/usr/local/share/kiln/ca-bundle.crt PIP_NO_CACHE_DIR=1 PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1; \
+    W=/var/cache/kiln/pip/wheels; \
+    for req in \
+      'six==1.16.0' \
+    ; do python3 -m pip wheel --quiet --no-index --find-links "$W" --wheel-dir "$W" "$req" 2>/dev/null \
+      || python3 -m pip wheel --find-links "$W" --wheel-dir "$W" "$req"; done; \
+    python3 -m pip wheel --find-links "$W" --wheel-dir "$W" \
+      'pandas>=2.1' \
+    ; \
+    python3 -m pip install --no-index --find-links "$W" \
       'pandas>=2.1' \
       'six==1.16.0' \
  && true
@@ -448,6 +496,27 @@ LABEL org.opencontainers.image.created="2026-11-23T12:00:00Z" \
         );
         assert_eq!(base_image("from debian\n"), Some("debian"));
         assert_eq!(base_image("RUN x\n"), None);
+    }
+
+    #[test]
+    fn only_exact_pins_may_come_from_earlier_wheels() {
+        for pinned in [
+            "six==1.16.0",
+            "pkg===weird",
+            "six==1.16.0; python_version >= '3'",
+        ] {
+            assert!(is_exact_pin(pinned), "{pinned}");
+        }
+        for floating in [
+            "pandas>=2.1",
+            "numpy==1.*",
+            "a==1.0,!=1.0.1",
+            "six",
+            "requests~=2.31",
+            "pkg @ https://example.org/pkg-1.0.tar.gz",
+        ] {
+            assert!(!is_exact_pin(floating), "{floating}");
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{GitRepo, Server, engine_available, sync};
+use common::{GitRepo, Server, engine_available, fresh_base, sync};
 use std::path::Path;
 use std::process::Command;
 
@@ -219,7 +219,9 @@ async fn pip_without_the_ca_bundle_fails_with_the_tls_error_in_the_log() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let mut repo = GitRepo::init(&tmp.path().join("repo"));
-    repo.write("noca.yaml", "name: noca\nbaseImage: 127.0.0.1:5000/kiln/bookworm-python:minbase\npackages:\n  pip: [six==1.16.0]\n");
+    // A version no build that succeeds installs, so no wheel of it is in the builder's pip
+    // cache and pip must ask the index.
+    repo.write("noca.yaml", "name: noca\nbaseImage: 127.0.0.1:5000/kiln/bookworm-python:minbase\npackages:\n  pip: [idna==3.6]\n");
     repo.commit("pip without CA");
     let config = write_config(tmp.path(), "");
     let data = tmp.path().join("data");
@@ -457,4 +459,109 @@ async fn builds_through_a_tls_engine_endpoint() {
     assert!(log.contains("BadCertificate"), "{log}");
     server.stop();
     let _ = docker(&["rmi", "-f", &image, "127.0.0.1:5000/overtls:latest"]);
+}
+
+/// BuildKit's cache mounts: an edit of the pip list runs pip again, which takes the wheel it
+/// downloaded before from the builder's pip cache and downloads only the new one; apt's step
+/// comes from the layer cache; nothing of the package caches is in the image.
+#[tokio::test]
+async fn a_pip_edit_downloads_only_what_is_new_and_no_cache_is_in_the_image() {
+    if !engine_available() {
+        return;
+    }
+    // A base of this run's own, so neither build's pip step can come from the layer cache.
+    let base = fresh_base("127.0.0.1:5000/kiln/bookworm-python:minbase", "pip-cache");
+    let spec = |pip: &str| {
+        format!("name: pipcache\nbaseImage: {base}\npackages:\n  apt: [jq]\n  pip: [{pip}]\n")
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut repo = GitRepo::init(&tmp.path().join("repo"));
+    repo.write("pipcache.yaml", &spec("six==1.16.0"));
+    repo.commit("six");
+    let config = write_config(
+        tmp.path(),
+        "registry = '127.0.0.1:5000'\nca_bundle = '/etc/ssl/certs/ca-certificates.crt'\n",
+    );
+    let data = tmp.path().join("data");
+    let (code, out) = sync(&config, &repo.dir, &data);
+    assert_eq!(code, 0, "{out}");
+    repo.write("pipcache.yaml", &spec("six==1.16.0, idna==3.7"));
+    repo.commit("idna");
+    let (code, out) = sync(&config, &repo.dir, &data);
+    assert_eq!(code, 0, "{out}");
+
+    let server = Server::observe(&repo.dir, &data).await;
+    let job = job_of(&server, "pipcache").await;
+    let log = server.log(&job).await;
+    assert_eq!(job["revision"], 2, "{job}");
+    assert_eq!(job["status"], "succeeded", "{job}\n{log}");
+    let step_of = |what: &str| {
+        log.lines()
+            .find(|l| l.starts_with('#') && l.contains("] RUN ") && l.contains(what))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no step with {what}: {log}"))
+            .to_string()
+    };
+    let apt = step_of("apt-get");
+    assert!(log.lines().any(|l| l == format!("{apt} CACHED")), "{log}");
+    // six, fetched for r1 (or by an earlier run on this Engine), is installed from the
+    // builder's wheel cache without a download; idna, new in r2, was fetched unless an
+    // earlier run left it there too.
+    assert!(
+        log.lines()
+            .any(|l| l.contains("Processing /var/cache/kiln/pip/wheels/six-1.16.0-")),
+        "{log}"
+    );
+    assert!(
+        !log.lines().any(|l| l.contains("Downloading six-")),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("Successfully installed idna-3.7 six-1.16.0")),
+        "{log}"
+    );
+    let first = server.job("pipcache", 1).await.unwrap();
+    let first_log = server.log(&first).await;
+    assert!(
+        first_log
+            .lines()
+            .any(|l| l.contains("Successfully installed six-1.16.0")),
+        "{first_log}"
+    );
+
+    // The package caches added nothing to the image: the files under them are the base's.
+    let image = job["image"].as_str().unwrap();
+    let cache_files = |image: &str| {
+        let (ok, listing) = docker(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            image,
+            "sh",
+            "-c",
+            "find /var/cache/kiln /var/cache/apt /var/lib/apt/lists -type f 2>/dev/null | sort",
+        ]);
+        assert!(ok, "{listing}");
+        listing
+    };
+    assert_eq!(
+        cache_files(image),
+        cache_files(&base),
+        "caches in the image"
+    );
+    let (ok, out) = docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        image,
+        "python3",
+        "-c",
+        "import idna, six",
+    ]);
+    assert!(ok, "{out}");
+    docker(&["rmi", image]);
+    docker(&["rmi", &base]);
 }

@@ -96,19 +96,17 @@ pub fn spec_on(name: &str, base: &str, apt: &[&str]) -> String {
     format!("name: {name}\nbaseImage: {base}\npackages:\n  apt:\n{list}")
 }
 
-/// A spec whose build is slow (a compiler toolchain to download and unpack) and that no earlier
-/// build can have cached, however often the suites ran on this Engine: it starts `FROM` a base
-/// of its own, a LABEL-only child of the local bookworm image (no new layer, pushed to the open
-/// registry in well under a second), so the classic builder's cache, keyed by parent image and
-/// instruction, cannot match its `RUN`.
-pub fn slow_uncached_spec(name: &str) -> String {
+/// A base image no earlier build can have cached, however often the suites ran on this
+/// Engine: an ENV-only child of `from` (no new layer, pushed to the open registry in well
+/// under a second). A label would not do: BuildKit keys a `RUN` by the layers below it and
+/// the command with its environment, so only the environment makes it new.
+pub fn fresh_base(from: &str, name: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos();
     let base = format!("127.0.0.1:5000/kiln-test/fresh-base:{name}-{nanos}");
-    let dockerfile =
-        format!("FROM 127.0.0.1:5000/kiln/bookworm:minbase\nLABEL io.kiln.test.nonce=\"{base}\"\n");
+    let dockerfile = format!("FROM {from}\nENV KILN_TEST_NONCE=\"{base}\"\n");
     let mut build = Command::new("docker")
         .args(["build", "-q", "-t", &base, "-"])
         .env("DOCKER_BUILDKIT", "0")
@@ -123,6 +121,13 @@ pub fn slow_uncached_spec(name: &str) -> String {
         .output()
         .unwrap();
     assert!(pushed.status.success(), "docker push {base}: {pushed:?}");
+    base
+}
+
+/// A spec whose build is slow (a compiler toolchain to download and unpack) and that no earlier
+/// build can have cached: it starts `FROM` a [`fresh_base`].
+pub fn slow_uncached_spec(name: &str) -> String {
+    let base = fresh_base("127.0.0.1:5000/kiln/bookworm:minbase", name);
     spec_on(name, &base, &["gcc", "g++", "make", "perl"])
 }
 
