@@ -18,12 +18,15 @@
 #
 # Parts (every Kiln run: fresh data dir, max_attempts 1; no `registry` key = nothing pushed,
 # except in part 6):
-#   1  overhead: `kiln sync` vs `DOCKER_BUILDKIT=0 docker build --no-cache` of the very Dockerfile
-#      `kiln render --ca-bundle` prints (context: Dockerfile + the CA bundle as kiln-ca-bundle.crt);
-#      spec: bookworm-python, apt [curl, jq], pip [six==1.16.0], ca_bundle set. Both builds are
-#      uncached: each starts FROM its own freshly labelled copy of the base (a LABEL-only image
-#      with a nonce, pushed to 127.0.0.1:5000), so no earlier image of anyone (this script,
-#      the test suite, another engineer) can serve a cache hit. Runs alternate which goes first.
+#   1  overhead: `kiln sync` vs `DOCKER_BUILDKIT=1 docker build --no-cache` (the Engine's
+#      BuildKit, as Kiln builds) of the very Dockerfile `kiln render --ca-bundle` prints
+#      (context: Dockerfile + the CA bundle as kiln-ca-bundle.crt); with $KILN_BEFORE_BIN also
+#      that older Kiln's `kiln sync` (the classic builder before issue 14);
+#      spec: bookworm-python, apt [curl, jq], pip [six==1.16.0], ca_bundle set. Every build is
+#      uncached: each starts FROM its own fresh copy of the base (an ENV-only image with a
+#      nonce, pushed to 127.0.0.1:5000: BuildKit keys a RUN by the layers below it and its
+#      environment), so no earlier image of anyone can serve a cache hit. Cache mounts (apt
+#      archives, pip wheels) are the Engine's and stay warm: that is what Kiln's builds get. Runs alternate which goes first.
 #      Also times the pieces Kiln adds (base refresh pull, the package-listing container,
 #      `kiln sync --no-build`) to explain the difference.
 #   2  a M MB build log: a base image with `ONBUILD RUN seq …` (100-byte lines) that Kiln builds
@@ -80,7 +83,10 @@ PY_BASE=$REG/kiln/bookworm-python:minbase
 CA=/etc/ssl/certs/ca-certificates.crt
 TAG=kb$$                       # prefix of every spec, image and tag this run creates
 SYNC_TIMEOUT=1800              # seconds, any single kiln/docker process
-export DOCKER_BUILDKIT=0       # only the docker CLI reads this; Kiln always uses the classic builder
+# Kiln builds on the Engine's BuildKit; so do the comparison builds. /usr/bin/docker (Debian's
+# 20.10 CLI) drives BuildKit without buildx; a newer CLI in PATH may not.
+DOCKER_BK=/usr/bin/docker
+BEFORE_BIN=${KILN_BEFORE_BIN:-}
 
 say() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 now_ms() { date +%s%3N; }
@@ -260,13 +266,14 @@ inspect_start() {
 }
 inspect_stop() { stop_serve "$INSPECT_PID"; }
 
-# fresh_base SRC KIND: a LABEL-only child of SRC with a unique nonce, pushed to $REG; prints its ref.
-# Its image id is new, so no layer anyone built before can be a cache hit for a build FROM it.
+# fresh_base SRC KIND: an ENV-only child of SRC with a unique nonce, pushed to $REG; prints its
+# ref. BuildKit keys a RUN by the layers below it and the command with its environment, so no
+# RUN anyone ran before can be a cache hit for a build FROM it.
 fresh_base() {
   local ref
   ref="$REG/kiln/bench-$2:$TAG-$(date +%s%N)-$RANDOM"
-  printf 'FROM %s\nLABEL io.kiln.bench.nonce="%s"\n' "$1" "$ref" |
-    docker build -q -t "$ref" - >/dev/null 2>&1
+  printf 'FROM %s\nENV KILN_BENCH_NONCE="%s"\n' "$1" "$ref" |
+    DOCKER_BUILDKIT=0 docker build -q -t "$ref" - >/dev/null 2>&1
   echo "$ref" >>"$WORK/bases"
   docker push "$ref" >/dev/null
   echo "$ref"
@@ -277,8 +284,8 @@ noisy_base() {
   local ref pad
   ref="$REG/kiln/bench-noisy:onbuild-$TAG-$(date +%s%N)-$RANDOM"
   pad=$(printf 'x%.0s' {1..82})   # "noisy " + 10 digits + " " + 82 + "\n" = 100 bytes
-  printf 'FROM %s\nLABEL io.kiln.bench.nonce="%s"\nONBUILD RUN seq -f "noisy %%010.0f %s" 1 %d\n' \
-    "$MIN_BASE" "$ref" "$pad" "$1" | docker build -q -t "$ref" - >/dev/null 2>&1
+  printf 'FROM %s\nLABEL io.kiln.bench.nonce="%s"\nENV KILN_BENCH_NONCE="%s"\nONBUILD RUN seq -f "noisy %%010.0f %s" 1 %d\n' \
+    "$MIN_BASE" "$ref" "$ref" "$pad" "$1" | DOCKER_BUILDKIT=0 docker build -q -t "$ref" - >/dev/null 2>&1
   echo "$ref" >>"$WORK/bases"
   docker push "$ref" >/dev/null
   echo "$ref"
@@ -386,11 +393,11 @@ overhead_docker() {  # overhead_docker PART ROUND DIR BASE
   spec_yaml "$name" "$base" "[curl, jq]" "[six==1.16.0]" >"$dir/$name.yaml"
   "$BIN" render --ca-bundle "$dir/$name.yaml" >"$dir/ctx/Dockerfile"
   cp "$CA" "$dir/ctx/kiln-ca-bundle.crt"
-  local cmd=(docker build --no-cache -t "kiln/$name:bench" "$dir/ctx")
+  local cmd=(env DOCKER_BUILDKIT=1 "$DOCKER_BK" build --progress=plain --no-cache -t "kiln/$name:bench" "$dir/ctx")
   if [[ $p == 6 ]]; then
     img=$REG/$name what="docker build + push"
     printf '%s\n' "$img:r1" "$img:latest" >>"$WORK/bases"
-    cmd=(sh -c 'docker build --no-cache -t "$1:r1" -t "$1:latest" "$2" && docker push "$1:r1" && docker push "$1:latest"' sh "$img" "$dir/ctx")
+    cmd=(sh -c 'DOCKER_BUILDKIT=1 "$3" build --progress=plain --no-cache -t "$1:r1" -t "$1:latest" "$2" && docker push "$1:r1" && docker push "$1:latest"' sh "$img" "$dir/ctx" "$DOCKER_BK")
   fi
   if timed t "$dir/docker.log" timeout "$SYNC_TIMEOUT" "${cmd[@]}"; then
     record "p$p.docker_ms" "$t"; say "p$p round $i: $what $(sec "$t") s"
@@ -415,17 +422,35 @@ part1_pieces() {  # part1_pieces ROUND DIR BASE
   fi
 }
 
+# The older Kiln given as $KILN_BEFORE_BIN (classic builder), same spec, its own fresh base.
+overhead_before() {  # overhead_before ROUND DIR BASE
+  local i=$1 dir=$2 base=$3 name=$TAG-p1b$1 t
+  new_repo "$dir/repo-before"
+  spec_yaml "$name" "$base" "[curl, jq]" "[six==1.16.0]" >"$dir/repo-before/$name.yaml"
+  git_commit "$dir/repo-before" "p1 before round $i"
+  if timed t "$dir/before.log" timeout "$SYNC_TIMEOUT" "$BEFORE_BIN" sync --config "$CFG_CA" \
+    --repo "$dir/repo-before" --data-dir "$dir/data-before" --no-watch; then
+    record p1.before_ms "$t"; say "p1 round $i: older kiln sync (classic) $(sec "$t") s"
+  else
+    fail_note "p1 older kiln sync round $i" "$dir/before.log"
+  fi
+}
+
 overhead_round() {  # overhead_round PART ROUND
-  local p=$1 i=$2 dir=$WORK/p$1-$2 bk bd
+  local p=$1 i=$2 dir=$WORK/p$1-$2 bk bd bb=""
   rm -rf "$dir"
   mkdir -p "$dir"
   bk=$(fresh_base "$PY_BASE" py)
   bd=$(fresh_base "$PY_BASE" py)
+  if [[ $p == 1 && -n $BEFORE_BIN ]]; then bb=$(fresh_base "$PY_BASE" py); fi
   if ((i % 2)); then
     overhead_kiln "$p" "$i" "$dir" "$bk"; overhead_docker "$p" "$i" "$dir" "$bd"
+    [[ -n $bb ]] && overhead_before "$i" "$dir" "$bb"
   else
+    [[ -n $bb ]] && overhead_before "$i" "$dir" "$bb"
     overhead_docker "$p" "$i" "$dir" "$bd"; overhead_kiln "$p" "$i" "$dir" "$bk"
   fi
+  if [[ -n $bb ]]; then remove_images "^kiln/$TAG-p1b$i:"; drop_base "$bb"; rm -rf "$dir/data-before"; fi
   [[ $p == 1 ]] && part1_pieces "$i" "$dir" "$bk"
   remove_images "^kiln/$TAG-p$p[kd]$i:|^$REG/$TAG-p$p[kd]$i:"
   drop_base "$bk"; drop_base "$bd"
@@ -522,7 +547,7 @@ part2_docker() {  # part2_docker ROUND DIR BASE
   mkdir -p "$dir/ctx"
   spec_yaml "$name" "$base" "" "" >"$dir/$name.yaml"
   "$BIN" render "$dir/$name.yaml" >"$dir/ctx/Dockerfile"
-  if timed t "$dir/docker.log" timeout "$SYNC_TIMEOUT" docker build --no-cache -t "kiln/$name:bench" "$dir/ctx"; then
+  if timed t "$dir/docker.log" timeout "$SYNC_TIMEOUT" env DOCKER_BUILDKIT=1 "$DOCKER_BK" build --progress=plain --no-cache -t "kiln/$name:bench" "$dir/ctx"; then
     record p2.docker_ms "$t"
     record p2.docker_out_bytes "$(stat -c %s "$dir/docker.log")"
     say "p2 round $i: docker build $(sec "$t") s, $(($(stat -c %s "$dir/docker.log") / 1000000)) MB of output"
@@ -593,8 +618,9 @@ part34_round() {
   id2=$(jq -r '.[] | select(.revision == 2) | .id' "$dir/jobs.json")
   curl -sf --max-time 60 "$API/api/v1/jobs/$id2/log" >"$dir/job2.log"
   inspect_stop
-  # the line after the apt RUN step, and after the pip RUN step
-  cached=$(awk '/^Step [0-9]+\/[0-9]+ : RUN .*apt-get/{getline; a=$0} /^Step [0-9]+\/[0-9]+ : RUN .*pip install/{getline; p=$0} END {print (a ~ /Using cache/ ? "apt=cached" : "apt=NOT-cached"), (p ~ /Using cache/ ? "pip=cached" : "pip=rebuilt")}' "$dir/job2.log")
+  # BuildKit's verdict on the apt and the pip step (`#N CACHED`), and whether pip downloaded
+  # six again (it must come from the Engine's wheel cache) and idna (new unless cached earlier)
+  cached=$(awk '/^#[0-9]+ \[.*\] RUN .*apt-get/{a=$1} /^#[0-9]+ \[.*\] RUN .*pip install/{p=$1} {c[$0]=1} /Downloading six-/{s=1} /Downloading idna-/{d=1} END {print (c[a " CACHED"] ? "apt=cached" : "apt=NOT-cached"), (c[p " CACHED"] ? "pip=cached" : "pip=rebuilt"), (s ? "six=downloaded" : "six=from-wheel-cache"), (d ? "idna=downloaded" : "idna=from-wheel-cache")}' "$dir/job2.log")
   record p3.cache "$cached"
   say "p3/4 round $i: jobs $statuses; edit build: $cached"
   remove_images "^kiln/$name:"
@@ -733,8 +759,12 @@ ratio() { awk -v a="$(median "$1")" -v b="$(median "$2")" 'BEGIN {if (b > 0) pri
   echo "|---|---|---|---|"
   if want 1; then
     row "1. \`kiln sync\`, uncached build (s)" p1.kiln_ms
-    row "1. \`docker build --no-cache\`, same Dockerfile (s)" p1.docker_ms
+    row "1. \`DOCKER_BUILDKIT=1 docker build --no-cache\`, same Dockerfile (s)" p1.docker_ms
     echo "| 1. ratio of medians kiln / docker | $(ratio p1.kiln_ms p1.docker_ms) | | |"
+    if [[ -n $BEFORE_BIN ]]; then
+      row "1. older \`kiln sync\` (classic builder, $BEFORE_BIN) (s)" p1.before_ms
+      echo "| 1. ratio of medians kiln / older kiln | $(ratio p1.kiln_ms p1.before_ms) | | |"
+    fi
     row "1. piece: base refresh \`docker pull\` (s)" p1.pull_refresh_ms
     row "1. piece: the package-listing container (s)" p1.probes_ms
     row "1. piece: \`kiln sync --no-build\` (s)" p1.sync_nobuild_ms
