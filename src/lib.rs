@@ -4,6 +4,7 @@
 
 pub mod backoff;
 pub mod builder;
+pub mod catalog;
 pub mod buildkit;
 pub mod check;
 pub mod commands;
@@ -11,6 +12,7 @@ pub mod config;
 pub mod docker;
 pub mod dockerfile;
 pub mod http_client;
+pub mod image_tests;
 pub mod jobs;
 pub mod model;
 pub mod pool;

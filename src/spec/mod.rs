@@ -62,8 +62,9 @@ pub struct CatalogSettings {
     /// Built and pushed, but not listed in the catalogue.
     #[serde(default)]
     pub hidden: bool,
-    /// Groups for spawners that offer an image only to some users.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Groups for spawners that offer an image only to some users. (No `skip_serializing_if`
+    /// here: the catalogue's listing stores this struct with postcard, which needs every field.)
+    #[serde(default)]
     pub groups: Vec<String>,
     /// The image spawners pre-select.
     #[serde(default)]
