@@ -98,6 +98,24 @@ fn repository_of(image: &str) -> &str {
     }
 }
 
+/// How a listing appears in the catalogue, in words (the dashboard's spec page).
+pub fn listed_as(listing: &Listing) -> String {
+    if listing.catalog.hidden {
+        return "hidden (built, not listed)".into();
+    }
+    let mut text = String::from("listed");
+    if listing.catalog.default {
+        text.push_str(", the default");
+    }
+    if !listing.catalog.groups.is_empty() {
+        text.push_str(&format!(
+            ", for groups {}",
+            listing.catalog.groups.join(", ")
+        ));
+    }
+    text
+}
+
 /// One KubeSpawner profile (`c.KubeSpawner.profile_list` entry).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct KubeProfile {
@@ -272,6 +290,17 @@ mod tests {
         })
         .unwrap();
         assert_eq!(e.display_name, "a");
+    }
+
+    #[test]
+    fn listings_in_words() {
+        let mut l = Listing::default();
+        assert_eq!(listed_as(&l), "listed");
+        l.catalog.default = true;
+        l.catalog.groups = vec!["a".into(), "b".into()];
+        assert_eq!(listed_as(&l), "listed, the default, for groups a, b");
+        l.catalog.hidden = true;
+        assert_eq!(listed_as(&l), "hidden (built, not listed)");
     }
 
     #[test]

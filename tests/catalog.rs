@@ -245,6 +245,15 @@ async fn spawners_read_the_catalogue_and_a_failing_image_test_pushes_nothing() {
     })
     .await;
     assert_eq!(server.jobs(&nb).await.len(), 1, "a display name builds nothing");
+    let page = reqwest::get(format!("{}/specs/{nb}", server.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Notebook 2026"), "{page}");
+    assert!(page.contains("listed, the default"), "{page}");
+    assert!(page.contains("<code>echo kiln-image-test-ran</code>"), "{page}");
 
     // A failing test: r2 fails with the test's output in its log, nothing pushed, the
     // catalogue stays on r1.
