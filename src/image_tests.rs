@@ -13,8 +13,8 @@
 
 use crate::builder::Builder;
 use crate::docker::EngineError;
-use crate::jobs::JobError;
 use crate::docker::LogSink;
+use crate::jobs::JobError;
 use crate::model::Job;
 use crate::spec::{SpecContext, parse_spec};
 use crate::store::Store;

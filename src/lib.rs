@@ -4,8 +4,8 @@
 
 pub mod backoff;
 pub mod builder;
-pub mod catalog;
 pub mod buildkit;
+pub mod catalog;
 pub mod check;
 pub mod commands;
 pub mod config;

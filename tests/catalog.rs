@@ -25,8 +25,7 @@ fn venv_python() -> Option<PathBuf> {
     let venv = std::env::var_os("KILN_JUPYTERHUB_VENV")
         .map(PathBuf::from)
         .or_else(|| {
-            std::env::var_os("HOME")
-                .map(|h| PathBuf::from(h).join(".cache/kiln/jupyterhub-venv"))
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/kiln/jupyterhub-venv"))
         })?;
     let python = venv.join("bin/python");
     let probe = Command::new(&python)
@@ -90,7 +89,10 @@ async fn wait_catalog(server: &Server, what: &str, ok: impl Fn(&Value) -> bool) 
         if ok(&c) {
             return c;
         }
-        assert!(Instant::now() < deadline, "catalogue never showed {what}: {c}");
+        assert!(
+            Instant::now() < deadline,
+            "catalogue never showed {what}: {c}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -116,7 +118,9 @@ fn spec_text(name: &str, display: &str, catalog: &str, tests: &[&str]) -> String
         let list: String = tests.iter().map(|t| format!("  - {t}\n")).collect();
         format!("tests:\n{list}")
     };
-    format!("name: {name}\ndisplayName: {display}\ndescription: made by tests/catalog.rs\nbaseImage: {BASE}\n{catalog}{tests}")
+    format!(
+        "name: {name}\ndisplayName: {display}\ndescription: made by tests/catalog.rs\nbaseImage: {BASE}\n{catalog}{tests}"
+    )
 }
 
 #[tokio::test]
@@ -188,23 +192,35 @@ async fn spawners_read_the_catalogue_and_a_failing_image_test_pushes_nothing() {
     }
     let nb_r1 = server.job(&nb, 1).await.unwrap();
     let log = server.log(&nb_r1).await;
-    assert!(log.contains("kiln: image test 2/2: echo kiln-image-test-ran"), "{log}");
+    assert!(
+        log.contains("kiln: image test 2/2: echo kiln-image-test-ran"),
+        "{log}"
+    );
     assert!(log.contains("  kiln-image-test-ran"), "{log}");
     assert!(log.contains("kiln: all 2 image tests passed"), "{log}");
 
     // The catalogue: the listed specs, pinned by the digest the registry has.
     let c = catalog(&server).await;
-    assert!(entry(&c, &hidden).is_none(), "hidden is built, not listed: {c}");
+    assert!(
+        entry(&c, &hidden).is_none(),
+        "hidden is built, not listed: {c}"
+    );
     let e = entry(&c, &nb).unwrap_or_else(|| panic!("{nb} listed: {c}"));
     let digest = nb_r1["digest"].as_str().unwrap();
     assert_eq!(e["image_digest_ref"], format!("{REGISTRY}/{nb}@{digest}"));
     assert_eq!(e["image"], nb_r1["image"]);
     assert_eq!(e["display_name"], "Notebook");
     assert_eq!(e["description"], "made by tests/catalog.rs");
-    assert_eq!((e["revision"].as_u64(), e["default"].as_bool()), (Some(1), Some(true)));
+    assert_eq!(
+        (e["revision"].as_u64(), e["default"].as_bool()),
+        (Some(1), Some(true))
+    );
     assert_eq!(e["commit"], nb_r1["commit"]);
     assert!(e["built_at"].is_string(), "{e}");
-    assert_eq!(entry(&c, &phys).unwrap()["groups"], serde_json::json!(["physics"]));
+    assert_eq!(
+        entry(&c, &phys).unwrap()["groups"],
+        serde_json::json!(["physics"])
+    );
     assert_eq!(manifest_status(&nb, digest).await, 200);
     let nb_ref = e["image_digest_ref"].as_str().unwrap().to_string();
 
@@ -217,7 +233,10 @@ async fn spawners_read_the_catalogue_and_a_failing_image_test_pushes_nothing() {
         .iter()
         .filter_map(|s| s.as_str())
         .collect();
-    assert!(slugs.contains(&nb.as_str()) && !slugs.contains(&phys.as_str()), "{live}");
+    assert!(
+        slugs.contains(&nb.as_str()) && !slugs.contains(&phys.as_str()),
+        "{live}"
+    );
     assert!(!slugs.contains(&hidden.as_str()), "{live}");
     let member: Vec<&str> = live["member_slugs"]
         .as_array()
@@ -227,7 +246,11 @@ async fn spawners_read_the_catalogue_and_a_failing_image_test_pushes_nothing() {
         .collect();
     assert!(member.contains(&phys.as_str()), "{live}");
     assert_eq!(live["dockerspawner_checked"], nb_ref.as_str(), "{live}");
-    assert_eq!(live["dockerspawner_allowed"]["Notebook"], nb_ref.as_str(), "{live}");
+    assert_eq!(
+        live["dockerspawner_allowed"]["Notebook"],
+        nb_ref.as_str(),
+        "{live}"
+    );
 
     // A display-name edit builds nothing; the catalogue shows the committed value.
     repo.write(
@@ -244,7 +267,11 @@ async fn spawners_read_the_catalogue_and_a_failing_image_test_pushes_nothing() {
         entry(c, &nb).is_some_and(|e| e["display_name"] == "Notebook 2026")
     })
     .await;
-    assert_eq!(server.jobs(&nb).await.len(), 1, "a display name builds nothing");
+    assert_eq!(
+        server.jobs(&nb).await.len(),
+        1,
+        "a display name builds nothing"
+    );
     let page = reqwest::get(format!("{}/specs/{nb}", server.base))
         .await
         .unwrap()
@@ -253,7 +280,10 @@ async fn spawners_read_the_catalogue_and_a_failing_image_test_pushes_nothing() {
         .unwrap();
     assert!(page.contains("Notebook 2026"), "{page}");
     assert!(page.contains("listed, the default"), "{page}");
-    assert!(page.contains("<code>echo kiln-image-test-ran</code>"), "{page}");
+    assert!(
+        page.contains("<code>echo kiln-image-test-ran</code>"),
+        "{page}"
+    );
 
     // A failing test: r2 fails with the test's output in its log, nothing pushed, the
     // catalogue stays on r1.
@@ -287,12 +317,18 @@ async fn spawners_read_the_catalogue_and_a_failing_image_test_pushes_nothing() {
     );
     let latest = reqwest::Client::new()
         .head(format!("http://{REGISTRY}/v2/{nb}/manifests/latest"))
-        .header("Accept", "application/vnd.docker.distribution.manifest.v2+json")
+        .header(
+            "Accept",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        )
         .send()
         .await
         .unwrap();
     assert_eq!(
-        latest.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()),
+        latest
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok()),
         Some(digest),
         "latest stays on r1"
     );
@@ -319,11 +355,98 @@ async fn spawners_read_the_catalogue_and_a_failing_image_test_pushes_nothing() {
 
     for name in [&nb, &phys, &hidden] {
         let images = Command::new("docker")
-            .args(["images", "-q", "--filter", &format!("reference={REGISTRY}/{name}")])
+            .args([
+                "images",
+                "-q",
+                "--filter",
+                &format!("reference={REGISTRY}/{name}"),
+            ])
             .output()
             .unwrap();
         for id in String::from_utf8_lossy(&images.stdout).split_whitespace() {
             let _ = Command::new("docker").args(["rmi", "-f", id]).output();
         }
+    }
+}
+
+/// An image test that outlives its limit counts as failed, and its container is gone; one
+/// without network cannot reach even the registry next door; stderr reaches the log.
+#[tokio::test]
+async fn image_tests_are_offline_bounded_and_capture_stderr() {
+    use kiln::builder::Builder;
+    use kiln::image_tests::{Outcome, run_one};
+    if !engine_available() {
+        return;
+    }
+    let engine = kiln::docker::Engine::connect(None)
+        .await
+        .expect("the main Engine answers");
+    let builder: &dyn Builder = &engine;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let pulled = Command::new("docker")
+        .args(["pull", "-q", BASE])
+        .output()
+        .unwrap();
+    assert!(pulled.status.success(), "{pulled:?}");
+
+    let (outcome, out) = run_one(
+        builder,
+        BASE,
+        "echo to-stderr >&2; exit 4",
+        Duration::from_secs(120),
+        &cancel,
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome, Outcome::Failed { code: 4 });
+    assert!(out.contains("to-stderr"), "{out:?}");
+
+    // No network: not even the registry on the host's loopback (the container has its own).
+    let (outcome, out) = run_one(
+        builder,
+        BASE,
+        "cat /sys/class/net/*/operstate; ls /sys/class/net",
+        Duration::from_secs(120),
+        &cancel,
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome, Outcome::Passed);
+    assert_eq!(
+        out.split_whitespace()
+            .filter(|i| *i != "unknown")
+            .collect::<Vec<_>>(),
+        ["lo"],
+        "{out:?}"
+    );
+
+    let (outcome, _) = run_one(builder, BASE, "sleep 600", Duration::from_secs(1), &cancel)
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::TimedOut);
+    let left = Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            "label=io.kiln.run-capture",
+            "--filter",
+            &format!("ancestor={BASE}"),
+            "--filter",
+            "status=running",
+        ])
+        .output()
+        .unwrap();
+    // Other suites may run their own short listings at the same moment; none is a `sleep 600`.
+    let running = String::from_utf8_lossy(&left.stdout).to_string();
+    for id in running.split_whitespace() {
+        let cmd = Command::new("docker")
+            .args(["inspect", "--format", "{{json .Args}}", id])
+            .output()
+            .unwrap();
+        assert!(
+            !String::from_utf8_lossy(&cmd.stdout).contains("sleep 600"),
+            "the timed-out container {id} still runs"
+        );
     }
 }

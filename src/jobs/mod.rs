@@ -591,7 +591,15 @@ impl Workers {
             let _ = built_tx.send(built);
             // Between built and pushed: a failing image test fails the job, nothing is pushed.
             let tests = crate::image_tests::tests_of(&self.store, job)?;
-            crate::image_tests::run_all(b, &tags[0], &tests, self.settings.image_test_timeout, log, cancel).await?;
+            crate::image_tests::run_all(
+                b,
+                &tags[0],
+                &tests,
+                self.settings.image_test_timeout,
+                log,
+                cancel,
+            )
+            .await?;
             self.push_all(b, job, &tags, log, cancel).await
         };
         let (pushed, listing) = tokio::join!(

@@ -80,7 +80,10 @@ mod tests {
         assert_eq!(pa.digest, pb.digest, "presentation fields build nothing");
         assert_ne!(pa.digest, pc.digest, "a test is a new revision");
         // Without tests the digest is the one specs had before `tests:` existed.
-        assert_eq!(pa.digest.unwrap(), canonical_digest(&spec("debian:bookworm", &["curl"], &[])));
+        assert_eq!(
+            pa.digest.unwrap(),
+            canonical_digest(&spec("debian:bookworm", &["curl"], &[]))
+        );
     }
 
     #[test]

@@ -275,12 +275,16 @@ impl Walker<'_> {
         }
         let (text, pos) = self.scalar(node, "displayName")?;
         let trimmed = text.trim();
-        if trimmed.is_empty() || trimmed.contains('\n') || trimmed.chars().count() > MAX_DISPLAY_NAME
+        if trimmed.is_empty()
+            || trimmed.contains('\n')
+            || trimmed.chars().count() > MAX_DISPLAY_NAME
         {
             self.out.push(
                 pos,
                 Rule::DisplayName,
-                format!("`displayName` is one non-empty line of at most {MAX_DISPLAY_NAME} characters"),
+                format!(
+                    "`displayName` is one non-empty line of at most {MAX_DISPLAY_NAME} characters"
+                ),
             );
             return None;
         }
@@ -345,7 +349,10 @@ impl Walker<'_> {
                 self.out.push(
                     node.pos,
                     Rule::WrongType,
-                    format!("`catalog.groups` must be a list of group names, not {}", other.kind()),
+                    format!(
+                        "`catalog.groups` must be a list of group names, not {}",
+                        other.kind()
+                    ),
                 );
                 return vec![];
             }
@@ -359,7 +366,11 @@ impl Walker<'_> {
                         && !s.chars().any(|c| c.is_control()) =>
                 {
                     if groups.contains(&s.trim().to_string()) {
-                        self.out.push(item.pos, Rule::CatalogGroup, format!("group `{}` is listed twice", s.trim()));
+                        self.out.push(
+                            item.pos,
+                            Rule::CatalogGroup,
+                            format!("group `{}` is listed twice", s.trim()),
+                        );
                     } else {
                         groups.push(s.trim().to_string());
                     }
@@ -372,7 +383,10 @@ impl Walker<'_> {
                 other => self.out.push(
                     item.pos,
                     Rule::WrongType,
-                    format!("`catalog.groups` entries must be strings, not {}", other.kind()),
+                    format!(
+                        "`catalog.groups` entries must be strings, not {}",
+                        other.kind()
+                    ),
                 ),
             }
         }
@@ -388,7 +402,10 @@ impl Walker<'_> {
                 self.out.push(
                     node.pos,
                     Rule::WrongType,
-                    format!("`tests` must be a list of shell commands, not {}", other.kind()),
+                    format!(
+                        "`tests` must be a list of shell commands, not {}",
+                        other.kind()
+                    ),
                 );
                 return None;
             }
@@ -766,6 +783,31 @@ mod tests {
     }
 
     const HEAD: &str = "name: demo\nbaseImage: debian:bookworm\n";
+
+    #[test]
+    fn catalogue_fields_and_tests_are_checked_where_they_are() {
+        let cases: [(&str, Rule, u32, u32); 7] = [
+            ("displayName: \"\"\n", Rule::DisplayName, 3, 14),
+            ("displayName: [a]\n", Rule::WrongType, 3, 14),
+            ("catalog:\n  hidden: maybe\n", Rule::WrongType, 4, 11),
+            ("catalog:\n  groups: [a, a]\n", Rule::CatalogGroup, 4, 15),
+            ("catalog:\n  colour: red\n", Rule::UnknownKey, 4, 3),
+            ("tests:\n  - \"\"\n", Rule::ImageTest, 4, 5),
+            ("tests: echo hi\n", Rule::WrongType, 3, 8),
+        ];
+        for (tail, rule, line, column) in cases {
+            let (r, l, c, message) = only("demo.yaml", &format!("{HEAD}{tail}"));
+            assert_eq!((r, l, c), (rule, line, column), "{tail}: {message}");
+        }
+        let ok = check(
+            "demo.yaml",
+            &format!(
+                "{HEAD}displayName: Demo\ncatalog: {{hidden: false, groups: [], default: false}}\ntests: [\"true\"]\n"
+            ),
+        );
+        assert_eq!(ok.diagnostics, vec![]);
+        assert_eq!(ok.spec.unwrap().tests, ["true"]);
+    }
 
     #[test]
     fn a_full_spec_parses() {

@@ -440,9 +440,7 @@ pub(super) async fn spec_page(
     let listed = crate::catalog::listed_as(&listing);
     let tests = current
         .as_ref()
-        .and_then(|r| {
-            crate::spec::parse_spec(&r.path, r.yaml.as_bytes(), &Default::default()).spec
-        })
+        .and_then(|r| crate::spec::parse_spec(&r.path, r.yaml.as_bytes(), &Default::default()).spec)
         .map(|s| s.tests)
         .unwrap_or_default();
     let view = SpecPage {
