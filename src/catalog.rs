@@ -41,6 +41,8 @@ pub struct Source<'a> {
     pub listing: Option<&'a Listing>,
     /// The job that produced the spec's latest image (`latest_image_job`).
     pub job: Option<&'a Job>,
+    /// The registry digest recorded when that job pushed (store/image_digests.rs).
+    pub pushed_digest: Option<&'a str>,
     pub size: Option<u64>,
 }
 
@@ -61,7 +63,8 @@ pub fn entry(source: &Source<'_>) -> Option<CatalogEntry> {
         return None;
     }
     let image = job.image.clone()?;
-    let digest = job.image_digest.as_deref()?;
+    // Only a registry's push answer: `Job.image_digest` may hold a local image id.
+    let digest = source.pushed_digest?;
     if !digest.starts_with("sha256:") {
         return None;
     }
@@ -237,6 +240,7 @@ mod tests {
             spec: &spec,
             listing: Some(&listing),
             job: Some(&job),
+            pushed_digest: Some(DIGEST),
             size: Some(123),
         })
         .unwrap();
@@ -277,6 +281,7 @@ mod tests {
                 spec,
                 listing,
                 job,
+                pushed_digest: Some(DIGEST),
                 size: None,
             };
             assert_eq!(entry(&source), None);
@@ -286,9 +291,19 @@ mod tests {
             spec: &live,
             listing: None,
             job: Some(&job),
+            pushed_digest: Some(DIGEST),
             size: None,
         })
         .unwrap();
+        // Without a digest from a push (a local image id on the job) it is not listed.
+        let unpinned = Source {
+            spec: &live,
+            listing: None,
+            job: Some(&job),
+            pushed_digest: None,
+            size: None,
+        };
+        assert_eq!(entry(&unpinned), None);
         assert_eq!(e.display_name, "a");
     }
 
@@ -327,18 +342,21 @@ mod tests {
                 spec: &sa,
                 listing: Some(&same),
                 job: Some(&ja),
+                pushed_digest: Some(DIGEST),
                 size: None,
             },
             Source {
                 spec: &sb,
                 listing: Some(&same),
                 job: Some(&jb),
+                pushed_digest: Some(DIGEST),
                 size: None,
             },
             Source {
                 spec: &sc,
                 listing: None,
                 job: Some(&jc),
+                pushed_digest: Some(DIGEST),
                 size: None,
             },
         ];

@@ -826,6 +826,7 @@ impl Workers {
                 .await?;
             log.line(format!("kiln: pushed {tag}, digest {digest}"));
             if i == 0 {
+                self.store.put_pushed_digest(job.id, &digest)?;
                 job.image_digest = Some(digest);
             }
             job.pushed.push(tag.clone());

@@ -35,6 +35,7 @@
 pub mod backup;
 mod codec;
 pub mod gc;
+pub mod image_digests;
 pub mod listings;
 mod logs;
 mod summary;

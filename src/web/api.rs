@@ -354,7 +354,16 @@ pub(super) async fn catalog(
                 Some(id) => store.job(id)?,
                 None => None,
             };
-            rows.push((spec, listing, job));
+            // Jobs pushed before digests were recorded at push fall back to the job's own.
+            let pushed = match spec.latest_image_job {
+                Some(id) => store.pushed_digest(id)?.or_else(|| {
+                    job.as_ref()
+                        .filter(|j| !j.pushed.is_empty())
+                        .and_then(|j| j.image_digest.clone())
+                }),
+                None => None,
+            };
+            rows.push((spec, listing, job, pushed));
         }
         Ok(rows)
     })
@@ -362,10 +371,11 @@ pub(super) async fn catalog(
     .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     let sources: Vec<crate::catalog::Source<'_>> = loaded
         .iter()
-        .map(|(spec, listing, job)| crate::catalog::Source {
+        .map(|(spec, listing, job, pushed)| crate::catalog::Source {
             spec,
             listing: listing.as_ref(),
             job: job.as_ref(),
+            pushed_digest: pushed.as_deref(),
             size: None,
         })
         .collect();
