@@ -22,6 +22,18 @@ PATH="$PATH:$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))
 export PATH
 kubernetes-validate --version
 
+step "JupyterHub spawners for tests/catalog.rs (PyPI's jupyterhub, jupyterhub-kubespawner, dockerspawner)"
+# A venv of their own under the cache dir (the hub's dependencies stay out of the system
+# Python); tests/catalog.rs runs deploy/jupyterhub/kiln_catalog.py against them.
+KILN_JUPYTERHUB_VENV="${KILN_JUPYTERHUB_VENV:-$HOME/.cache/kiln/jupyterhub-venv}"
+export KILN_JUPYTERHUB_VENV
+if ! "$KILN_JUPYTERHUB_VENV/bin/python" -c 'import jupyterhub, kubespawner, dockerspawner' 2>/dev/null; then
+  python3 -m venv "$KILN_JUPYTERHUB_VENV"
+  "$KILN_JUPYTERHUB_VENV/bin/pip" install --quiet --disable-pip-version-check \
+    'jupyterhub==5.2.1' 'jupyterhub-kubespawner==7.0.0' 'dockerspawner==14.0.0'
+fi
+"$KILN_JUPYTERHUB_VENV/bin/python" -c 'import jupyterhub, kubespawner, dockerspawner; print(jupyterhub.__version__, kubespawner.__version__, dockerspawner.__version__)'
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -167,6 +167,7 @@ struct ConfigFile {
     ca_bundle: Option<PathBuf>,
     max_parallel_builds: Option<usize>,
     build_timeout: Option<u64>,
+    image_test_timeout: Option<u64>,
     max_attempts: Option<u32>,
     retry_backoff: Option<u64>,
     shutdown_grace: Option<u64>,
@@ -214,6 +215,8 @@ pub struct Config {
     pub ca_bundle: Option<PathBuf>,
     pub max_parallel_builds: usize,
     pub build_timeout: Duration,
+    /// Time limit of each of a spec's `tests:` commands.
+    pub image_test_timeout: Duration,
     /// Attempts per job when the Engine or registry fails transiently.
     pub max_attempts: u32,
     /// First retry delay, doubled per attempt.
@@ -343,6 +346,7 @@ impl Config {
             ca_bundle: file.ca_bundle,
             max_parallel_builds,
             build_timeout: Duration::from_secs(file.build_timeout.unwrap_or(3600)),
+            image_test_timeout: Duration::from_secs(file.image_test_timeout.unwrap_or(300).max(1)),
             max_attempts: file.max_attempts.unwrap_or(3).max(1),
             retry_backoff: Duration::from_secs(file.retry_backoff.unwrap_or(2)),
             shutdown_grace: Duration::from_secs(file.shutdown_grace.unwrap_or(30)),

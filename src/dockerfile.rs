@@ -346,6 +346,9 @@ mod tests {
                 conda: vec!["conda-forge::numpy==1.17*".into()],
                 pip: vec!["six==1.16.0".into(), "pandas>=2.1".into()],
             },
+            display_name: None,
+            catalog: Default::default(),
+            tests: vec![],
         }
     }
 
@@ -443,6 +446,9 @@ LABEL org.opencontainers.image.created="2026-11-23T12:00:00Z" \
                 apt: vec!["jq".into(), "jq".into()],
                 ..Packages::default()
             },
+            display_name: None,
+            catalog: Default::default(),
+            tests: vec![],
         };
         let options = RenderOptions {
             base_user: Some("root".into()),
@@ -572,7 +578,7 @@ LABEL org.opencontainers.image.created="2026-11-23T12:00:00Z" \
             for a in &apt { prop_assert!(crate::spec::rules::check_apt(a).is_ok(), "generator made invalid apt {a}"); }
             for p in &pip { prop_assert!(crate::spec::rules::check_pip(p).is_ok(), "generator made invalid pip {p}"); }
             for c in &conda { prop_assert!(crate::spec::rules::check_conda(c).is_ok(), "generator made invalid conda {c}"); }
-            let spec = ImageSpec { name: "p".into(), description: None, base_image: "debian:bookworm".into(), pull_secret: None, packages: Packages { apt, conda, pip } };
+            let spec = ImageSpec { name: "p".into(), description: None, base_image: "debian:bookworm".into(), pull_secret: None, packages: Packages { apt, conda, pip }, display_name: None, catalog: Default::default(), tests: vec![] };
             let text = render(&spec, &rev(), &RenderOptions { base_user: user, ca_bundle: ca });
             prop_assert_eq!(every_line_is_an_instruction_or_continuation(&text), Ok(()));
         }

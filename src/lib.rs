@@ -5,12 +5,14 @@
 pub mod backoff;
 pub mod builder;
 pub mod buildkit;
+pub mod catalog;
 pub mod check;
 pub mod commands;
 pub mod config;
 pub mod docker;
 pub mod dockerfile;
 pub mod http_client;
+pub mod image_tests;
 pub mod jobs;
 pub mod model;
 pub mod pool;

@@ -102,6 +102,9 @@ pub struct Plan {
     pub spec_paths: BTreeMap<String, Vec<String>>,
     pub jobs: Vec<NewJob>,
     pub cancellations: Vec<Cancellation>,
+    /// Catalogue listing of every valid spec observed, also when its digest is unchanged
+    /// (`displayName`, `catalog:` and `description` are outside the digest).
+    pub listings: BTreeMap<String, crate::store::listings::Listing>,
 }
 
 impl Plan {
@@ -110,6 +113,7 @@ impl Plan {
             && self.specs.is_empty()
             && self.jobs.is_empty()
             && self.cancellations.is_empty()
+        // `listings` left out: re-observing a file restates its listing, which changes nothing.
     }
 }
 
@@ -166,6 +170,12 @@ fn observe<V: StateView>(
     }
 
     let (parsed, content_key, primary) = evaluate(obs, &settings.spec_context);
+    if let [only] = parsed.as_slice()
+        && let Some(valid) = &only.spec
+    {
+        let listing = crate::store::listings::Listing::of(valid);
+        plan.listings.insert(obs.name.clone(), listing);
+    }
     let unchanged = current
         .as_ref()
         .is_some_and(|r| !r.deleted && r.content_key == content_key);

@@ -121,6 +121,7 @@ pub fn build_settings(config: &Config) -> Result<BuildSettings, ServeError> {
         ca_bundle,
         max_parallel: config.max_parallel_builds,
         timeout: config.build_timeout,
+        image_test_timeout: config.image_test_timeout,
         max_attempts: config.max_attempts,
         retry_backoff: config.retry_backoff,
         shutdown_grace: config.shutdown_grace,

@@ -135,6 +135,7 @@ impl Syncer {
                 .await
                 .map_err(|e| SyncError::Worker(e.to_string()))??;
         let jobs = self.store.apply(&plan, &head).await?;
+        self.store.put_listings(&plan.listings)?;
         let outcome = SyncOutcome {
             head: Some(head),
             steps: step_count,

@@ -83,6 +83,8 @@ pub struct BuildSettings {
     pub ca_bundle: Option<Vec<u8>>,
     pub max_parallel: usize,
     pub timeout: Duration,
+    /// Time limit of each image test (`tests:` in the spec).
+    pub image_test_timeout: Duration,
     /// Attempts per job for transient failures.
     pub max_attempts: u32,
     /// First retry delay; doubled per attempt, at most [`MAX_RETRY_DELAY`].
@@ -102,6 +104,7 @@ impl Default for BuildSettings {
             ca_bundle: None,
             max_parallel: 2,
             timeout: Duration::from_secs(3600),
+            image_test_timeout: crate::image_tests::DEFAULT_TIMEOUT,
             max_attempts: 3,
             retry_backoff: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(30),
@@ -570,6 +573,17 @@ impl Workers {
             };
             // Unsent (the build failed) the sender is dropped and the listing gives up.
             let _ = built_tx.send(image_id);
+            // Between built and pushed: a failing image test fails the job, nothing is pushed.
+            let tests = crate::image_tests::tests_of(&self.store, job)?;
+            crate::image_tests::run_all(
+                b,
+                &tags[0],
+                &tests,
+                self.settings.image_test_timeout,
+                log,
+                cancel,
+            )
+            .await?;
             self.push_all(b, job, &tags, log, cancel).await
         };
         let (pushed, listing) = tokio::join!(build_and_push, async {
@@ -759,6 +773,7 @@ impl Workers {
                 .await?;
             log.line(format!("kiln: pushed {tag}, digest {digest}"));
             if i == 0 {
+                self.store.put_pushed_digest(job.id, &digest)?;
                 job.image_digest = Some(digest);
             }
             job.pushed.push(tag.clone());

@@ -27,10 +27,13 @@ pub enum Rule {
     BlockStyle,
     PackageNamePattern,
     UnreadableFile,
+    DisplayName,
+    CatalogGroup,
+    ImageTest,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 20] = [
+    pub const ALL: [Rule; 23] = [
         Rule::FileTooLarge,
         Rule::NotUtf8,
         Rule::YamlSyntax,
@@ -51,6 +54,9 @@ impl Rule {
         Rule::BlockStyle,
         Rule::PackageNamePattern,
         Rule::UnreadableFile,
+        Rule::DisplayName,
+        Rule::CatalogGroup,
+        Rule::ImageTest,
     ];
 
     pub fn id(self) -> &'static str {
@@ -75,6 +81,9 @@ impl Rule {
             Rule::BlockStyle => "block-style",
             Rule::PackageNamePattern => "package-name-pattern",
             Rule::UnreadableFile => "unreadable-file",
+            Rule::DisplayName => "display-name",
+            Rule::CatalogGroup => "catalog-group",
+            Rule::ImageTest => "image-test",
         }
     }
 }

@@ -4,7 +4,9 @@
 //! already built re-uses that image. So the digest covers exactly what changes the image — the
 //! base image (fully qualified, so `ubuntu` and `docker.io/library/ubuntu:latest` agree), the
 //! pull secret and the three package sets — and nothing else: not comments, key order, list
-//! order, list-vs-block style or the description.
+//! order, list-vs-block style, the description, `displayName` or `catalog:` (presentation
+//! only: changing them builds nothing). `tests:` is covered, in the order written: a changed
+//! test is a new revision whose build (from cache) runs it before anything is pushed.
 
 use super::{ImageSpec, Manager, rules};
 use sha2::{Digest, Sha256};
@@ -24,6 +26,11 @@ pub fn canonical_digest(spec: &ImageSpec) -> String {
         "conda": spec.packages.normalized(Manager::Conda),
         "pip": spec.packages.normalized(Manager::Pip),
     });
+    let mut canonical = canonical;
+    // Absent when empty, so specs without tests keep the digest they had before `tests:` existed.
+    if !spec.tests.is_empty() {
+        canonical["tests"] = serde_json::json!(spec.tests);
+    }
     // serde_json's map is ordered by key (no `preserve_order` feature), so this is canonical.
     let bytes = canonical.to_string();
     format!("sha256:{}", hex::encode(Sha256::digest(bytes.as_bytes())))
@@ -46,7 +53,37 @@ mod tests {
                 pip: pip.iter().map(|s| s.to_string()).collect(),
                 conda: vec![],
             },
+            display_name: None,
+            catalog: Default::default(),
+            tests: vec![],
         }
+    }
+
+    #[test]
+    fn display_name_and_catalog_are_not_part_of_the_digest_but_tests_are() {
+        let a = "name: demo\nbaseImage: debian:bookworm\npackages:\n  apt: [curl]\n";
+        let b = "name: demo\nbaseImage: debian:bookworm\ndisplayName: Demo (2026)\ncatalog:\n  hidden: true\n  groups: [physics, chem]\n  default: true\npackages:\n  apt: [curl]\n";
+        let c = "name: demo\nbaseImage: debian:bookworm\ntests:\n  - curl --version\npackages:\n  apt: [curl]\n";
+        let ctx = SpecContext::default();
+        let (pa, pb, pc) = (
+            parse_spec("demo.yaml", a.as_bytes(), &ctx),
+            parse_spec("demo.yaml", b.as_bytes(), &ctx),
+            parse_spec("demo.yaml", c.as_bytes(), &ctx),
+        );
+        assert_eq!(pb.diagnostics, vec![]);
+        assert_eq!(pc.diagnostics, vec![]);
+        let sb = pb.spec.as_ref().unwrap();
+        assert_eq!(sb.display_name.as_deref(), Some("Demo (2026)"));
+        assert!(sb.catalog.hidden && sb.catalog.default);
+        assert_eq!(sb.catalog.groups, ["physics", "chem"]);
+        assert_eq!(pc.spec.as_ref().unwrap().tests, ["curl --version"]);
+        assert_eq!(pa.digest, pb.digest, "presentation fields build nothing");
+        assert_ne!(pa.digest, pc.digest, "a test is a new revision");
+        // Without tests the digest is the one specs had before `tests:` existed.
+        assert_eq!(
+            pa.digest.unwrap(),
+            canonical_digest(&spec("debian:bookworm", &["curl"], &[]))
+        );
     }
 
     #[test]

@@ -44,6 +44,31 @@ pub struct ImageSpec {
     pub pull_secret: Option<String>,
     #[serde(default)]
     pub packages: Packages,
+    /// Name shown to platform users in the catalogue and spawners; not part of the digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// How the catalogue lists the image; not part of the digest.
+    #[serde(default)]
+    pub catalog: CatalogSettings,
+    /// Shell commands run in the built image, without network, before anything is pushed.
+    /// Part of the digest: a change of tests is a new revision whose build runs them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tests: Vec<String>,
+}
+
+/// The `catalog:` block: presentation only, so it never changes what is built.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogSettings {
+    /// Built and pushed, but not listed in the catalogue.
+    #[serde(default)]
+    pub hidden: bool,
+    /// Groups for spawners that offer an image only to some users. (No `skip_serializing_if`
+    /// here: the catalogue's listing stores this struct with postcard, which needs every field.)
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// The image spawners pre-select.
+    #[serde(default)]
+    pub default: bool,
 }
 
 /// Packages per manager, trimmed, in the order the file lists them.

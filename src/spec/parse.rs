@@ -2,11 +2,28 @@
 
 use super::rules::{self, LineError};
 use super::yaml::{self, Node, Pos, Value};
-use super::{Diagnostic, ImageSpec, MAX_SPEC_BYTES, Manager, Packages, Rule, canonical_digest};
+use super::{
+    CatalogSettings, Diagnostic, ImageSpec, MAX_SPEC_BYTES, Manager, Packages, Rule,
+    canonical_digest,
+};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
-const TOP_KEYS: [&str; 5] = ["name", "description", "baseImage", "pullSecret", "packages"];
+const TOP_KEYS: [&str; 8] = [
+    "name",
+    "description",
+    "baseImage",
+    "pullSecret",
+    "packages",
+    "displayName",
+    "catalog",
+    "tests",
+];
+const CATALOG_KEYS: [&str; 3] = ["hidden", "groups", "default"];
+/// A display name longer than this is no longer a name (spawners show it on one line).
+const MAX_DISPLAY_NAME: usize = 100;
+/// A test command longer than this belongs in a script inside the image.
+const MAX_TEST_COMMAND: usize = 4096;
 const PACKAGE_KEYS: [&str; 3] = ["apt", "conda", "pip"];
 
 /// What validation may know beyond the file itself.
@@ -207,6 +224,8 @@ impl Walker<'_> {
         };
         let (mut name, mut description, mut base_image, mut pull_secret) = (None, None, None, None);
         let mut packages = Some(Packages::default());
+        let (mut display_name, mut catalog, mut tests) =
+            (Some(None), Some(CatalogSettings::default()), Some(vec![]));
         for (key, value) in entries {
             let Some(key_text) = self.key(key) else {
                 continue;
@@ -217,6 +236,9 @@ impl Walker<'_> {
                 "baseImage" => base_image = self.base_image(value),
                 "pullSecret" => pull_secret = self.pull_secret(value),
                 "packages" => packages = self.packages(value),
+                "displayName" => display_name = self.display_name(value),
+                "catalog" => catalog = self.catalog(value),
+                "tests" => tests = self.tests(value),
                 other => self.unknown_key(key.pos, other, &TOP_KEYS, ""),
             }
         }
@@ -240,7 +262,176 @@ impl Walker<'_> {
             base_image: base_image?,
             pull_secret,
             packages: packages?,
+            display_name: display_name?,
+            catalog: catalog?,
+            tests: tests?,
         })
+    }
+
+    /// `displayName`: one line of text. `Some(None)` when absent-as-null; `None` on error.
+    fn display_name(&mut self, node: &Node) -> Option<Option<String>> {
+        if node.value == Value::Null {
+            return Some(None);
+        }
+        let (text, pos) = self.scalar(node, "displayName")?;
+        let trimmed = text.trim();
+        if trimmed.is_empty()
+            || trimmed.contains('\n')
+            || trimmed.chars().count() > MAX_DISPLAY_NAME
+        {
+            self.out.push(
+                pos,
+                Rule::DisplayName,
+                format!(
+                    "`displayName` is one non-empty line of at most {MAX_DISPLAY_NAME} characters"
+                ),
+            );
+            return None;
+        }
+        Some(Some(trimmed.to_string()))
+    }
+
+    /// `catalog:` with `hidden`, `groups` and `default`.
+    fn catalog(&mut self, node: &Node) -> Option<CatalogSettings> {
+        let mut settings = CatalogSettings::default();
+        let entries = match &node.value {
+            Value::Null => return Some(settings),
+            Value::Map(entries) => entries,
+            other => {
+                self.out.push(
+                    node.pos,
+                    Rule::WrongType,
+                    format!(
+                        "`catalog` must be a mapping with `hidden`, `groups` and/or `default`, not {}",
+                        other.kind()
+                    ),
+                );
+                return None;
+            }
+        };
+        let before = self.out.diagnostics.len();
+        for (key, value) in entries {
+            let Some(key_text) = self.key(key) else {
+                continue;
+            };
+            match key_text {
+                "hidden" => settings.hidden = self.boolean(value, "catalog.hidden"),
+                "default" => settings.default = self.boolean(value, "catalog.default"),
+                "groups" => settings.groups = self.groups(value),
+                other => self.unknown_key(key.pos, other, &CATALOG_KEYS, " under `catalog`"),
+            }
+        }
+        (self.out.diagnostics.len() == before).then_some(settings)
+    }
+
+    /// `true`/`false`; any other value is reported (and read as `false`).
+    fn boolean(&mut self, node: &Node, what: &str) -> bool {
+        match &node.value {
+            Value::Scalar(s) if s == "true" => true,
+            Value::Scalar(s) if s == "false" => false,
+            other => {
+                self.out.push(
+                    node.pos,
+                    Rule::WrongType,
+                    format!("`{what}` must be `true` or `false`, not {}", other.kind()),
+                );
+                false
+            }
+        }
+    }
+
+    /// `catalog.groups`: a list of group names as the hub's authenticator spells them.
+    fn groups(&mut self, node: &Node) -> Vec<String> {
+        let items = match &node.value {
+            Value::Null => return vec![],
+            Value::Seq(items) => items,
+            other => {
+                self.out.push(
+                    node.pos,
+                    Rule::WrongType,
+                    format!(
+                        "`catalog.groups` must be a list of group names, not {}",
+                        other.kind()
+                    ),
+                );
+                return vec![];
+            }
+        };
+        let mut groups = Vec::with_capacity(items.len());
+        for item in items {
+            match &item.value {
+                Value::Scalar(s)
+                    if !s.trim().is_empty()
+                        && s.trim().len() <= 256
+                        && !s.chars().any(|c| c.is_control()) =>
+                {
+                    if groups.contains(&s.trim().to_string()) {
+                        self.out.push(
+                            item.pos,
+                            Rule::CatalogGroup,
+                            format!("group `{}` is listed twice", s.trim()),
+                        );
+                    } else {
+                        groups.push(s.trim().to_string());
+                    }
+                }
+                Value::Scalar(_) | Value::Null => self.out.push(
+                    item.pos,
+                    Rule::CatalogGroup,
+                    "a group name is a non-empty line of at most 256 characters",
+                ),
+                other => self.out.push(
+                    item.pos,
+                    Rule::WrongType,
+                    format!(
+                        "`catalog.groups` entries must be strings, not {}",
+                        other.kind()
+                    ),
+                ),
+            }
+        }
+        groups
+    }
+
+    /// `tests:` a list of shell commands, each run with `sh -c` in the built image.
+    fn tests(&mut self, node: &Node) -> Option<Vec<String>> {
+        let items = match &node.value {
+            Value::Null => return Some(vec![]),
+            Value::Seq(items) => items,
+            other => {
+                self.out.push(
+                    node.pos,
+                    Rule::WrongType,
+                    format!(
+                        "`tests` must be a list of shell commands, not {}",
+                        other.kind()
+                    ),
+                );
+                return None;
+            }
+        };
+        let before = self.out.diagnostics.len();
+        let mut tests = Vec::with_capacity(items.len());
+        for item in items {
+            match &item.value {
+                Value::Scalar(s) if s.trim().is_empty() => {
+                    self.out.push(item.pos, Rule::ImageTest, "empty test command")
+                }
+                Value::Scalar(s) if s.len() > MAX_TEST_COMMAND || s.contains('\0') => self.out.push(
+                    item.pos,
+                    Rule::ImageTest,
+                    format!("a test command is at most {MAX_TEST_COMMAND} bytes without NUL; put longer tests in a script"),
+                ),
+                Value::Scalar(s) => tests.push(s.trim().to_string()),
+                Value::Null => self.out.push(item.pos, Rule::ImageTest, "empty test command"),
+                other => self.out.push(
+                    item.pos,
+                    Rule::WrongType,
+                    format!("`tests` entries must be strings (shell commands), not {}", other.kind()),
+                ),
+            }
+        }
+        (self.out.diagnostics.len() == before).then_some(tests)
     }
 
     fn key<'n>(&mut self, key: &'n Node) -> Option<&'n str> {
@@ -592,6 +783,31 @@ mod tests {
     }
 
     const HEAD: &str = "name: demo\nbaseImage: debian:bookworm\n";
+
+    #[test]
+    fn catalogue_fields_and_tests_are_checked_where_they_are() {
+        let cases: [(&str, Rule, u32, u32); 7] = [
+            ("displayName: \"\"\n", Rule::DisplayName, 3, 14),
+            ("displayName: [a]\n", Rule::WrongType, 3, 14),
+            ("catalog:\n  hidden: maybe\n", Rule::WrongType, 4, 11),
+            ("catalog:\n  groups: [a, a]\n", Rule::CatalogGroup, 4, 15),
+            ("catalog:\n  colour: red\n", Rule::UnknownKey, 4, 3),
+            ("tests:\n  - \"\"\n", Rule::ImageTest, 4, 5),
+            ("tests: echo hi\n", Rule::WrongType, 3, 8),
+        ];
+        for (tail, rule, line, column) in cases {
+            let (r, l, c, message) = only("demo.yaml", &format!("{HEAD}{tail}"));
+            assert_eq!((r, l, c), (rule, line, column), "{tail}: {message}");
+        }
+        let ok = check(
+            "demo.yaml",
+            &format!(
+                "{HEAD}displayName: Demo\ncatalog: {{hidden: false, groups: [], default: false}}\ntests: [\"true\"]\n"
+            ),
+        );
+        assert_eq!(ok.diagnostics, vec![]);
+        assert_eq!(ok.spec.unwrap().tests, ["true"]);
+    }
 
     #[test]
     fn a_full_spec_parses() {

@@ -23,6 +23,34 @@ struct SpecFile {
     /// Name of a registry credential configured in Kiln, used to pull the base image.
     pull_secret: Option<String>,
     packages: Option<PackageSets>,
+    /// Name shown to platform users in the catalogue and spawners; not part of the image
+    /// (changing it builds nothing).
+    #[schemars(length(min = 1, max = 100))]
+    display_name: Option<String>,
+    /// How the image catalogue lists this image; not part of the image.
+    catalog: Option<CatalogBlock>,
+    /// Shell commands run (`sh -c`, no network, a time limit each) in the built image before
+    /// anything is pushed; a failing one fails the job. Part of the image's digest.
+    tests: Option<Vec<TestCommand>>,
+}
+
+/// A shell command, run with `/bin/sh -c` in the built image.
+#[allow(dead_code)]
+#[derive(JsonSchema)]
+#[schemars(transparent)]
+struct TestCommand(#[schemars(length(min = 1, max = 4096))] String);
+
+#[allow(dead_code)]
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct CatalogBlock {
+    /// Built and pushed, but not listed in the catalogue.
+    hidden: Option<bool>,
+    /// Only members of one of these groups are offered the image (spawners that filter by group).
+    #[schemars(inner(length(min = 1, max = 256)))]
+    groups: Option<Vec<String>>,
+    /// The image spawners pre-select.
+    default: Option<bool>,
 }
 
 #[allow(dead_code)]
@@ -66,6 +94,12 @@ mod tests {
             "apt",
             "conda",
             "pip",
+            "displayName",
+            "catalog",
+            "hidden",
+            "groups",
+            "default",
+            "tests",
             "additionalProperties",
         ] {
             assert!(json.contains(key), "{key} missing from schema");

@@ -42,7 +42,7 @@ use thiserror::Error;
 pub const MAGIC: &[u8; 8] = b"KILNBKP\n";
 pub const FORMAT_VERSION: u32 = 1;
 /// Trees copied under the write lock, in this order.
-const SNAPSHOT_TREES: [&str; 9] = [
+const SNAPSHOT_TREES: [&str; 11] = [
     "meta",
     "specs",
     "revisions",
@@ -52,6 +52,10 @@ const SNAPSHOT_TREES: [&str; 9] = [
     "built",
     "paths",
     "installed",
+    // The catalogue's listings (store/listings.rs): not rebuilt by a sync of unchanged specs.
+    "listings",
+    // Registry digests recorded at push (store/image_digests.rs).
+    "image_digests",
 ];
 const LOG_TREE: &str = "log_chunks";
 /// Refuse keys or values longer than this: a corrupt length must not allocate gigabytes.

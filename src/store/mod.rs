@@ -35,6 +35,8 @@
 pub mod backup;
 mod codec;
 pub mod gc;
+pub mod image_digests;
+pub mod listings;
 mod logs;
 mod summary;
 

@@ -328,3 +328,67 @@ pub(super) async fn job_log(
     )
         .into_response())
 }
+
+#[derive(Deserialize, Default)]
+pub(super) struct CatalogOptions {
+    /// `kubespawner` (a `profile_list`), `dockerspawner` (`allowed_images`); Kiln's own by default.
+    format: Option<String>,
+}
+
+/// `GET /api/v1/catalog`: the latest successful, digest-pinned image of every live, listed
+/// spec (see [`crate::catalog`]); `?format=kubespawner|dockerspawner` for the spawners.
+pub(super) async fn catalog(
+    State(state): State<AppState>,
+    Query(options): Query<CatalogOptions>,
+) -> Result<Response, ApiError> {
+    let store = state.store.clone();
+    let loaded = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+        let mut rows = vec![];
+        for spec in store.specs() {
+            let spec = spec?;
+            if spec.deleted || spec.latest_image_job.is_none() {
+                continue;
+            }
+            let listing = store.listing(&spec.name)?;
+            let job = match spec.latest_image_job {
+                Some(id) => store.job(id)?,
+                None => None,
+            };
+            // Jobs pushed before digests were recorded at push fall back to the job's own.
+            let pushed = match spec.latest_image_job {
+                Some(id) => store.pushed_digest(id)?.or_else(|| {
+                    job.as_ref()
+                        .filter(|j| !j.pushed.is_empty())
+                        .and_then(|j| j.image_digest.clone())
+                }),
+                None => None,
+            };
+            rows.push((spec, listing, job, pushed));
+        }
+        Ok(rows)
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let sources: Vec<crate::catalog::Source<'_>> = loaded
+        .iter()
+        .map(|(spec, listing, job, pushed)| crate::catalog::Source {
+            spec,
+            listing: listing.as_ref(),
+            job: job.as_ref(),
+            pushed_digest: pushed.as_deref(),
+            size: None,
+        })
+        .collect();
+    let entries = crate::catalog::entries(&sources);
+    Ok(match options.format.as_deref() {
+        None | Some("kiln") => Json(serde_json::json!({ "images": entries })).into_response(),
+        Some("kubespawner") => Json(crate::catalog::kubespawner(&entries)).into_response(),
+        Some("dockerspawner") => Json(crate::catalog::dockerspawner(&entries)).into_response(),
+        Some(other) => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("unknown format `{other}`; use kubespawner or dockerspawner"),
+            ));
+        }
+    })
+}

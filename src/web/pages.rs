@@ -371,6 +371,11 @@ struct SpecPage {
     unreadable: bool,
     jobs: Vec<JobRowView>,
     pager: Pager,
+    /// `displayName` and how the catalogue lists the image, as last committed.
+    display_name: Option<String>,
+    listed: String,
+    /// The current revision's `tests:` (their results are in each job's log).
+    tests: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -431,7 +436,17 @@ pub(super) async fn spec_page(
             format!("/specs/{}#jobs", encode(&name))
         }
     };
+    let listing = store.listing(&name)?.unwrap_or_default();
+    let listed = crate::catalog::listed_as(&listing);
+    let tests = current
+        .as_ref()
+        .and_then(|r| crate::spec::parse_spec(&r.path, r.yaml.as_bytes(), &Default::default()).spec)
+        .map(|s| s.tests)
+        .unwrap_or_default();
     let view = SpecPage {
+        display_name: listing.display_name.clone(),
+        listed,
+        tests,
         layout: Layout::new(&state, name.clone(), "specs"),
         status,
         image: record.latest_image.clone(),

@@ -21,6 +21,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/jobs/{id}", get(api::get_job))
         .route("/api/v1/jobs/{id}/log", get(api::job_log))
         .route("/api/v1/jobs/{id}/packages", get(api::job_packages))
+        .route("/api/v1/catalog", get(api::catalog))
         .route("/api/v1/backup", get(backup::backup))
         // Signed webhooks: the only POST routes, and they only ask for a fetch.
         .route("/hooks/github", post(hooks::github))
