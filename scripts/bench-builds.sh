@@ -355,7 +355,7 @@ sec() { awk -v ms="$1" 'BEGIN {printf "%.1f", ms / 1000}'; }
   echo "cpu:      $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
   echo "memory:   $(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
   echo "kernel:   $(uname -r)"
-  echo "engine:   Docker $(docker version --format '{{.Server.Version}}') ($(docker info --format '{{.Driver}}' 2>/dev/null), classic builder)"
+  echo "engine:   Docker $(docker version --format '{{.Server.Version}}') ($(docker info --format '{{.Driver}}' 2>/dev/null), builds on its BuildKit)"
   echo "kiln:     $BIN ($("$BIN" --version), sha256 $(sha256sum "$BIN" | cut -c1-12)); repo HEAD $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')${KILN_BIN:+ (KILN_BIN given: the binary may be from another commit)}"
   echo "load avg: $(cut -d' ' -f1-3 /proc/loadavg) (at start)"
   echo "runs:     $RUNS, parts: $PARTS, log: $LOG_MB MB, specs: $SPECS"
