@@ -166,6 +166,8 @@ struct ConfigFile {
     pull_secrets: BTreeMap<String, String>,
     ca_bundle: Option<PathBuf>,
     max_parallel_builds: Option<usize>,
+    /// Seconds between health probes of each build worker (default 10).
+    worker_probe_interval: Option<u64>,
     build_timeout: Option<u64>,
     image_test_timeout: Option<u64>,
     max_attempts: Option<u32>,
@@ -201,6 +203,8 @@ pub struct Config {
     pub registry: Option<String>,
     pub no_build: bool,
     pub poll_interval: Duration,
+    /// How often each build worker is probed (`worker_probe_interval`, default 10 s).
+    pub worker_probe_interval: Duration,
     /// Engine endpoint; `None` = `DOCKER_HOST` or the local socket.
     pub docker_host: Option<String>,
     /// Speak mutual TLS to a `tcp://` Engine; `None` = as `DOCKER_TLS_VERIFY` says.
@@ -337,6 +341,9 @@ impl Config {
                     .or(file.poll_interval)
                     .unwrap_or(60)
                     .max(1),
+            ),
+            worker_probe_interval: Duration::from_secs(
+                file.worker_probe_interval.unwrap_or(10).max(1),
             ),
             docker_host: file.docker_host,
             docker_tls_verify: file.docker_tls_verify,

@@ -189,9 +189,7 @@ pub async fn serve(
         None
     } else {
         let settings = build_settings(&config)?;
-        let endpoint = engine_endpoint(&config);
-        endpoint.resolve(|name| std::env::var(name).ok())?;
-        Some((settings, endpoint))
+        Some((settings, crate::pool::WorkerPool::from_config(&config, &shutdown)?))
     };
     let counters = Arc::new(Counters::default());
     let state = AppState::new(
@@ -217,14 +215,10 @@ pub async fn serve(
     tracing::info!(listen = %addr, repo = %crate::repo::redact(&config.repo), "kiln serving");
 
     let tasks = TaskTracker::new();
-    if let Some((settings, endpoint)) = build {
+    if let Some((settings, pool)) = build {
         let (store, shutdown) = (store.clone(), shutdown.clone());
         tasks.spawn(async move {
-            if let Some(engine) = Engine::connect_when_ready(&endpoint, &shutdown).await {
-                Workers::new(store, engine, settings)
-                    .run_forever(shutdown)
-                    .await
-            }
+            Workers::new(store, pool, settings).run_forever(shutdown).await
         });
     }
     tasks.spawn(crate::retention::run(

@@ -16,12 +16,14 @@
 //! - [`health`]: a probe of one worker on an interval, giving healthy, or unhealthy with the
 //!   error and since when.
 //!
-//! Jobs do not use the pool yet: it plugs into the builder seam of the jobs module.
+//! - [`lease`]: the pool as the jobs' `Builders` (slots per worker, placement, probes).
 
 pub mod health;
+pub mod lease;
 pub mod placement;
 pub mod worker_config;
 
 pub use health::{Health, spawn_probe};
+pub use lease::{WorkerPool, WorkerStatus};
 pub use placement::{Placement, Unplaced, WorkerLoad};
 pub use worker_config::{WorkerConfig, WorkerConfigError, WorkerKind};
