@@ -419,20 +419,17 @@ impl Workers {
         }
     }
 
-    /// One attempt: a builder leased for it, the job produced within the timeout.
+    /// One attempt on a leased builder: the job produced within the timeout.
     async fn attempt(
         &self,
+        builder: &dyn Builder,
         job: &mut Job,
         log: &mut JobLog,
         cancel: &CancellationToken,
     ) -> Attempt {
-        let lease = match self.builders.lease(&job.spec, job.id, cancel).await {
-            Ok(lease) => lease,
-            Err(e) => return Attempt::Failed(e.into()),
-        };
         let produced = tokio::time::timeout(
             self.settings.timeout,
-            self.produce(lease.builder(), job, log, cancel),
+            self.produce(builder, job, log, cancel),
         )
         .await;
         match produced {
@@ -447,6 +444,18 @@ impl Workers {
         let policy = self.settings.attempt_policy();
 
         let outcome = loop {
+            // A builder first: waiting for one (every worker down or full) is not an
+            // attempt, and the job stays queued meanwhile.
+            let lease = match self.builders.lease(&job.spec, job.id, &cancel).await {
+                Ok(lease) => lease,
+                Err(e) => {
+                    let e = JobError::from(e);
+                    break match self.failure_kind(&e, &cancel) {
+                        FailureKind::Stopped => Attempt::Requeue,
+                        _ => Attempt::Failed(e),
+                    };
+                }
+            };
             job.status = JobStatus::Running;
             job.attempts += 1;
             job.started_at = Some(now());
@@ -469,7 +478,12 @@ impl Workers {
                     JobPlan::Reuse { from } => format!("re-use of job {from}"),
                 }
             ));
-            let e = match self.attempt(&mut job, &mut log, &cancel).await {
+            let attempted = self
+                .attempt(lease.builder(), &mut job, &mut log, &cancel)
+                .await;
+            // The slot goes back before any wait for a retry.
+            drop(lease);
+            let e = match attempted {
                 Attempt::Failed(e) => e,
                 other => break other,
             };
