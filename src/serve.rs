@@ -189,7 +189,10 @@ pub async fn serve(
         None
     } else {
         let settings = build_settings(&config)?;
-        Some((settings, crate::pool::WorkerPool::from_config(&config, &shutdown)?))
+        Some((
+            settings,
+            crate::pool::WorkerPool::from_config(&config, &shutdown)?,
+        ))
     };
     let counters = Arc::new(Counters::default());
     let state = AppState::new(
@@ -218,7 +221,9 @@ pub async fn serve(
     if let Some((settings, pool)) = build {
         let (store, shutdown) = (store.clone(), shutdown.clone());
         tasks.spawn(async move {
-            Workers::new(store, pool, settings).run_forever(shutdown).await
+            Workers::new(store, pool, settings)
+                .run_forever(shutdown)
+                .await
         });
     }
     tasks.spawn(crate::retention::run(

@@ -323,7 +323,10 @@ mod tests {
             tokio::spawn(async move { pool.lease("spec", 2, &cancel).await.map(|_| ()) })
         };
         drop(lease);
-        waiting.await.expect("no panic").expect("leased after release");
+        waiting
+            .await
+            .expect("no panic")
+            .expect("leased after release");
         assert_eq!(pool.status()[0].running, 0);
         shutdown.cancel();
     }
