@@ -52,8 +52,9 @@ DOCKERD_ENV=$STATE/dockerd.env
 # The Engine's embedded BuildKit cuts a step's log at 2 MiB and throttles it past 100 KiB/s by
 # default ("[output clipped, log limit 2MiB reached]"): a job log must keep all of a step's
 # output, so every Engine this script starts has both limits raised. Not -1: the BuildKit of
-# Engine 20.10 takes -1 literally and clips every step at once ("log limit -1B reached").
-BUILDKIT_LOG_ENV=(BUILDKIT_STEP_LOG_MAX_SIZE=10737418240 BUILDKIT_STEP_LOG_MAX_SPEED=1073741824)
+# Engine 20.10 takes -1 literally and clips every step at once ("log limit -1B reached"), and
+# ignores a size past 32 bits (10 GiB left the 2 MiB default in place): 2 GiB per step it is.
+BUILDKIT_LOG_ENV=(BUILDKIT_STEP_LOG_MAX_SIZE=2147483647 BUILDKIT_STEP_LOG_MAX_SPEED=1073741824)
 DOCKERD_PID=$RUN_DIR/dockerd.pid
 DOCKERD_LOG=$LOG_DIR/dockerd.log
 DATA_ROOT=${KILN_DOCKER_DATA_ROOT:-/var/lib/docker}

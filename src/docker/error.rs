@@ -75,7 +75,8 @@ impl EngineError {
 }
 
 /// A TLS handshake that failed on a certificate (rustls' and Go's words): not network trouble.
-fn looks_like_tls_refusal(message: &str) -> bool {
+/// The pool reads a worker's probe error with it: a refused certificate will be refused again.
+pub(crate) fn looks_like_tls_refusal(message: &str) -> bool {
     let message = message.to_ascii_lowercase();
     [
         "certificate",

@@ -43,6 +43,6 @@ pub use endpoint::{DEFAULT_ENDPOINT, EngineEndpoint, TlsFiles, Transport};
 pub use engine::Engine;
 pub(crate) use engine::client;
 pub use error::EngineError;
-pub(crate) use error::bollard_message;
+pub(crate) use error::{bollard_message, looks_like_tls_refusal};
 pub use lines::LogSink;
 pub use run::{RUN_CAPTURE_LIMIT, RUN_CAPTURE_TIMEOUT};

@@ -6,6 +6,11 @@
 //! many workers are the same to them; `max_parallel_builds` stays the jobs' global cap.
 //! A lease that cannot be had yet (every worker down or full) waits — it is not an attempt —
 //! and wakes when a slot is given back or a worker's health changes, or when cancelled.
+//!
+//! One exception: when no worker is healthy and every one of them refused Kiln at set-up (its
+//! TLS certificate, which the next probe will refuse again), waiting would hide the mistake
+//! forever. The lease then goes to the spec's worker anyway, so the attempt fails with the
+//! Engine's own refusal in the job's error, as with a single Engine.
 
 use super::health::{Health, PROBE_TIMEOUT, spawn_probe};
 use super::placement::{Unplaced, WorkerLoad, place};
@@ -179,7 +184,20 @@ impl WorkerPool {
                 running: running[i],
             })
             .collect();
-        let index = place(spec, &loads)?.index;
+        let index = match place(spec, &loads) {
+            Ok(placed) => placed.index,
+            Err(Unplaced::NoneHealthy) if self.all_refused() => {
+                let anyway: Vec<WorkerLoad<'_>> = loads
+                    .iter()
+                    .map(|l| WorkerLoad {
+                        healthy: true,
+                        ..*l
+                    })
+                    .collect();
+                place(spec, &anyway)?.index
+            }
+            Err(why) => return Err(why),
+        };
         let engine = match self.inner.workers[index].engine() {
             Ok(engine) => engine,
             Err(error) => {
@@ -203,6 +221,16 @@ impl WorkerPool {
                 inner.changed.notify_waiters();
             }),
         ))
+    }
+
+    /// Whether every worker's last probe was a set-up refusal (not "down").
+    fn all_refused(&self) -> bool {
+        self.inner.workers.iter().all(|w| {
+            w.health
+                .borrow()
+                .error()
+                .is_some_and(crate::docker::looks_like_tls_refusal)
+        })
     }
 
     /// The worker name a lease's builder belongs to (for the job record).
