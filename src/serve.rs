@@ -195,7 +195,7 @@ pub async fn serve(
         ))
     };
     let counters = Arc::new(Counters::default());
-    let state = AppState::new(
+    let mut state = AppState::new(
         store.clone(),
         AppInfo {
             repo: config.repo.clone(),
@@ -211,6 +211,9 @@ pub async fn serve(
         Arc::clone(&counters),
         shutdown.clone(),
     );
+    if let Some((_, pool)) = &build {
+        state = state.with_workers(pool.clone());
+    }
     let addr = listener
         .local_addr()
         .map(|a| a.to_string())

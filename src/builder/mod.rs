@@ -94,11 +94,23 @@ pub trait Builders: Send + Sync {
     ) -> BoxFuture<'a, Result<Lease, EngineError>>;
 }
 
-/// A builder lent to one job attempt. Dropping it gives the builder back; `on_release` is
-/// how a pool learns that (a single shared builder needs nothing).
+/// A builder lent to one job attempt. Dropping it gives the builder back (through its
+/// [`Slot`], when a pool lent it; a single shared builder needs nothing).
 pub struct Lease {
     builder: Arc<dyn Builder>,
-    on_release: Option<Box<dyn FnOnce() + Send>>,
+    slot: Option<Box<dyn Slot>>,
+}
+
+/// A pool's side of a lease: which worker lent the builder, and whether that worker still
+/// answers. Dropping the slot gives it back to the pool.
+pub trait Slot: Send + Sync {
+    /// The worker's name (`w1`), kept on the job.
+    fn worker(&self) -> &str;
+
+    /// Asks the worker now whether it is still there, after an attempt on it failed. `Err`
+    /// holds why not (the pool has then marked it unhealthy, so the next lease goes
+    /// elsewhere).
+    fn recheck(&self) -> BoxFuture<'_, Result<(), String>>;
 }
 
 impl Lease {
@@ -106,27 +118,32 @@ impl Lease {
     pub fn shared(builder: Arc<dyn Builder>) -> Lease {
         Lease {
             builder,
-            on_release: None,
+            slot: None,
         }
     }
 
-    /// A lease that calls `on_release` when the attempt is done with the builder.
-    pub fn returned_by(builder: Arc<dyn Builder>, on_release: Box<dyn FnOnce() + Send>) -> Lease {
+    /// A lease on one of a pool's slots; the slot goes back when the lease is dropped.
+    pub fn in_slot(builder: Arc<dyn Builder>, slot: Box<dyn Slot>) -> Lease {
         Lease {
             builder,
-            on_release: Some(on_release),
+            slot: Some(slot),
         }
     }
 
     pub fn builder(&self) -> &dyn Builder {
         self.builder.as_ref()
     }
-}
 
-impl Drop for Lease {
-    fn drop(&mut self) {
-        if let Some(release) = self.on_release.take() {
-            release();
+    /// The name of the worker that lent the builder (`None`: not from a pool).
+    pub fn worker(&self) -> Option<&str> {
+        self.slot.as_deref().map(Slot::worker)
+    }
+
+    /// Whether the lending worker still answers (always, for a shared builder).
+    pub async fn recheck(&self) -> Result<(), String> {
+        match self.slot.as_deref() {
+            Some(slot) => slot.recheck().await,
+            None => Ok(()),
         }
     }
 }
@@ -135,7 +152,7 @@ impl std::fmt::Debug for Lease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Lease")
             .field("builder", &self.builder.name())
-            .field("returned", &self.on_release.is_some())
+            .field("worker", &self.worker())
             .finish()
     }
 }
@@ -161,21 +178,38 @@ mod tests {
         Arc::new(unconnected())
     }
 
-    #[test]
-    fn a_returned_lease_gives_its_builder_back_once() {
+    /// A slot that counts how often it was given back.
+    struct CountingSlot(Arc<AtomicUsize>);
+
+    impl Slot for CountingSlot {
+        fn worker(&self) -> &str {
+            "w1"
+        }
+        fn recheck(&self) -> BoxFuture<'_, Result<(), String>> {
+            Box::pin(async { Err("w1: connection refused".to_string()) })
+        }
+    }
+
+    impl Drop for CountingSlot {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slot_lease_gives_its_slot_back_once_and_names_its_worker() {
         let returned = Arc::new(AtomicUsize::new(0));
-        let count = returned.clone();
-        let lease = Lease::returned_by(
-            engine(),
-            Box::new(move || {
-                count.fetch_add(1, Ordering::SeqCst);
-            }),
-        );
+        let lease = Lease::in_slot(engine(), Box::new(CountingSlot(returned.clone())));
         assert_eq!(lease.builder().name(), "tcp://127.0.0.1:1");
-        assert!(format!("{lease:?}").contains("returned: true"));
+        assert_eq!(lease.worker(), Some("w1"));
+        assert!(format!("{lease:?}").contains("w1"));
+        assert_eq!(lease.recheck().await, Err("w1: connection refused".into()));
         drop(lease);
         assert_eq!(returned.load(Ordering::SeqCst), 1);
-        drop(Lease::shared(engine()));
+        let shared = Lease::shared(engine());
+        assert_eq!(shared.worker(), None);
+        assert_eq!(shared.recheck().await, Ok(()));
+        drop(shared);
         assert_eq!(returned.load(Ordering::SeqCst), 1);
     }
 

@@ -62,11 +62,22 @@ pub enum JobError {
     Setup(String),
     #[error("timed out after {0}")]
     TimedOut(String),
+    /// The attempt failed and its worker no longer answers: the next attempt goes elsewhere.
+    #[error("worker {worker} lost: {why} (the attempt ended with: {attempt})")]
+    WorkerLost {
+        worker: String,
+        why: String,
+        attempt: String,
+    },
 }
 
 impl JobError {
     fn is_transient(&self) -> bool {
-        matches!(self, JobError::Engine(e) if e.is_transient())
+        match self {
+            JobError::Engine(e) => e.is_transient(),
+            JobError::WorkerLost { .. } => true,
+            _ => false,
+        }
     }
 }
 
@@ -456,6 +467,9 @@ impl Workers {
                     };
                 }
             };
+            if let Some(worker) = lease.worker() {
+                self.store.put_job_worker(job.id, worker)?;
+            }
             job.status = JobStatus::Running;
             job.attempts += 1;
             job.started_at = Some(now());
@@ -466,7 +480,7 @@ impl Workers {
                 break Attempt::Failed(JobError::Engine(EngineError::Cancelled));
             }
             log.line(format!(
-                "kiln: job {} attempt {}/{}: spec {} r{} at {} ({})",
+                "kiln: job {} attempt {}/{}: spec {} r{} at {} ({}){}",
                 job.id,
                 job.attempts,
                 self.settings.max_attempts,
@@ -476,17 +490,34 @@ impl Workers {
                 match job.plan {
                     JobPlan::Build => "build".to_string(),
                     JobPlan::Reuse { from } => format!("re-use of job {from}"),
-                }
+                },
+                lease
+                    .worker()
+                    .map(|w| format!(" on worker {w}"))
+                    .unwrap_or_default()
             ));
             let attempted = self
                 .attempt(lease.builder(), &mut job, &mut log, &cancel)
                 .await;
-            // The slot goes back before any wait for a retry.
-            drop(lease);
             let e = match attempted {
                 Attempt::Failed(e) => e,
                 other => break other,
             };
+            // A failure on a worker that is gone is the worker's, not the build's: the
+            // worker is marked unhealthy and the retry placed on another one.
+            let e = match (&e, lease.worker()) {
+                (JobError::Engine(EngineError::Cancelled), _) | (_, None) => e,
+                (_, Some(worker)) => match lease.recheck().await {
+                    Ok(()) => e,
+                    Err(why) => JobError::WorkerLost {
+                        worker: worker.to_string(),
+                        why,
+                        attempt: e.to_string(),
+                    },
+                },
+            };
+            // The slot goes back before any wait for a retry.
+            drop(lease);
             match attempt::decide(self.failure_kind(&e, &cancel), job.attempts, &policy) {
                 Decision::Retry { after } => {
                     log.line(format!(

@@ -15,6 +15,7 @@
 //! request timeout, so a worker that hangs is seen as unhealthy within one interval.
 
 use crate::pool::worker_config::{WorkerConfig, WorkerKind};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -136,28 +137,48 @@ pub fn spawn_probe(
     timeout: Duration,
     shutdown: CancellationToken,
 ) -> (watch::Receiver<Health>, JoinHandle<()>) {
-    let (tx, rx) = watch::channel(Health::Unknown);
-    let task = tokio::spawn(async move {
+    let tx = Arc::new(watch::Sender::new(Health::Unknown));
+    let rx = tx.subscribe();
+    (
+        rx,
+        spawn_probe_into(tx, worker, interval, timeout, shutdown),
+    )
+}
+
+/// [`spawn_probe`] into a sender the caller keeps, so it can also [`record`] what it saw
+/// between probes (a worker lost in the middle of a build).
+pub fn spawn_probe_into(
+    tx: Arc<watch::Sender<Health>>,
+    worker: WorkerConfig,
+    interval: Duration,
+    timeout: Duration,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
         loop {
             let outcome = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 outcome = probe(&worker, timeout) => outcome,
             };
-            let now = SystemTime::now();
-            tx.send_if_modified(|health| {
-                let next = health.after(outcome, now);
-                log_transition(&worker.name, health, &next);
-                let changed = next != *health;
-                *health = next;
-                changed
-            });
+            record(&tx, &worker.name, outcome);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(interval) => {}
             }
         }
+    })
+}
+
+/// Folds one probe's `outcome` into `worker`'s health (logging a change once).
+pub fn record(tx: &watch::Sender<Health>, worker: &str, outcome: Result<(), String>) {
+    let now = SystemTime::now();
+    tx.send_if_modified(|health| {
+        let next = health.after(outcome, now);
+        log_transition(worker, health, &next);
+        let changed = next != *health;
+        *health = next;
+        changed
     });
-    (rx, task)
 }
 
 fn log_transition(name: &str, before: &Health, after: &Health) {

@@ -12,14 +12,14 @@
 //! forever. The lease then goes to the spec's worker anyway, so the attempt fails with the
 //! Engine's own refusal in the job's error, as with a single Engine.
 
-use super::health::{Health, PROBE_TIMEOUT, spawn_probe};
+use super::health::{self, Health, PROBE_TIMEOUT, spawn_probe_into};
 use super::placement::{Unplaced, WorkerLoad, place};
 use super::worker_config::WorkerConfig;
-use crate::builder::{Builder, Builders, Lease};
+use crate::builder::{Builder, Builders, Lease, Slot};
 use crate::docker::{Engine, EngineEndpoint, EngineError};
 use futures_util::future::BoxFuture;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -32,7 +32,8 @@ struct Worker {
     /// The Engine client, made on the first lease (a worker that is down at start only
     /// stays unhealthy); bollard connects on first use.
     engine: Mutex<Option<Arc<dyn Builder>>>,
-    health: watch::Receiver<Health>,
+    /// Written by the probe, and by a lease whose attempt found the worker gone.
+    health: Arc<watch::Sender<Health>>,
 }
 
 impl Worker {
@@ -50,16 +51,26 @@ impl Worker {
     }
 }
 
+/// What one worker has been doing since Kiln started.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Load {
+    running: usize,
+    /// Leases taken (attempts placed here).
+    builds: u64,
+    /// Seconds leases were held, ended ones only.
+    build_seconds: f64,
+}
+
 struct Inner {
     workers: Vec<Worker>,
-    /// Running builds per worker, same order as `workers`.
-    running: Mutex<Vec<usize>>,
+    /// Per worker, same order as `workers`.
+    loads: Mutex<Vec<Load>>,
     /// Woken when a slot is given back or a worker's health changes.
     changed: Notify,
 }
 
 /// One worker's state as shown by the API.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct WorkerStatus {
     pub name: String,
     pub kind: &'static str,
@@ -68,12 +79,26 @@ pub struct WorkerStatus {
     pub error: Option<String>,
     pub capacity: usize,
     pub running: usize,
+    /// Attempts placed on this worker since Kiln started.
+    pub builds: u64,
+    /// Seconds of ended attempts on this worker since Kiln started.
+    pub build_seconds: f64,
+    /// Since when it has been healthy or unhealthy (`None`: not probed yet).
+    pub since: Option<std::time::SystemTime>,
 }
 
 /// The build workers as [`Builders`]. Cheap to clone (shared state).
 #[derive(Clone)]
 pub struct WorkerPool {
     inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for WorkerPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.inner.workers.iter().map(|w| &w.config.name))
+            .finish()
+    }
 }
 
 impl WorkerPool {
@@ -93,8 +118,14 @@ impl WorkerPool {
                 cert_path: config.cert_path.clone(),
             };
             endpoint.resolve(|name| std::env::var(name).ok())?;
-            let (health, _task) =
-                spawn_probe(config.clone(), interval, PROBE_TIMEOUT, shutdown.clone());
+            let health = Arc::new(watch::Sender::new(Health::Unknown));
+            spawn_probe_into(
+                Arc::clone(&health),
+                config.clone(),
+                interval,
+                PROBE_TIMEOUT,
+                shutdown.clone(),
+            );
             built.push(Worker {
                 config: config.clone(),
                 endpoint,
@@ -103,12 +134,12 @@ impl WorkerPool {
             });
         }
         let inner = Arc::new(Inner {
-            running: Mutex::new(vec![0; built.len()]),
+            loads: Mutex::new(vec![Load::default(); built.len()]),
             workers: built,
             changed: Notify::new(),
         });
         for worker in &inner.workers {
-            let mut health = worker.health.clone();
+            let mut health = worker.health.subscribe();
             let weak = Arc::downgrade(&inner);
             tokio::spawn(async move {
                 while health.changed().await.is_ok() {
@@ -133,12 +164,12 @@ impl WorkerPool {
 
     /// Every worker's name, health and load, in config order.
     pub fn status(&self) -> Vec<WorkerStatus> {
-        let running = self.running_snapshot();
+        let loads = self.loads_snapshot();
         self.inner
             .workers
             .iter()
-            .zip(running)
-            .map(|(w, running)| {
+            .zip(loads)
+            .map(|(w, load)| {
                 let health = w.health.borrow();
                 WorkerStatus {
                     name: w.config.name.clone(),
@@ -147,25 +178,22 @@ impl WorkerPool {
                     healthy: health.is_healthy(),
                     error: health.error().map(str::to_owned),
                     capacity: w.config.capacity,
-                    running,
+                    running: load.running,
+                    builds: load.builds,
+                    build_seconds: load.build_seconds,
+                    since: health.since(),
                 }
             })
             .collect()
     }
 
-    fn running_snapshot(&self) -> Vec<usize> {
-        match self.inner.running.lock() {
-            Ok(r) => r.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+    fn loads_snapshot(&self) -> Vec<Load> {
+        self.inner.loads().clone()
     }
 
     /// Takes a slot on the spec's worker now, or says why none can be had.
     fn try_lease(&self, spec: &str) -> Result<Lease, Unplaced> {
-        let mut running = match self.inner.running.lock() {
-            Ok(r) => r,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut counts = self.inner.loads();
         let healthy: Vec<bool> = self
             .inner
             .workers
@@ -181,7 +209,7 @@ impl WorkerPool {
                 name: &w.config.name,
                 healthy: healthy[i],
                 capacity: w.config.capacity,
-                running: running[i],
+                running: counts[i].running,
             })
             .collect();
         let index = match place(spec, &loads) {
@@ -206,21 +234,15 @@ impl WorkerPool {
                 return Err(Unplaced::NoneHealthy);
             }
         };
-        running[index] += 1;
-        drop(running);
-        let inner = Arc::clone(&self.inner);
-        Ok(Lease::returned_by(
-            engine,
-            Box::new(move || {
-                let mut running = match inner.running.lock() {
-                    Ok(r) => r,
-                    Err(poisoned) => poisoned.into_inner(),
-                };
-                running[index] = running[index].saturating_sub(1);
-                drop(running);
-                inner.changed.notify_waiters();
-            }),
-        ))
+        counts[index].running += 1;
+        counts[index].builds += 1;
+        drop(counts);
+        let slot = PoolSlot {
+            inner: Arc::clone(&self.inner),
+            index,
+            started: Instant::now(),
+        };
+        Ok(Lease::in_slot(engine, Box::new(slot)))
     }
 
     /// Whether every worker's last probe was a set-up refusal (not "down").
@@ -232,14 +254,47 @@ impl WorkerPool {
                 .is_some_and(crate::docker::looks_like_tls_refusal)
         })
     }
+}
 
-    /// The worker name a lease's builder belongs to (for the job record).
-    pub fn worker_names(&self) -> Vec<String> {
-        self.inner
-            .workers
-            .iter()
-            .map(|w| w.config.name.clone())
-            .collect()
+impl Inner {
+    fn loads(&self) -> std::sync::MutexGuard<'_, Vec<Load>> {
+        match self.loads.lock() {
+            Ok(l) => l,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+}
+
+/// One taken slot of one worker; dropping it gives the slot back and wakes waiting leases.
+struct PoolSlot {
+    inner: Arc<Inner>,
+    index: usize,
+    started: Instant,
+}
+
+impl Slot for PoolSlot {
+    fn worker(&self) -> &str {
+        &self.inner.workers[self.index].config.name
+    }
+
+    fn recheck(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let worker = &self.inner.workers[self.index];
+            let outcome = health::probe(&worker.config, PROBE_TIMEOUT).await;
+            health::record(&worker.health, &worker.config.name, outcome.clone());
+            outcome
+        })
+    }
+}
+
+impl Drop for PoolSlot {
+    fn drop(&mut self) {
+        let mut loads = self.inner.loads();
+        let load = &mut loads[self.index];
+        load.running = load.running.saturating_sub(1);
+        load.build_seconds += self.started.elapsed().as_secs_f64();
+        drop(loads);
+        self.inner.changed.notify_waiters();
     }
 }
 
@@ -298,7 +353,7 @@ mod tests {
             .iter()
             .position(|w| w.config.name == name)
             .expect("worker exists");
-        let mut health = pool.inner.workers[index].health.clone();
+        let mut health = pool.inner.workers[index].health.subscribe();
         while !health.borrow_and_update().is_healthy() {
             health.changed().await.expect("probe runs");
         }
@@ -313,7 +368,7 @@ mod tests {
             &shutdown,
         )
         .expect("valid config");
-        let mut health = pool.inner.workers[0].health.clone();
+        let mut health = pool.inner.workers[0].health.subscribe();
         while matches!(*health.borrow_and_update(), Health::Unknown) {
             health.changed().await.expect("probe runs");
         }

@@ -42,7 +42,7 @@ use thiserror::Error;
 pub const MAGIC: &[u8; 8] = b"KILNBKP\n";
 pub const FORMAT_VERSION: u32 = 1;
 /// Trees copied under the write lock, in this order.
-const SNAPSHOT_TREES: [&str; 11] = [
+const SNAPSHOT_TREES: [&str; 12] = [
     "meta",
     "specs",
     "revisions",
@@ -56,6 +56,8 @@ const SNAPSHOT_TREES: [&str; 11] = [
     "listings",
     // Registry digests recorded at push (store/image_digests.rs).
     "image_digests",
+    // The worker of each job's latest attempt (store/job_workers.rs).
+    "job_workers",
 ];
 const LOG_TREE: &str = "log_chunks";
 /// Refuse keys or values longer than this: a corrupt length must not allocate gigabytes.

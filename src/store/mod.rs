@@ -36,6 +36,7 @@ pub mod backup;
 mod codec;
 pub mod gc;
 pub mod image_digests;
+pub mod job_workers;
 pub mod listings;
 mod logs;
 mod summary;

@@ -188,10 +188,18 @@ pub(super) struct JobView {
     error: Option<String>,
     reused_from: Option<JobId>,
     attempts: u32,
+    /// The build worker of the latest attempt (`None`: not placed yet).
+    worker: Option<String>,
 }
 
-impl From<&Job> for JobView {
-    fn from(j: &Job) -> Self {
+impl JobView {
+    /// The job as the API shows it, with its worker from the store.
+    fn of(state: &AppState, j: &Job) -> Result<JobView, ApiError> {
+        let worker = state.store.job_worker(j.id)?;
+        Ok(JobView::new(j, worker))
+    }
+
+    fn new(j: &Job, worker: Option<String>) -> Self {
         JobView {
             id: j.id,
             spec: j.spec.clone(),
@@ -208,6 +216,7 @@ impl From<&Job> for JobView {
             error: j.error.clone(),
             reused_from: j.reused_from,
             attempts: j.attempts,
+            worker,
         }
     }
 }
@@ -229,7 +238,9 @@ pub(super) async fn spec_jobs(
     }
     let limit = page.limit.unwrap_or(1000).min(10_000);
     let jobs = state.store.jobs_of_spec(&name, page.offset, limit)?;
-    Ok(Json(jobs.iter().map(JobView::from).collect()))
+    let views: Result<Vec<JobView>, ApiError> =
+        jobs.iter().map(|j| JobView::of(&state, j)).collect();
+    Ok(Json(views?))
 }
 
 #[derive(Serialize)]
@@ -262,7 +273,7 @@ pub(super) async fn get_job(
         log_lines: state.store.log_len(id)?,
         spec_yaml,
         dockerfile: job.dockerfile.clone(),
-        job: JobView::from(&job),
+        job: JobView::of(&state, &job)?,
     }))
 }
 

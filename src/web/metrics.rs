@@ -16,6 +16,7 @@
 use super::index::{Caches, JobStats, SpecIndex, SpecStatus};
 use super::{AppState, Counters};
 use crate::model::JobStatus;
+use crate::pool::WorkerPool;
 use crate::store::SyncStatus;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -24,11 +25,12 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Upper bounds (seconds) of the build-duration histogram buckets.
 const BUCKETS: [f64; 10] = [
@@ -64,7 +66,7 @@ fn duration_histogram() -> Histogram {
 }
 
 impl Metrics {
-    pub fn new(counters: Arc<Counters>) -> Metrics {
+    pub fn new(counters: Arc<Counters>, workers: Arc<OnceLock<WorkerPool>>) -> Metrics {
         let mut registry = Registry::default();
         let jobs = Family::<Label, Gauge>::default();
         registry.register("kiln_jobs", "Jobs in the store by status", jobs.clone());
@@ -114,6 +116,7 @@ impl Metrics {
             sync_error_info.clone(),
         );
         registry.register_collector(Box::new(ProcessCounters(counters)));
+        registry.register_collector(Box::new(WorkerGauges(workers)));
         let build_info = Family::<Label, Gauge>::default();
         build_info
             .get_or_create(&[("version", env!("CARGO_PKG_VERSION"))])
@@ -260,6 +263,73 @@ impl Collector for ProcessCounters {
     }
 }
 
+/// One per-worker gauge's value.
+type WorkerValue = fn(&crate::pool::WorkerStatus) -> i64;
+
+/// Each build worker's health and load, read from the pool when scraped (nothing when this
+/// server builds nothing).
+#[derive(Debug)]
+struct WorkerGauges(Arc<OnceLock<WorkerPool>>);
+
+impl Collector for WorkerGauges {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(pool) = self.0.get() else {
+            return Ok(());
+        };
+        let workers = pool.status();
+        let gauges: [(&str, &str, WorkerValue); 3] = [
+            (
+                "kiln_worker_up",
+                "1 when the build worker's last probe answered",
+                |w| i64::from(w.healthy),
+            ),
+            (
+                "kiln_worker_running_builds",
+                "Builds running on the worker now",
+                |w| i64::try_from(w.running).unwrap_or(i64::MAX),
+            ),
+            (
+                "kiln_worker_capacity",
+                "Parallel builds the worker takes",
+                |w| i64::try_from(w.capacity).unwrap_or(i64::MAX),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let mut metric = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for w in &workers {
+                let labels = [("worker", w.name.as_str())];
+                ConstGauge::new(value(w)).encode(metric.encode_family(&labels)?)?;
+            }
+        }
+        let mut builds = encoder.encode_descriptor(
+            "kiln_worker_builds",
+            "Build attempts placed on the worker since start",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for w in &workers {
+            let labels = [("worker", w.name.as_str())];
+            ConstCounter::new(w.builds).encode(builds.encode_family(&labels)?)?;
+        }
+        let mut seconds = encoder.encode_descriptor(
+            "kiln_worker_build_seconds",
+            "Seconds of ended build attempts on the worker since start",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for w in &workers {
+            let labels = [("worker", w.name.as_str())];
+            ConstCounter::new(w.build_seconds).encode(seconds.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     match scrape(&state.caches, &state).await {
         Ok(text) => (
@@ -385,7 +455,7 @@ mod tests {
         counters.gc_passes.store(4, Ordering::Relaxed);
         counters.gc_jobs_pruned.store(190, Ordering::Relaxed);
         counters.gc_log_lines_pruned.store(7, Ordering::Relaxed);
-        let metrics = Metrics::new(counters);
+        let metrics = Metrics::new(counters, Arc::new(OnceLock::new()));
         let jobs = JobStats {
             by_status: [1, 2, 3, 0, 1, 10],
             durations: vec![

@@ -21,14 +21,16 @@ mod pages;
 mod router;
 mod sse;
 mod status;
+pub mod workers;
 
 pub use router::router;
 
+use crate::pool::WorkerPool;
 use crate::store::Store;
 use index::Caches;
 use metrics::Metrics;
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -52,6 +54,8 @@ pub struct AppState {
     caches: Arc<Caches>,
     /// The Prometheus registry `/metrics` encodes.
     metrics: Arc<Metrics>,
+    /// The build workers, when this server builds (set once by [`AppState::with_workers`]).
+    pub workers: Arc<OnceLock<WorkerPool>>,
 }
 
 impl AppState {
@@ -66,9 +70,11 @@ impl AppState {
         shutdown: CancellationToken,
     ) -> AppState {
         let inner = Arc::new(info);
+        let workers = Arc::new(OnceLock::new());
         AppState {
             caches: Caches::new(&store, &inner),
-            metrics: Arc::new(Metrics::new(Arc::clone(&counters))),
+            metrics: Arc::new(Metrics::new(Arc::clone(&counters), Arc::clone(&workers))),
+            workers,
             store,
             inner,
             sync_trigger,
@@ -77,6 +83,13 @@ impl AppState {
             shutdown,
             backup_gate: Arc::new(tokio::sync::Semaphore::new(1)),
         }
+    }
+
+    /// The same state, showing `pool`'s workers in the API, the dashboard and `/metrics`.
+    pub fn with_workers(self, pool: WorkerPool) -> AppState {
+        // A second call keeps the first pool: one server has one pool.
+        let _ = self.workers.set(pool);
+        self
     }
 }
 

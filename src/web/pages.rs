@@ -55,10 +55,12 @@ pub struct Layout {
     pub sync_error: Option<String>,
     pub last_sync: Option<When>,
     pub never_synced: bool,
+    /// Why queued jobs wait: no build worker is healthy.
+    pub workers_down: Option<String>,
 }
 
 impl Layout {
-    fn new(state: &AppState, title: impl Into<String>, nav: &'static str) -> Layout {
+    pub(super) fn new(state: &AppState, title: impl Into<String>, nav: &'static str) -> Layout {
         let sync = state.store.sync_status().unwrap_or_default();
         Layout {
             title: title.into(),
@@ -73,6 +75,7 @@ impl Layout {
             never_synced: sync.last_success.is_none() && sync.last_attempt.is_none(),
             last_sync: sync.last_success.map(When::at),
             sync_error: sync.error,
+            workers_down: super::workers::banner(state),
         }
     }
 }
@@ -121,6 +124,7 @@ impl IntoResponse for PageError {
                 sync_error: None,
                 last_sync: None,
                 never_synced: false,
+                workers_down: None,
             },
             code: self.0.as_u16(),
             message: self.1,
@@ -534,6 +538,8 @@ struct JobPage {
     digest: Option<String>,
     error: Option<String>,
     reused_from: Option<JobId>,
+    /// The build worker of the latest attempt.
+    worker: Option<String>,
     facts: Vec<Fact>,
     spec_yaml: Vec<String>,
     dockerfile: Vec<String>,
@@ -674,6 +680,7 @@ pub(super) async fn job_page(
         digest: job.image_digest.clone(),
         error: job.error.clone(),
         reused_from: job.reused_from,
+        worker: store.job_worker(job_id)?,
         facts: timing_facts(&job),
         spec_yaml: revision
             .as_ref()

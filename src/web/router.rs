@@ -5,7 +5,7 @@
 //! file is the one place that says what answers at which address. Outermost first, every
 //! response goes through: tracing, the security headers ([`super::headers`]), compression.
 
-use super::{AppState, api, backup, headers, hooks, metrics, pages, sse, status};
+use super::{AppState, api, backup, headers, hooks, metrics, pages, sse, status, workers};
 use axum::Router;
 use axum::routing::{get, post};
 
@@ -22,6 +22,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/jobs/{id}/log", get(api::job_log))
         .route("/api/v1/jobs/{id}/packages", get(api::job_packages))
         .route("/api/v1/catalog", get(api::catalog))
+        .route("/api/v1/workers", get(workers::list))
         .route("/api/v1/backup", get(backup::backup))
         // Signed webhooks: the only POST routes, and they only ask for a fetch.
         .route("/hooks/github", post(hooks::github))
@@ -32,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(pages::spec_list))
         .route("/specs/{name}", get(pages::spec_page))
         .route("/jobs/{id}", get(pages::job_page))
+        .route("/workers", get(workers::page))
         .route("/jobs/{id}/events", get(sse::job_events))
         .route("/static/{name}", get(pages::static_file))
         .route("/metrics", get(metrics::metrics))

@@ -29,6 +29,7 @@ pub(super) async fn status(State(state): State<AppState>) -> Json<serde_json::Va
             "poll_interval_seconds": info.poll_interval_secs,
             "webhooks": state.webhooks.providers(),
         },
+        "workers": super::workers::status_block(&state),
         "webhooks": {
             "accepted": counters.webhooks_accepted.load(Ordering::Relaxed),
             "rejected": counters.webhooks_rejected.load(Ordering::Relaxed),
