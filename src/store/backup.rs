@@ -42,7 +42,7 @@ use thiserror::Error;
 pub const MAGIC: &[u8; 8] = b"KILNBKP\n";
 pub const FORMAT_VERSION: u32 = 1;
 /// Trees copied under the write lock, in this order.
-const SNAPSHOT_TREES: [&str; 11] = [
+const SNAPSHOT_TREES: [&str; 13] = [
     "meta",
     "specs",
     "revisions",
@@ -56,6 +56,10 @@ const SNAPSHOT_TREES: [&str; 11] = [
     "listings",
     // Registry digests recorded at push (store/image_digests.rs).
     "image_digests",
+    // Image sizes measured after the push (store/image_sizes.rs).
+    "image_sizes",
+    // Debian package architectures for the SBOM's purls (store/deb_architectures.rs).
+    "deb_architectures",
 ];
 const LOG_TREE: &str = "log_chunks";
 /// Refuse keys or values longer than this: a corrupt length must not allocate gigabytes.
