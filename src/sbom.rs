@@ -6,8 +6,9 @@
 //! package managers reported (`dpkg-query`, Python's installed distributions, `conda list`),
 //! taken once per build; the SBOM is a pure function of it, unit-tested here, and costs no
 //! container at request time. Package URLs are made by the `packageurl` crate, which applies
-//! the purl rules (percent-encoding: `+` in a Debian version is `%2B`, `:` in a digest `%3A`;
-//! PyPI names lowercased with `_` as `-`). The document is the same on every request for a
+//! the purl rules (percent-encoding: `+` in a Debian version is `%2B`;
+//! PyPI names lowercased with `_` as `-`); an OCI digest is written `sha256%3A…` as in the
+//! purl spec's OCI examples. The document is the same on every request for a
 //! job: the serial number is derived from the job id and image digest, the timestamp is the
 //! job's end.
 //!
@@ -114,7 +115,15 @@ pub fn oci_purl(image: &str, digest: Option<&str>, with_repository: bool) -> Opt
     if let Some(t) = tag {
         q.push(("tag", t));
     }
-    purl("oci", None, &name, digest, &q)
+    let text = purl("oci", None, &name, digest, &q)?;
+    // The crate leaves `:` in a version as it is (the purl spec allows both); the spec's OCI
+    // examples write the digest as `sha256%3A…`, and so does Kiln.
+    let end = text.find(['?', '#']).unwrap_or(text.len());
+    let (head, tail) = text.split_at(end);
+    Some(match head.rsplit_once('@') {
+        Some((before, version)) => format!("{before}@{}{tail}", version.replace(':', "%3A")),
+        None => text.clone(),
+    })
 }
 
 /// A version-format-4 UUID whose bits come from SHA-256 of `seed`: the same job always gets
