@@ -92,12 +92,11 @@ async fn get(server: &Server, path: &str) -> (u16, Value) {
 }
 
 async fn finished(server: &Server, spec: &str, revision: u64) -> Value {
-    let job = server
+    server
         .wait_for(spec, revision, Duration::from_secs(600), |j| {
             j["status"] != "queued" && j["status"] != "running"
         })
-        .await;
-    job
+        .await
 }
 
 /// The pip name normalized (PEP 503), as purl and pip compare names.

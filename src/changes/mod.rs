@@ -5,7 +5,7 @@
 //! unknown) are unit tests here, without a store or an Engine. The inputs are what Kiln
 //! already records per job: the package listing (`store.installed`, taken in the finished
 //! image by `jobs/`) and the image size (`store/image_sizes.rs`, measured after the push by
-//! [`record`]). [`previous`] picks the job to compare with; `web/changes.rs` assembles the
+//! [`record`]). [`candidates`] orders the jobs to compare with; `web/changes.rs` assembles the
 //! answer of `GET /api/v1/jobs/{id}/changes`.
 //!
 //! Package identity: the manager plus the name as the manager spells it, except pip, whose
@@ -153,12 +153,16 @@ pub fn is_successful(job: &Job) -> bool {
     matches!(job.status, JobStatus::Succeeded | JobStatus::Reused)
 }
 
-/// The job to compare `job` with: among `jobs` of the same spec, the newest successful one
-/// created before it (a lower id). `jobs` may come in any order.
-pub fn previous<'a>(job: &Job, jobs: &'a [Job]) -> Option<&'a Job> {
-    jobs.iter()
+/// The jobs `job` may be compared with, best first: among `jobs`, the successful ones of the
+/// same spec created before it (a lower id), newest first. `jobs` may come in any order; the
+/// caller takes the first that has a package listing.
+pub fn candidates<'a>(job: &Job, jobs: &'a [Job]) -> Vec<&'a Job> {
+    let mut out: Vec<&Job> = jobs
+        .iter()
         .filter(|j| j.spec == job.spec && j.id < job.id && is_successful(j))
-        .max_by_key(|j| j.id)
+        .collect();
+    out.sort_by_key(|j| std::cmp::Reverse(j.id));
+    out
 }
 
 #[cfg(test)]
@@ -327,7 +331,8 @@ mod tests {
             job(6, "a", JobStatus::Succeeded),
         ];
         let current = job(5, "a", JobStatus::Succeeded);
-        assert_eq!(previous(&current, &jobs).map(|j| j.id), Some(3));
-        assert_eq!(previous(&job(2, "a", JobStatus::Succeeded), &jobs), None);
+        let ids: Vec<u64> = candidates(&current, &jobs).iter().map(|j| j.id).collect();
+        assert_eq!(ids, vec![3, 2]);
+        assert!(candidates(&job(2, "a", JobStatus::Succeeded), &jobs).is_empty());
     }
 }

@@ -43,15 +43,9 @@ fn previous_with_listing(
             return Ok(None);
         }
         skip += page.len();
-        // Newest first: walk down until one qualifies.
-        let mut candidates: Vec<Job> = page
-            .into_iter()
-            .filter(|j| j.id < job.id && changes::is_successful(j))
-            .collect();
-        candidates.sort_by(|a, b| b.id.cmp(&a.id));
-        for candidate in candidates {
+        for candidate in changes::candidates(job, &page) {
             if let Some(listing) = store.installed(candidate.id)? {
-                return Ok(Some((candidate, listing)));
+                return Ok(Some((candidate.clone(), listing)));
             }
         }
     }
