@@ -419,3 +419,72 @@ async fn a_pip_add_and_bump_are_the_changes_and_the_sbom_validates_and_is_comple
         }
     }
 }
+
+const ENV_DIR: &str = "/var/lib/kiln-env";
+
+/// The htpasswd registry's user and password, as dev-env.sh wrote them.
+fn registry_auth() -> (String, String) {
+    let text = std::fs::read_to_string(format!("{ENV_DIR}/registry-auth.env"))
+        .expect("dev-env.sh wrote registry-auth.env");
+    let get = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap()
+            .trim_matches('\'')
+            .trim_matches('"')
+            .to_string()
+    };
+    (
+        get("KILN_TEST_REGISTRY_USER"),
+        get("KILN_TEST_REGISTRY_PASSWORD"),
+    )
+}
+
+/// The compressed size comes from a registry that wants credentials too (HTTP Basic over
+/// plain http on loopback), and a missing or wrong credential is an error, not a size.
+#[tokio::test]
+async fn compressed_sizes_are_read_from_a_registry_with_htpasswd() {
+    use kiln::changes::manifest::{ManifestError, fetch_compressed_size};
+    use kiln::docker::auth::Credential;
+    if !engine_available() {
+        return;
+    }
+    let (user, password) = registry_auth();
+    let image = "127.0.0.1:5001/kiln/bookworm:minbase";
+    let manifest: Value = reqwest::Client::new()
+        .get("http://127.0.0.1:5001/v2/kiln/bookworm/manifests/minbase")
+        .basic_auth(&user, Some(&password))
+        .header(
+            "Accept",
+            "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json",
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let expected: u64 = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["size"].as_u64().unwrap())
+        .sum::<u64>()
+        + manifest["config"]["size"].as_u64().unwrap();
+    let good = Credential::new("127.0.0.1:5001", user.clone(), password);
+    let size = fetch_compressed_size(image, "minbase", Some(&good))
+        .await
+        .unwrap();
+    assert_eq!(size, expected);
+    assert!(size > 1_000_000, "a Debian base is megabytes: {size}");
+    for credential in [None, Some(Credential::new("127.0.0.1:5001", user, "wrong"))] {
+        let err = fetch_compressed_size(image, "minbase", credential.as_ref())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ManifestError::Status { status: 401, .. }),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("wrong"), "{err}");
+    }
+}
