@@ -44,6 +44,31 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Deletes the sizes and Debian architectures of jobs that have no record any more (what
+    /// `gc` pruned); called by `gc` after its pass. Returns how many records went.
+    pub(super) fn sweep_orphan_image_facts(&self) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        for tree in [
+            self.image_sizes_tree()?,
+            self.db.open_tree("deb_architectures")?,
+        ] {
+            let mut orphans = Vec::new();
+            for key in tree.iter().keys() {
+                let key = key?;
+                if self.jobs.get(&key)?.is_none() {
+                    orphans.push(key);
+                }
+            }
+            for key in orphans {
+                tree.remove(key)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,5 +85,20 @@ mod tests {
         store.put_image_size(7, &size).unwrap();
         assert_eq!(store.image_size(7).unwrap(), Some(size));
         assert_eq!(store.image_size(8).unwrap(), None);
+    }
+
+    #[test]
+    fn records_of_jobs_that_are_gone_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.put_image_size(7, &ImageSize::default()).unwrap();
+        store
+            .put_deb_architectures(7, &[("curl".to_string(), "amd64".to_string())].into())
+            .unwrap();
+        // No job 7 exists in this store.
+        assert_eq!(store.sweep_orphan_image_facts().unwrap(), 2);
+        assert_eq!(store.image_size(7).unwrap(), None);
+        assert!(store.deb_architectures(7).unwrap().is_empty());
+        assert_eq!(store.sweep_orphan_image_facts().unwrap(), 0);
     }
 }
