@@ -34,6 +34,18 @@ if ! "$KILN_JUPYTERHUB_VENV/bin/python" -c 'import jupyterhub, kubespawner, dock
 fi
 "$KILN_JUPYTERHUB_VENV/bin/python" -c 'import jupyterhub, kubespawner, dockerspawner; print(jupyterhub.__version__, kubespawner.__version__, dockerspawner.__version__)'
 
+step "CycloneDX validator for tests/changes.rs (PyPI's cyclonedx-python-lib[validation])"
+# A venv of its own: tests/changes.rs validates a real build's SBOM against the CycloneDX 1.5
+# JSON schema with it.
+KILN_CYCLONEDX_VENV="${KILN_CYCLONEDX_VENV:-$HOME/.cache/kiln/cyclonedx-venv}"
+export KILN_CYCLONEDX_VENV
+if ! "$KILN_CYCLONEDX_VENV/bin/python" -c 'import cyclonedx.validation.json, jsonschema' 2>/dev/null; then
+  python3 -m venv "$KILN_CYCLONEDX_VENV"
+  "$KILN_CYCLONEDX_VENV/bin/pip" install --quiet --disable-pip-version-check \
+    'cyclonedx-python-lib[validation]==8.5.0'
+fi
+"$KILN_CYCLONEDX_VENV/bin/python" -c 'import importlib.metadata as m; print("cyclonedx-python-lib", m.version("cyclonedx-python-lib"))'
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -25,7 +25,8 @@ pub struct CatalogEntry {
     pub revision: u64,
     pub commit: String,
     pub built_at: Option<String>,
-    /// Compressed size in bytes when Kiln recorded it for the job.
+    /// Compressed size in bytes (the pushed manifest's layers plus config, what a pull
+    /// transfers; store/image_sizes.rs), `None` when Kiln could not measure it.
     pub size: Option<u64>,
     pub groups: Vec<String>,
     pub default: bool,

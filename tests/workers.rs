@@ -149,7 +149,7 @@ async fn a_killed_worker_costs_an_attempt_and_the_job_builds_on_the_other() {
         "the attempt's failure names the lost worker:\n{log}"
     );
     assert!(
-        log.contains(&format!("attempt 2/3: spec failover r1"))
+        log.contains("attempt 2/3: spec failover r1")
             && log.contains(&format!("on worker {other}")),
         "{log}"
     );

@@ -80,6 +80,10 @@ impl Builder for Engine {
         Box::pin(Engine::image_id(self, image))
     }
 
+    fn image_size<'a>(&'a self, image: &'a str) -> BoxFuture<'a, Result<Option<u64>, EngineError>> {
+        Box::pin(Engine::image_size(self, image))
+    }
+
     fn run_capture<'a>(
         &'a self,
         image: &'a str,

@@ -73,6 +73,13 @@ pub trait Builder: Send + Sync {
     fn image_id<'a>(&'a self, image: &'a str)
     -> BoxFuture<'a, Result<Option<String>, EngineError>>;
 
+    /// The uncompressed size of `image` in bytes, if this builder has it and can tell (the
+    /// default: it cannot; the job's changes then show no uncompressed size).
+    fn image_size<'a>(&'a self, image: &'a str) -> BoxFuture<'a, Result<Option<u64>, EngineError>> {
+        let _ = image;
+        Box::pin(async { Ok(None) })
+    }
+
     /// Runs `cmd` in a throw-away container of `image` without network; exit code and stdout.
     fn run_capture<'a>(
         &'a self,

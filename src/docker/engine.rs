@@ -184,6 +184,19 @@ impl Engine {
         }
     }
 
+    /// The uncompressed size of `image_ref` as the Engine reports it (`docker image inspect`'s
+    /// `Size`: every layer's unpacked bytes); `None` when the Engine does not have it.
+    pub async fn image_size(&self, image_ref: &str) -> Result<Option<u64>, EngineError> {
+        match self.docker.inspect_image(image_ref).await {
+            Ok(inspect) => Ok(inspect.size.and_then(|s| u64::try_from(s).ok())),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404 | 400,
+                ..
+            }) => Ok(None),
+            Err(e) => Err(self.map_err(e, Op::Other("image inspect"), None)),
+        }
+    }
+
     /// Removes the tag or image `image_ref` (not forced: an image a container uses stays).
     /// `Ok(false)` when it did not exist.
     pub async fn remove_image(&self, image_ref: &str) -> Result<bool, EngineError> {

@@ -637,6 +637,7 @@ impl Workers {
             Some((listing, image_id))
         });
         pushed?;
+        self.record_sizes(b, job, &tags[0], log, cancel).await;
         if let Some((listing, image_id)) = listing {
             if listing.is_ok() {
                 log.line(format!("kiln: listed the installed packages of {image_id}"));
@@ -784,6 +785,7 @@ impl Workers {
         *job = self.store.update_job(job).await?;
         self.push_all(b, job, tags, log, cancel).await?;
         self.record_installed_from(job, from).await;
+        self.record_sizes(b, job, &tags[0], log, cancel).await;
         Ok(Some(JobStatus::Reused))
     }
 
@@ -884,6 +886,21 @@ impl Workers {
         if let Err(e) = self.store.set_installed(job.id, &packages).await {
             tracing::warn!(job = job.id, error = %e, "cannot store installed packages");
         }
+    }
+
+    /// The image's sizes, for its changes and the catalogue (`changes/record.rs`).
+    async fn record_sizes(
+        &self,
+        b: &dyn Builder,
+        job: &Job,
+        tag: &str,
+        log: &mut dyn LogSink,
+        cancel: &CancellationToken,
+    ) {
+        let digest = self.store.pushed_digest(job.id).ok().flatten();
+        let credential = self.settings.push_credential(tag);
+        let pushed = digest.as_deref().map(|d| (d, credential));
+        crate::changes::record::record_sizes(&self.store, b, job, tag, pushed, log, cancel).await;
     }
 
     async fn record_installed_from(&self, job: &Job, from: JobId) {

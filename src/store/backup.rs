@@ -42,7 +42,7 @@ use thiserror::Error;
 pub const MAGIC: &[u8; 8] = b"KILNBKP\n";
 pub const FORMAT_VERSION: u32 = 1;
 /// Trees copied under the write lock, in this order.
-const SNAPSHOT_TREES: [&str; 12] = [
+const SNAPSHOT_TREES: [&str; 14] = [
     "meta",
     "specs",
     "revisions",
@@ -58,6 +58,10 @@ const SNAPSHOT_TREES: [&str; 12] = [
     "image_digests",
     // The worker of each job's latest attempt (store/job_workers.rs).
     "job_workers",
+    // Image sizes measured after the push (store/image_sizes.rs).
+    "image_sizes",
+    // Debian package architectures for the SBOM's purls (store/deb_architectures.rs).
+    "deb_architectures",
 ];
 const LOG_TREE: &str = "log_chunks";
 /// Refuse keys or values longer than this: a corrupt length must not allocate gigabytes.

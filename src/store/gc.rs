@@ -205,6 +205,7 @@ impl Store {
         }
         report.log_lines_pruned = self.sweep_orphan_logs()?;
         report.installed_pruned += self.sweep_orphan_installed()?;
+        self.sweep_orphan_image_facts()?;
         self.db.flush()?;
         if report.jobs_pruned > 0 {
             let _ = self.events.send(StoreEvent::Pruned {

@@ -34,8 +34,10 @@
 
 pub mod backup;
 mod codec;
+pub mod deb_architectures;
 pub mod gc;
 pub mod image_digests;
+pub mod image_sizes;
 pub mod job_workers;
 pub mod listings;
 mod logs;

@@ -374,7 +374,12 @@ pub(super) async fn catalog(
                 }),
                 None => None,
             };
-            rows.push((spec, listing, job, pushed));
+            // The compressed size (what a pull transfers) recorded after the push.
+            let size = match spec.latest_image_job {
+                Some(id) => store.image_size(id)?.and_then(|s| s.compressed),
+                None => None,
+            };
+            rows.push((spec, listing, job, pushed, size));
         }
         Ok(rows)
     })
@@ -382,13 +387,15 @@ pub(super) async fn catalog(
     .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     let sources: Vec<crate::catalog::Source<'_>> = loaded
         .iter()
-        .map(|(spec, listing, job, pushed)| crate::catalog::Source {
-            spec,
-            listing: listing.as_ref(),
-            job: job.as_ref(),
-            pushed_digest: pushed.as_deref(),
-            size: None,
-        })
+        .map(
+            |(spec, listing, job, pushed, size)| crate::catalog::Source {
+                spec,
+                listing: listing.as_ref(),
+                job: job.as_ref(),
+                pushed_digest: pushed.as_deref(),
+                size: *size,
+            },
+        )
         .collect();
     let entries = crate::catalog::entries(&sources);
     Ok(match options.format.as_deref() {

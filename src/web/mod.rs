@@ -11,6 +11,7 @@
 mod ansi;
 mod api;
 pub mod backup;
+mod changes;
 mod format;
 mod headers;
 pub mod hooks;

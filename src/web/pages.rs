@@ -557,6 +557,8 @@ struct JobPage {
     /// 0-based number of the next line the live tail expects.
     log_next: u64,
     empty_log_hint: &'static str,
+    /// "What changed" since the previous build, and the SBOM link (`changes.rs`).
+    changes: Option<super::changes::ChangesView>,
 }
 
 #[derive(Deserialize, Default)]
@@ -702,6 +704,7 @@ pub(super) async fn job_page(
             .then(|| format!("/jobs/{job_id}/events")),
         log_next,
         empty_log_hint,
+        changes: super::changes::load(store, job_id)?.map(super::changes::ChangesView::of),
         spec: job.spec,
     };
     Ok(view.into_response())

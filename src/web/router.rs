@@ -1,11 +1,11 @@
 //! Every route Kiln serves, in one table, and the layers around all of them.
 //!
-//! Handlers live in the module of their concept (`api`, `pages`, `sse`, `hooks`, `backup`,
+//! Handlers live in the module of their concept (`api`, `changes`, `pages`, `sse`, `hooks`, `backup`,
 //! `metrics`, `status`) and only take [`AppState`]; none of them registers routes, so this
 //! file is the one place that says what answers at which address. Outermost first, every
 //! response goes through: tracing, the security headers ([`super::headers`]), compression.
 
-use super::{AppState, api, backup, headers, hooks, metrics, pages, sse, status, workers};
+use super::{AppState, api, backup, changes, headers, hooks, metrics, pages, sse, status, workers};
 use axum::Router;
 use axum::routing::{get, post};
 
@@ -21,6 +21,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/jobs/{id}", get(api::get_job))
         .route("/api/v1/jobs/{id}/log", get(api::job_log))
         .route("/api/v1/jobs/{id}/packages", get(api::job_packages))
+        .route("/api/v1/jobs/{id}/changes", get(changes::job_changes))
+        .route("/api/v1/jobs/{id}/sbom", get(changes::job_sbom))
         .route("/api/v1/catalog", get(api::catalog))
         .route("/api/v1/workers", get(workers::list))
         .route("/api/v1/backup", get(backup::backup))
