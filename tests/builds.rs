@@ -219,9 +219,9 @@ async fn pip_without_the_ca_bundle_fails_with_the_tls_error_in_the_log() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let mut repo = GitRepo::init(&tmp.path().join("repo"));
-    // A version no build that succeeds installs, so no wheel of it is in the builder's pip
-    // cache and pip must ask the index.
-    repo.write("noca.yaml", "name: noca\nbaseImage: 127.0.0.1:5000/kiln/bookworm-python:minbase\npackages:\n  pip: [idna==3.6]\n");
+    // A version no other test installs (tests/changes.rs builds 3.6 and 3.7), so no wheel
+    // of it is in the builder's pip cache and pip must ask the index.
+    repo.write("noca.yaml", "name: noca\nbaseImage: 127.0.0.1:5000/kiln/bookworm-python:minbase\npackages:\n  pip: [idna==3.4]\n");
     repo.commit("pip without CA");
     let config = write_config(tmp.path(), "");
     let data = tmp.path().join("data");

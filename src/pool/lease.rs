@@ -212,6 +212,7 @@ impl WorkerPool {
                 running: counts[i].running,
             })
             .collect();
+        let mut forced = false;
         let index = match place(spec, &loads) {
             Ok(placed) => placed.index,
             Err(Unplaced::NoneHealthy) if self.all_refused() => {
@@ -222,6 +223,7 @@ impl WorkerPool {
                         ..*l
                     })
                     .collect();
+                forced = true;
                 place(spec, &anyway)?.index
             }
             Err(why) => return Err(why),
@@ -241,6 +243,7 @@ impl WorkerPool {
             inner: Arc::clone(&self.inner),
             index,
             started: Instant::now(),
+            forced,
         };
         Ok(Lease::in_slot(engine, Box::new(slot)))
     }
@@ -270,6 +273,9 @@ struct PoolSlot {
     inner: Arc<Inner>,
     index: usize,
     started: Instant,
+    /// Leased although the worker was unhealthy (every worker refused Kiln at set-up): its
+    /// failure is the refusal the job must show, not a lost worker.
+    forced: bool,
 }
 
 impl Slot for PoolSlot {
@@ -282,7 +288,7 @@ impl Slot for PoolSlot {
             let worker = &self.inner.workers[self.index];
             let outcome = health::probe(&worker.config, PROBE_TIMEOUT).await;
             health::record(&worker.health, &worker.config.name, outcome.clone());
-            outcome
+            if self.forced { Ok(()) } else { outcome }
         })
     }
 }
