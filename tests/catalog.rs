@@ -11,7 +11,6 @@
 
 mod common;
 
-use common::tools::missing;
 use common::{GitRepo, Server, engine_available};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -22,34 +21,11 @@ const REGISTRY: &str = "127.0.0.1:5000";
 const BASE: &str = "127.0.0.1:5000/kiln/bookworm:minbase";
 
 fn venv_python() -> Option<PathBuf> {
-    let venv = std::env::var_os("KILN_JUPYTERHUB_VENV")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/kiln/jupyterhub-venv"))
-        })?;
-    let python = venv.join("bin/python");
-    let probe = Command::new(&python)
-        .args(["-c", "import jupyterhub, kubespawner, dockerspawner"])
-        .output();
-    match probe {
-        Ok(out) if out.status.success() => Some(python),
-        Ok(out) => {
-            missing(
-                "the jupyterhub venv",
-                &String::from_utf8_lossy(&out.stderr),
-                "run scripts/test-all.sh (or set KILN_JUPYTERHUB_VENV)",
-            );
-            None
-        }
-        Err(e) => {
-            missing(
-                "the jupyterhub venv",
-                &format!("{}: {e}", python.display()),
-                "run scripts/test-all.sh (or set KILN_JUPYTERHUB_VENV)",
-            );
-            None
-        }
-    }
+    common::tools::venv_python(
+        "KILN_JUPYTERHUB_VENV",
+        "jupyterhub-venv",
+        "import jupyterhub, kubespawner, dockerspawner",
+    )
 }
 
 /// The spawners' view of the catalogue (tests/jupyterhub/spawners.py), as JSON.

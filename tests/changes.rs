@@ -11,7 +11,6 @@
 
 mod common;
 
-use common::tools::missing;
 use common::{GitRepo, Server, engine_available};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -23,26 +22,11 @@ const REGISTRY: &str = "127.0.0.1:5000";
 const PY_BASE: &str = "127.0.0.1:5000/kiln/bookworm-python:minbase";
 
 fn venv_python() -> Option<PathBuf> {
-    let venv = std::env::var_os("KILN_CYCLONEDX_VENV")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/kiln/cyclonedx-venv"))
-        })?;
-    let python = venv.join("bin/python");
-    let probe = Command::new(&python)
-        .args(["-c", "import cyclonedx.validation.json, jsonschema"])
-        .output();
-    let why = match probe {
-        Ok(out) if out.status.success() => return Some(python),
-        Ok(out) => String::from_utf8_lossy(&out.stderr).into_owned(),
-        Err(e) => format!("{}: {e}", python.display()),
-    };
-    missing(
-        "the cyclonedx-python-lib venv",
-        &why,
-        "run scripts/test-all.sh (or set KILN_CYCLONEDX_VENV)",
-    );
-    None
+    common::tools::venv_python(
+        "KILN_CYCLONEDX_VENV",
+        "cyclonedx-venv",
+        "import cyclonedx.validation.json, jsonschema",
+    )
 }
 
 /// `None` when the document is valid CycloneDX 1.5, else the validator's complaint.

@@ -117,11 +117,7 @@ async fn engine_down_keeps_jobs_queued_and_they_build_once_it_is_back() {
     );
 
     RestartEngine::up();
-    let job = server
-        .wait_for("down", 1, Duration::from_secs(300), |j| {
-            ["succeeded", "failed"].contains(&j["status"].as_str().unwrap_or(""))
-        })
-        .await;
+    let job = server.wait_done("down", 1, Duration::from_secs(300)).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     server.stop();
     let _ = Command::new("docker")

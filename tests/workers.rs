@@ -70,18 +70,23 @@ fn pool_config(dir: &std::path::Path) -> String {
     path.display().to_string()
 }
 
-async fn start(config: &str, repo: &GitRepo, data: &std::path::Path) -> Server {
-    Server::start(&[
+/// An empty spec repository in `dir` and `kiln serve` on it with [`pool_config`].
+async fn pool_server(dir: &std::path::Path) -> (GitRepo, Server) {
+    let mut repo = GitRepo::init(&dir.join("repo"));
+    repo.write("README.md", "images\n");
+    repo.commit("empty");
+    let server = Server::start(&[
         "--config",
-        config,
+        &pool_config(dir),
         "--repo",
         &repo.dir.display().to_string(),
         "--data-dir",
-        &data.display().to_string(),
+        &dir.join("data").display().to_string(),
         "--poll-interval",
         "1",
     ])
-    .await
+    .await;
+    (repo, server)
 }
 
 async fn worker_health(server: &Server, name: &str) -> bool {
@@ -115,11 +120,7 @@ async fn a_killed_worker_costs_an_attempt_and_the_job_builds_on_the_other() {
     }
     let _guard = RestartWorkers;
     let tmp = tempfile::tempdir().unwrap();
-    let mut repo = GitRepo::init(&tmp.path().join("repo"));
-    repo.write("README.md", "images\n");
-    repo.commit("empty");
-    let config = pool_config(tmp.path());
-    let server = start(&config, &repo, &tmp.path().join("data")).await;
+    let (mut repo, server) = pool_server(tmp.path()).await;
     wait_health(&server, "w1", true).await;
     wait_health(&server, "w2", true).await;
 
@@ -136,9 +137,7 @@ async fn a_killed_worker_costs_an_attempt_and_the_job_builds_on_the_other() {
     dev_env(&["worker-kill", &first[1..]]);
 
     let done = server
-        .wait_for("failover", 1, Duration::from_secs(600), |j| {
-            ["succeeded", "failed"].contains(&j["status"].as_str().unwrap_or(""))
-        })
+        .wait_done("failover", 1, Duration::from_secs(600))
         .await;
     let log = server.log(&done).await;
     assert_eq!(done["status"], "succeeded", "{done}\n{log}");
@@ -178,11 +177,7 @@ async fn with_every_worker_down_jobs_wait_queued_with_the_reason_then_build() {
     }
     let _guard = RestartWorkers;
     let tmp = tempfile::tempdir().unwrap();
-    let mut repo = GitRepo::init(&tmp.path().join("repo"));
-    repo.write("README.md", "images\n");
-    repo.commit("empty");
-    let config = pool_config(tmp.path());
-    let server = start(&config, &repo, &tmp.path().join("data")).await;
+    let (mut repo, server) = pool_server(tmp.path()).await;
     dev_env(&["worker-stop", "1"]);
     dev_env(&["worker-stop", "2"]);
     wait_health(&server, "w1", false).await;
@@ -227,11 +222,7 @@ async fn with_every_worker_down_jobs_wait_queued_with_the_reason_then_build() {
     assert!(workers_page.contains("unhealthy"), "{workers_page}");
 
     dev_env(&["worker-start", "2"]);
-    let job = server
-        .wait_for("waits", 1, Duration::from_secs(300), |j| {
-            ["succeeded", "failed"].contains(&j["status"].as_str().unwrap_or(""))
-        })
-        .await;
+    let job = server.wait_done("waits", 1, Duration::from_secs(300)).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["worker"], "w2", "{job}");
     let metrics = reqwest::get(format!("{}/metrics", server.base))

@@ -129,25 +129,11 @@ fn endpoint_text(worker: &WorkerConfig) -> &str {
         .unwrap_or("the default Docker endpoint")
 }
 
-/// Probes `worker` every `interval` until `shutdown`; the receiver always holds the latest
-/// [`Health`] (starting at [`Health::Unknown`]) and wakes on every change.
+/// Probes `worker` every `interval` until `shutdown`, folding each outcome into `tx`
+/// (which starts at [`Health::Unknown`]; its receivers wake on every change). The caller
+/// keeps `tx` so it can also [`record`] what it saw between probes (a worker lost in the
+/// middle of a build).
 pub fn spawn_probe(
-    worker: WorkerConfig,
-    interval: Duration,
-    timeout: Duration,
-    shutdown: CancellationToken,
-) -> (watch::Receiver<Health>, JoinHandle<()>) {
-    let tx = Arc::new(watch::Sender::new(Health::Unknown));
-    let rx = tx.subscribe();
-    (
-        rx,
-        spawn_probe_into(tx, worker, interval, timeout, shutdown),
-    )
-}
-
-/// [`spawn_probe`] into a sender the caller keeps, so it can also [`record`] what it saw
-/// between probes (a worker lost in the middle of a build).
-pub fn spawn_probe_into(
     tx: Arc<watch::Sender<Health>>,
     worker: WorkerConfig,
     interval: Duration,
@@ -382,7 +368,10 @@ mod tests {
             name: "w50".into(),
             ..docker_worker("unix:///run/kiln-w50/docker.sock", None)
         };
-        let (mut rx, task) = spawn_probe(
+        let tx = Arc::new(watch::Sender::new(Health::Unknown));
+        let mut rx = tx.subscribe();
+        let task = spawn_probe(
+            tx,
             worker,
             Duration::from_millis(200),
             PROBE_TIMEOUT,
@@ -417,7 +406,10 @@ mod tests {
             return;
         };
         let shutdown = CancellationToken::new();
-        let (mut rx, task) = spawn_probe(
+        let tx = Arc::new(watch::Sender::new(Health::Unknown));
+        let mut rx = tx.subscribe();
+        let task = spawn_probe(
+            tx,
             docker_worker(&vars["KILN_WORKER_1_UNIX"], None),
             Duration::from_millis(100),
             PROBE_TIMEOUT,

@@ -12,7 +12,7 @@
 //! forever. The lease then goes to the spec's worker anyway, so the attempt fails with the
 //! Engine's own refusal in the job's error, as with a single Engine.
 
-use super::health::{self, Health, PROBE_TIMEOUT, spawn_probe_into};
+use super::health::{self, Health, PROBE_TIMEOUT, spawn_probe};
 use super::placement::{Unplaced, WorkerLoad, place};
 use super::worker_config::WorkerConfig;
 use crate::builder::{Builder, Builders, Lease, Slot};
@@ -119,7 +119,7 @@ impl WorkerPool {
             };
             endpoint.resolve(|name| std::env::var(name).ok())?;
             let health = Arc::new(watch::Sender::new(Health::Unknown));
-            spawn_probe_into(
+            spawn_probe(
                 Arc::clone(&health),
                 config.clone(),
                 interval,

@@ -223,6 +223,14 @@ impl Server {
         }
     }
 
+    /// Wait (bounded) until the job of `revision` has succeeded or failed.
+    pub async fn wait_done(&self, spec: &str, revision: u64, limit: Duration) -> serde_json::Value {
+        self.wait_for(spec, revision, limit, |j| {
+            ["succeeded", "failed"].contains(&j["status"].as_str().unwrap_or(""))
+        })
+        .await
+    }
+
     /// A job's whole log as text.
     pub async fn log(&self, job: &serde_json::Value) -> String {
         reqwest::get(format!("{}/api/v1/jobs/{}/log", self.base, job["id"]))

@@ -66,6 +66,27 @@ pub fn missing(what: &str, why: &str, install: &str) {
     );
 }
 
+/// The python of a test venv (`$HOME/.cache/kiln/<dir>`, or the directory in `env_var`)
+/// when it can `import_line`; otherwise [`missing`] (fails under CI) and `None`.
+/// `scripts/test-all.sh` makes these venvs.
+pub fn venv_python(env_var: &str, dir: &str, import_line: &str) -> Option<PathBuf> {
+    let venv = std::env::var_os(env_var).map(PathBuf::from).or_else(|| {
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/kiln").join(dir))
+    })?;
+    let python = venv.join("bin/python");
+    let why = match Command::new(&python).args(["-c", import_line]).output() {
+        Ok(out) if out.status.success() => return Some(python),
+        Ok(out) => String::from_utf8_lossy(&out.stderr).into_owned(),
+        Err(e) => format!("{}: {e}", python.display()),
+    };
+    missing(
+        &format!("the {dir} venv"),
+        &why,
+        &format!("run scripts/test-all.sh (or set {env_var})"),
+    );
+    None
+}
+
 /// A program on PATH.
 pub fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
