@@ -482,14 +482,16 @@ fn kubernetes_manifests_agree_with_each_other_and_with_kiln() {
 /// `kubectl kustomize deploy/kubernetes`: what `kubectl apply -k` would send, or `None` when
 /// kubectl is missing outside CI.
 fn kustomize() -> Option<String> {
+    kustomize_dir("deploy/kubernetes")
+}
+
+/// `kubectl kustomize` of the kustomization in `dir` (relative to the repository).
+fn kustomize_dir(dir: &str) -> Option<String> {
     if !common::have(common::Tool::Kubectl) {
         return None;
     }
     let out = Command::new("kubectl")
-        .args([
-            "kustomize",
-            &root().join("deploy/kubernetes").display().to_string(),
-        ])
+        .args(["kustomize", &root().join(dir).display().to_string()])
         .output()
         .unwrap();
     assert!(
@@ -562,6 +564,161 @@ fn kubernetes_manifests_pass_the_kubernetes_schema() {
     let (ok, text) = kubernetes_validate(&bad);
     assert!(!ok, "a broken Deployment passed the schema check:\n{text}");
     assert!(text.contains("deployment/kiln"), "{text}");
+}
+
+/// The kiln.toml of a ConfigMap in rendered manifests.
+fn configmap_toml(rendered: &[Value]) -> String {
+    let map = rendered
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "kiln-config")
+        .expect("the kiln-config ConfigMap");
+    map["data"]["kiln.toml"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn the_worker_pool_overlay_agrees_with_kiln_and_passes_the_kubernetes_schema() {
+    let Some(rendered_text) = kustomize_dir("deploy/kubernetes-workers") else {
+        return;
+    };
+    let rendered = yaml_docs(&rendered_text, "the kustomized worker overlay");
+    let of_kind = |kind: &str, name: &str| -> &Value {
+        rendered
+            .iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind}/{name} in the overlay"))
+    };
+    let sts = of_kind("StatefulSet", "kiln-worker");
+    let service = of_kind("Service", "kiln-worker");
+    let deployment = of_kind("Deployment", "kiln");
+
+    // A headless Service gives every pod its own DNS name, and it selects the pods.
+    assert_eq!(service["spec"]["clusterIP"], "None");
+    assert_eq!(sts["spec"]["serviceName"], service["metadata"]["name"]);
+    let pod_labels = &sts["spec"]["template"]["metadata"]["labels"];
+    for (key, value) in service["spec"]["selector"].as_object().unwrap() {
+        assert_eq!(
+            &pod_labels[key], value,
+            "the Service selects the worker pods"
+        );
+    }
+    assert_eq!(
+        sts["spec"]["selector"]["matchLabels"],
+        service["spec"]["selector"]
+    );
+    let dockerd = named(&sts["spec"]["template"]["spec"]["containers"], "dockerd");
+    let engine_port = named(&dockerd["ports"], "engine")["containerPort"]
+        .as_u64()
+        .unwrap();
+    let service_port = named(&service["spec"]["ports"], "engine");
+    assert_eq!(service_port["targetPort"], "engine");
+    assert_eq!(service_port["port"].as_u64(), Some(engine_port));
+    let args: Vec<&str> = dockerd["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        args.contains(&"--tlsverify"),
+        "the Engine demands client certificates: {args:?}"
+    );
+    assert!(args.contains(&format!("--host=tcp://0.0.0.0:{engine_port}").as_str()));
+    assert!(
+        !args.iter().any(|a| a.starts_with("--host=unix")),
+        "no other listener: {args:?}"
+    );
+    // Each pod keeps its own cache volume.
+    let claim = &sts["spec"]["volumeClaimTemplates"][0];
+    let docker_mount = named(
+        &dockerd["volumeMounts"],
+        claim["metadata"]["name"].as_str().unwrap(),
+    );
+    assert_eq!(docker_mount["mountPath"], "/var/lib/docker");
+
+    // Kiln lists exactly the StatefulSet's pods as workers, by their DNS names, with the client
+    // certificate mounted where cert_path says; and its Docker-in-Docker sidecar is gone.
+    let text = configmap_toml(&rendered);
+    let config = Config::from_toml(&text, Path::new("kubernetes-workers kiln.toml"))
+        .unwrap_or_else(|e| panic!("the overlay's kiln.toml: {e}"));
+    let replicas = sts["spec"]["replicas"].as_u64().unwrap() as usize;
+    assert_eq!(
+        config.workers.len(),
+        replicas,
+        "one [[workers]] table per pod"
+    );
+    assert!(
+        config.docker_host.is_none(),
+        "no docker_host beside [[workers]]"
+    );
+    let pod = deployment["spec"]["template"]["spec"].clone();
+    let kiln = named(&pod["containers"], "kiln");
+    let tls_mount = named(&kiln["volumeMounts"], "worker-tls");
+    let tls_volume = named(&pod["volumes"], "worker-tls");
+    assert_eq!(tls_volume["secret"]["secretName"], "kiln-worker-client");
+    for (n, worker) in config.workers.iter().enumerate() {
+        assert_eq!(worker.name, format!("kiln-worker-{n}"));
+        assert_eq!(
+            worker.endpoint.as_deref(),
+            Some(format!("tcp://kiln-worker-{n}.kiln-worker:{engine_port}").as_str())
+        );
+        assert_eq!(worker.tls_verify, Some(true));
+        assert_eq!(
+            worker.cert_path.as_deref(),
+            Some(Path::new(tls_mount["mountPath"].as_str().unwrap()))
+        );
+    }
+    assert!(
+        pod["initContainers"]
+            .as_array()
+            .is_none_or(|c| c.is_empty()),
+        "no dind sidecar: {}",
+        pod["initContainers"]
+    );
+    assert!(
+        !rendered_text.contains("dind-socket"),
+        "no dind volume is left"
+    );
+
+    // Every other key is the base's: the overlay's kiln.toml is the base's, edited.
+    let base = configmap_toml(&yaml_docs(&kustomize().unwrap(), "the base"));
+    let keys = |text: &str| -> BTreeMap<String, String> {
+        let table: toml::Table = text.parse().unwrap();
+        table
+            .into_iter()
+            .filter(|(k, _)| {
+                ![
+                    "docker_host",
+                    "workers",
+                    "max_parallel_builds",
+                    "worker_probe_interval",
+                ]
+                .contains(&k.as_str())
+            })
+            .map(|(k, v)| (k, v.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        keys(&text),
+        keys(&base),
+        "the overlay's kiln.toml drifted from the base's"
+    );
+
+    // The schema check, as for the base.
+    let dir = tempfile::tempdir().unwrap();
+    let applied = dir.path().join("workers.yaml");
+    std::fs::write(&applied, &rendered_text).unwrap();
+    let (ok, out) = kubernetes_validate(&applied);
+    assert!(ok, "the worker overlay fails the schema:\n{out}");
+    for resource in [
+        "statefulset/kiln-worker",
+        "service/kiln-worker",
+        "deployment/kiln",
+    ] {
+        assert!(
+            out.contains(&format!("passed for resource {resource}")),
+            "{out}"
+        );
+    }
 }
 
 // ---- systemd ---------------------------------------------------------------------------------
