@@ -9,6 +9,7 @@ mod common;
 
 use common::tools::in_ci;
 use common::{GitRepo, Server, slow_uncached_spec, spec, wait_until_building};
+use kiln::pool::placement::{self, WorkerLoad};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -56,18 +57,34 @@ impl Drop for RestartWorkers {
     }
 }
 
-/// kiln.toml with the two worker Engines (unix sockets), probed every second.
-fn pool_config(dir: &std::path::Path) -> String {
+/// A worker of the pool tests: its name and endpoint. `w0` is the main Engine (the tests here
+/// never stop it), `w1` and `w2` the worker Engines of `scripts/dev-env.sh`.
+fn worker(n: u32) -> (String, String) {
+    let endpoint = if n == 0 {
+        "unix:///var/run/docker.sock".to_string()
+    } else {
+        format!("unix:///run/kiln-w{n}/docker.sock")
+    };
+    (format!("w{n}"), endpoint)
+}
+
+/// kiln.toml in `dir` with one `[[workers]]` table of `capacity` per worker in `workers`,
+/// probed every second, and the `extra` top-level keys.
+fn workers_config(dir: &std::path::Path, workers: &[u32], capacity: usize, extra: &str) -> String {
     let path = dir.join("kiln.toml");
-    let mut text =
-        String::from("worker_probe_interval = 1\nretry_backoff = 1\nmax_parallel_builds = 2\n");
-    for n in 1..=2 {
+    let mut text = format!("worker_probe_interval = 1\nretry_backoff = 1\n{extra}");
+    for (name, endpoint) in workers.iter().map(|&n| worker(n)) {
         text.push_str(&format!(
-            "\n[[workers]]\nname = \"w{n}\"\nkind = \"docker\"\nendpoint = \"unix:///run/kiln-w{n}/docker.sock\"\ncapacity = 1\n"
+            "\n[[workers]]\nname = \"{name}\"\nkind = \"docker\"\nendpoint = \"{endpoint}\"\ncapacity = {capacity}\n"
         ));
     }
     std::fs::write(&path, text).unwrap();
     path.display().to_string()
+}
+
+/// kiln.toml with the two worker Engines, one build each.
+fn pool_config(dir: &std::path::Path) -> String {
+    workers_config(dir, &[1, 2], 1, "max_parallel_builds = 2\n")
 }
 
 /// An empty spec repository in `dir` and `kiln serve` on it with [`pool_config`].
@@ -75,9 +92,15 @@ async fn pool_server(dir: &std::path::Path) -> (GitRepo, Server) {
     let mut repo = GitRepo::init(&dir.join("repo"));
     repo.write("README.md", "images\n");
     repo.commit("empty");
-    let server = Server::start(&[
+    let server = serve_with(dir, &repo, &pool_config(dir)).await;
+    (repo, server)
+}
+
+/// `kiln serve` on `repo` with the config file `config` and the data dir in `dir`.
+async fn serve_with(dir: &std::path::Path, repo: &GitRepo, config: &str) -> Server {
+    Server::start(&[
         "--config",
-        &pool_config(dir),
+        config,
         "--repo",
         &repo.dir.display().to_string(),
         "--data-dir",
@@ -85,8 +108,7 @@ async fn pool_server(dir: &std::path::Path) -> (GitRepo, Server) {
         "--poll-interval",
         "1",
     ])
-    .await;
-    (repo, server)
+    .await
 }
 
 async fn worker_health(server: &Server, name: &str) -> bool {
@@ -238,6 +260,187 @@ async fn with_every_worker_down_jobs_wait_queued_with_the_reason_then_build() {
     assert!(
         metrics.contains("kiln_worker_builds_total{worker=\"w2\"} 1"),
         "{metrics}"
+    );
+    server.stop();
+}
+
+/// Where placement puts `spec` among the healthy, idle workers `names`.
+fn first_choice(spec: &str, names: &[String]) -> String {
+    let loads: Vec<WorkerLoad<'_>> = names
+        .iter()
+        .map(|name| WorkerLoad {
+            name,
+            healthy: true,
+            capacity: 9,
+            running: 0,
+        })
+        .collect();
+    names[placement::rank(spec, &loads)[0]].clone()
+}
+
+/// A spec without packages (it builds in a second): `FROM`, Kiln's labels, and `tests`
+/// commands, which are part of its digest, so each new list is a new revision.
+fn bare_spec(name: &str, tests: &[&str]) -> String {
+    let mut text = format!("name: {name}\nbaseImage: 127.0.0.1:5000/kiln/bookworm:minbase\n");
+    if !tests.is_empty() {
+        text.push_str("tests:\n");
+        for t in tests {
+            text.push_str(&format!("  - {t}\n"));
+        }
+    }
+    text
+}
+
+/// Waits for r`revision` of every spec and returns each one's worker, checking it succeeded.
+async fn workers_of(server: &Server, specs: &[String], revision: u64) -> Vec<String> {
+    let mut out = Vec::new();
+    for spec in specs {
+        let job = server
+            .wait_done(spec, revision, Duration::from_secs(300))
+            .await;
+        assert_eq!(
+            job["status"],
+            "succeeded",
+            "{job}\n{}",
+            server.log(&job).await
+        );
+        out.push(job["worker"].as_str().expect("a worker").to_string());
+    }
+    out
+}
+
+#[tokio::test]
+async fn nine_specs_on_three_workers_stick_and_removing_one_moves_only_its_specs() {
+    let _one = WORKERS_IN_USE.lock().await;
+    if !workers_available() {
+        return;
+    }
+    let _guard = RestartWorkers;
+    let tmp = tempfile::tempdir().unwrap();
+    let specs: Vec<String> = (1..=9).map(|i| format!("sticky-{i}")).collect();
+    let three: Vec<String> = [0, 1, 2].map(|n| worker(n).0).to_vec();
+    let expected: Vec<String> = specs.iter().map(|s| first_choice(s, &three)).collect();
+    for w in &three {
+        assert!(
+            expected.contains(w),
+            "the spec names must give every worker a spec: {expected:?}"
+        );
+    }
+    // Capacity 9 per worker and at most 3 builds at once: a worker is never full, so every
+    // build goes to its spec's first choice.
+    let mut repo = GitRepo::init(&tmp.path().join("repo"));
+    for spec in &specs {
+        repo.write(&format!("{spec}.yaml"), &bare_spec(spec, &[]));
+    }
+    repo.commit("nine specs");
+    let config = workers_config(tmp.path(), &[0, 1, 2], 9, "max_parallel_builds = 3\n");
+    let server = serve_with(tmp.path(), &repo, &config).await;
+    assert_eq!(
+        workers_of(&server, &specs, 1).await,
+        expected,
+        "r1 placement"
+    );
+
+    // A rebuild of every spec (a new revision each) goes where its first build went.
+    for spec in &specs {
+        repo.write(&format!("{spec}.yaml"), &bare_spec(spec, &["true"]));
+    }
+    repo.commit("a test for each");
+    assert_eq!(workers_of(&server, &specs, 2).await, expected, "r2 stays");
+    server.stop();
+
+    // Without w2, only w2's specs move: each to its own next choice, the others stay.
+    let two: Vec<String> = three[..2].to_vec();
+    let config = workers_config(tmp.path(), &[0, 1], 9, "max_parallel_builds = 3\n");
+    let server = serve_with(tmp.path(), &repo, &config).await;
+    for spec in &specs {
+        repo.write(
+            &format!("{spec}.yaml"),
+            &bare_spec(spec, &["true", "test -d /"]),
+        );
+    }
+    repo.commit("another test for each");
+    let after = workers_of(&server, &specs, 3).await;
+    for (i, spec) in specs.iter().enumerate() {
+        if expected[i] == "w2" {
+            assert_eq!(after[i], first_choice(spec, &two), "{spec} moved off w2");
+        } else {
+            assert_eq!(after[i], expected[i], "{spec} stayed on its worker");
+        }
+    }
+    server.stop();
+}
+
+#[tokio::test]
+async fn a_cold_worker_rebuilds_a_known_spec_from_the_registry_cache() {
+    let _one = WORKERS_IN_USE.lock().await;
+    if !workers_available() {
+        return;
+    }
+    let _guard = RestartWorkers;
+    let tmp = tempfile::tempdir().unwrap();
+    // A base of this run's own: no Engine has its apt or pip step cached from earlier runs.
+    let base = common::fresh_base("127.0.0.1:5000/kiln/bookworm-python:minbase", "cold-worker");
+    let spec = |tests: &str| {
+        format!(
+            "name: coldcache\nbaseImage: {base}\npackages:\n  apt: [jq]\n  pip: [six==1.16.0]\n{tests}"
+        )
+    };
+    let mut repo = GitRepo::init(&tmp.path().join("repo"));
+    repo.write("coldcache.yaml", &spec(""));
+    repo.commit("a spec");
+    let extra = "registry = '127.0.0.1:5000/kiln-test-cold'\nca_bundle = '/etc/ssl/certs/ca-certificates.crt'\nmax_parallel_builds = 1\n";
+    let server = serve_with(
+        tmp.path(),
+        &repo,
+        &workers_config(tmp.path(), &[1], 1, extra),
+    )
+    .await;
+    let first = server
+        .wait_done("coldcache", 1, Duration::from_secs(600))
+        .await;
+    let first_log = server.log(&first).await;
+    assert_eq!(first["status"], "succeeded", "{first}\n{first_log}");
+    assert_eq!(first["worker"], "w1");
+    server.stop();
+
+    // w2 starts from an empty data root: no image, no layer, no cache mount.
+    dev_env(&["worker-reset", "2"]);
+    let server = serve_with(
+        tmp.path(),
+        &repo,
+        &workers_config(tmp.path(), &[2], 1, extra),
+    )
+    .await;
+    wait_health(&server, "w2", true).await;
+    repo.write(
+        "coldcache.yaml",
+        &spec("tests:\n  - python3 -c 'import six'\n"),
+    );
+    repo.commit("a test: new labels, same packages");
+    let second = server
+        .wait_done("coldcache", 2, Duration::from_secs(600))
+        .await;
+    let log = server.log(&second).await;
+    assert_eq!(second["status"], "succeeded", "{second}\n{log}");
+    assert_eq!(second["worker"], "w2", "{second}");
+    let step_of = |what: &str| {
+        log.lines()
+            .find(|l| l.starts_with('#') && l.contains("] RUN ") && l.contains(what))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no RUN step with {what}:\n{log}"))
+            .to_string()
+    };
+    for what in ["apt-get", "pip"] {
+        let step = step_of(what);
+        assert!(
+            log.lines().any(|l| l == format!("{step} CACHED")),
+            "the {what} step came from the registry's cache:\n{log}"
+        );
+    }
+    assert!(
+        log.contains("cache-from") || log.contains("importing cache"),
+        "the log says where the cache came from:\n{log}"
     );
     server.stop();
 }
