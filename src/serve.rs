@@ -58,6 +58,8 @@ pub enum ServeError {
     },
     #[error("HTTP server failed: {0}")]
     Http(#[source] std::io::Error),
+    #[error("no build worker answers, so nothing can be built ({0})")]
+    NoWorker(String),
 }
 
 /// Bind the config's `listen` address (port 0 picks a free port: ask the listener which).
@@ -140,15 +142,33 @@ pub struct SyncReport {
 /// does not answer fails at once; the jobs stay queued for the next run.
 pub async fn sync_once(config: &Config) -> Result<SyncReport, ServeError> {
     let syncer = open(config).await?;
+    // The probes of a pool end with this pass.
+    let probes = CancellationToken::new();
+    let _end_probes = probes.clone().drop_guard();
     let workers = if config.no_build {
         None
-    } else {
+    } else if config.workers.is_empty() {
         let engine = Engine::connect_to(&engine_endpoint(config)).await?;
         Some(Workers::new(
             syncer.store().clone(),
             engine,
             build_settings(config)?,
         ))
+    } else {
+        // The same pool and placement as `kiln serve`; but a one-shot pass must not wait for
+        // a pool that is all down, so it first asks every worker once.
+        let settings = build_settings(config)?;
+        let pool = crate::pool::WorkerPool::from_config(config, &probes)?;
+        pool.first_probes().await;
+        let status = pool.status();
+        if !status.iter().any(|w| w.healthy) {
+            let each: Vec<String> = status
+                .iter()
+                .map(|w| format!("{}: {}", w.name, w.error.as_deref().unwrap_or("no answer")))
+                .collect();
+            return Err(ServeError::NoWorker(each.join("; ")));
+        }
+        Some(Workers::new(syncer.store().clone(), pool, settings))
     };
     let outcome = syncer.sync_once().await?;
     let failed = match workers {

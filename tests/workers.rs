@@ -444,3 +444,46 @@ async fn a_cold_worker_rebuilds_a_known_spec_from_the_registry_cache() {
     );
     server.stop();
 }
+
+#[tokio::test]
+async fn kiln_sync_builds_on_the_pool_and_fails_at_once_when_no_worker_answers() {
+    let _one = WORKERS_IN_USE.lock().await;
+    if !workers_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut repo = GitRepo::init(&tmp.path().join("repo"));
+    repo.write("synced.yaml", &bare_spec("synced", &[]));
+    repo.commit("a spec");
+    let data = tmp.path().join("data");
+    let (code, out) = common::sync(&pool_config(tmp.path()), &repo.dir, &data);
+    assert_eq!(code, 0, "{out}");
+    let server = Server::observe(&repo.dir, &data).await;
+    let job = server.job("synced", 1).await.expect("the job");
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let pool: Vec<String> = [1, 2].map(|n| worker(n).0).to_vec();
+    assert_eq!(
+        job["worker"],
+        first_choice("synced", &pool).as_str(),
+        "{job}"
+    );
+    drop(server);
+
+    // A pool where nothing answers: the pass says so at once instead of queueing forever.
+    let dead = tmp.path().join("dead");
+    std::fs::create_dir_all(&dead).unwrap();
+    let config = dead.join("kiln.toml");
+    std::fs::write(
+        &config,
+        "[[workers]]\nname = \"gone\"\nkind = \"docker\"\nendpoint = \"unix:///run/kiln-no-such-worker.sock\"\n",
+    )
+    .unwrap();
+    repo.write("synced.yaml", &bare_spec("synced", &["true"]));
+    repo.commit("a change");
+    let (code, out) = common::sync(&config.display().to_string(), &repo.dir, &data);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("no build worker answers") && out.contains("gone: "),
+        "{out}"
+    );
+}

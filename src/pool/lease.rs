@@ -162,6 +162,17 @@ impl WorkerPool {
         WorkerPool::new(&config.workers, config.worker_probe_interval, shutdown)
     }
 
+    /// Waits until every worker has answered or failed its first probe (each probe is
+    /// bounded by its timeout): a one-shot `kiln sync` must know whether anything can build
+    /// before it queues jobs, where `kiln serve` would just let them wait.
+    pub async fn first_probes(&self) {
+        for worker in &self.inner.workers {
+            let mut health = worker.health.subscribe();
+            // Err only when the sender is gone, and the pool holds it.
+            let _ = health.wait_for(|h| !matches!(h, Health::Unknown)).await;
+        }
+    }
+
     /// Every worker's name, health and load, in config order.
     pub fn status(&self) -> Vec<WorkerStatus> {
         let loads = self.loads_snapshot();
