@@ -190,6 +190,11 @@ struct ConfigFile {
     #[serde(skip)]
     path: Option<PathBuf>,
     store_cache_mb: Option<u64>,
+    /// Private package sources (`[sources.NAME]` tables), see `crate::sources`.
+    #[serde(default)]
+    sources: BTreeMap<String, crate::sources::SourceTable>,
+    /// The build's network: `default`, `host`, or a network name.
+    build_network: Option<String>,
 }
 
 /// Everything a Kiln process needs to know, resolved.
@@ -246,6 +251,10 @@ pub struct Config {
     pub workers: Vec<crate::pool::WorkerConfig>,
     /// sled's page cache in MiB (`store_cache_mb`, at least 1).
     pub store_cache_mb: u64,
+    /// The `[sources.NAME]` tables, validated.
+    pub sources: std::sync::Arc<crate::sources::Sources>,
+    /// Network of the builds' RUN steps (`build_network`); `None` = the Engine's default.
+    pub build_network: Option<String>,
 }
 
 impl Config {
@@ -293,6 +302,7 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let retention = Retention::resolve(&args.retention, &file)?;
         let store_cache_mb = store_cache_mb(&file);
+        let (sources, build_network) = (sources_of(&file)?, build_network_of(&file)?);
         let repo = args.repo.clone().or(file.repo).ok_or(ConfigError::NoRepo)?;
         let listen = listen
             .or(file.listen)
@@ -368,7 +378,48 @@ impl Config {
             retention,
             workers,
             store_cache_mb,
+            sources,
+            build_network,
         })
+    }
+}
+
+/// What `kiln check --config FILE` validates specs against: the names of the configured
+/// pull secrets and sources (the file needs no `repo` for it).
+pub fn spec_context(path: &Path) -> Result<crate::spec::SpecContext, ConfigError> {
+    let file = read_file(path)?;
+    Ok(crate::spec::SpecContext {
+        pull_secrets: Some(file.pull_secrets.keys().cloned().collect()),
+        sources: Some(sources_of(&file)?),
+    })
+}
+
+fn sources_of(file: &ConfigFile) -> Result<std::sync::Arc<crate::sources::Sources>, ConfigError> {
+    crate::sources::Sources::from_tables(&file.sources)
+        .map(std::sync::Arc::new)
+        .map_err(|e| ConfigError::Parse {
+            path: file
+                .path
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("kiln.toml")),
+            message: e.to_string(),
+        })
+}
+
+/// `build_network`: `default` (or unset) is the Engine's default network.
+fn build_network_of(file: &ConfigFile) -> Result<Option<String>, ConfigError> {
+    match file.build_network.as_deref().map(str::trim) {
+        None | Some("default") => Ok(None),
+        Some(name) if crate::sources::config::valid_name(name) => Ok(Some(name.to_string())),
+        Some(other) => Err(ConfigError::Parse {
+            path: file
+                .path
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("kiln.toml")),
+            message: format!(
+                "`build_network` = {other:?}: use \"default\", \"host\" or a Docker network name"
+            ),
+        }),
     }
 }
 
@@ -540,7 +591,7 @@ mod tests {
         // Every listed key is accepted by the parser, and nothing else is.
         for key in &keys {
             let value = match key.as_str() {
-                "pull_secrets" | "webhook_secret_files" => "{}",
+                "pull_secrets" | "webhook_secret_files" | "sources" => "{}",
                 "workers" => "[]",
                 _ => "0",
             };
@@ -552,5 +603,40 @@ mod tests {
         }
         let err = toml::from_str::<ConfigFile>("not_a_key = 0\n").unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn sources_and_build_network() {
+        let config = Config::from_toml(
+            "repo = 'x'\nbuild_network = 'host'\n[sources.pypi]\nkind = 'pip'\nurl = 'http://127.0.0.1:8081/simple/'\n",
+            Path::new("kiln.toml"),
+        )
+        .unwrap();
+        assert_eq!(config.build_network.as_deref(), Some("host"));
+        assert!(config.sources.get("pypi").is_some());
+        let config = Config::from_toml(
+            "repo = 'x'\nbuild_network = 'default'\n",
+            Path::new("kiln.toml"),
+        )
+        .unwrap();
+        assert_eq!(config.build_network, None);
+        let err = Config::from_toml(
+            "repo = 'x'\nbuild_network = 'a b'\n",
+            Path::new("kiln.toml"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("build_network"), "{err}");
+        let err = Config::from_toml(
+            "repo = 'x'\n[sources.pypi]\nkind = 'pip'\nurl = 'https://u:p@x/'\n",
+            Path::new("/etc/kiln/kiln.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with(
+                "config file /etc/kiln/kiln.toml: [sources.pypi] `url`: the URL holds a user name"
+            ),
+            "{err}"
+        );
     }
 }

@@ -28,6 +28,7 @@
 //! networks behind a TLS-inspecting proxy; it does not change the environment of the final
 //! image.
 
+use crate::sources::dockerfile as src;
 use crate::spec::{ImageSpec, Manager};
 use std::fmt::Write as _;
 
@@ -86,6 +87,8 @@ pub struct RenderOptions {
     pub base_user: Option<String>,
     /// Whether a CA bundle is in the build context as [`CA_BUNDLE_CONTEXT_NAME`].
     pub ca_bundle: bool,
+    /// The package sources configured in Kiln; the spec's are mounted into its RUN steps.
+    pub sources: std::sync::Arc<crate::sources::Sources>,
 }
 
 /// The OCI labels of an image built from `spec` at `rev`.
@@ -112,6 +115,10 @@ pub fn render(spec: &ImageSpec, rev: &RevisionInfo, options: &RenderOptions) -> 
     if let Some(secret) = &spec.pull_secret {
         let _ = writeln!(out, "{PULL_SECRET_COMMENT}{secret}");
     }
+    let used = crate::sources::usage::used_by(spec, &options.sources);
+    if let Some(line) = src::comment(&used) {
+        let _ = writeln!(out, "{line}");
+    }
     let _ = writeln!(out, "FROM {}", spec.base_image);
     let _ = writeln!(out, "USER root");
     let _ = writeln!(out, "ARG DEBIAN_FRONTEND=noninteractive");
@@ -134,19 +141,21 @@ pub fn render(spec: &ImageSpec, rev: &RevisionInfo, options: &RenderOptions) -> 
         };
         // apt keeps its lists and downloaded packages in cache mounts, outside the image; the
         // base image's `docker-clean` hook would delete the packages after each install.
-        let _ = writeln!(
-            out,
-            "RUN {} {} \\",
+        let parts = src::apt(&used);
+        let mounts = [
             cache_mount(APT_ARCHIVES_CACHE),
-            cache_mount(APT_LISTS_CACHE)
-        );
+            cache_mount(APT_LISTS_CACHE),
+        ];
+        let _ = writeln!(out, "RUN {} \\", mount_list(&mounts, &parts));
         let _ = writeln!(out, "    rm -f /etc/apt/apt.conf.d/docker-clean \\");
+        push_commands(&mut out, &parts.before);
         let _ = writeln!(out, " && {ca_env}apt-get{apt_ca} update \\");
         let _ = writeln!(
             out,
             " && {ca_env}apt-get{apt_ca} install -y --no-install-recommends \\"
         );
         push_args(&mut out, &apt);
+        push_commands(&mut out, &parts.after);
         let _ = writeln!(out, " && true");
     }
 
@@ -158,10 +167,15 @@ pub fn render(spec: &ImageSpec, rev: &RevisionInfo, options: &RenderOptions) -> 
         } else {
             String::new()
         };
+        let parts = src::conda(&used);
+        let export = match parts.env.is_empty() {
+            true => export,
+            false => format!("{export}export {}; ", parts.env.trim_end()),
+        };
         let _ = writeln!(
             out,
             "RUN {} \\\n    set -e; export CONDA_PKGS_DIRS={CONDA_PKGS_CACHE}; {export}\\",
-            cache_mount(CONDA_PKGS_CACHE)
+            mount_list(&[cache_mount(CONDA_PKGS_CACHE)], &parts)
         );
         let _ = writeln!(
             out,
@@ -195,11 +209,22 @@ pub fn render(spec: &ImageSpec, rev: &RevisionInfo, options: &RenderOptions) -> 
         // still takes the newest release —, then everything is installed from the folder.
         let (pinned, floating): (Vec<&str>, Vec<&str>) =
             pip.iter().copied().partition(|r| is_exact_pin(r));
-        let _ = writeln!(out, "RUN {} \\", cache_mount(PIP_CACHE));
+        let parts = src::pip(&used);
+        let cache = match src::pip_cache_id(&used) {
+            Some(id) => {
+                cache_mount(PIP_CACHE).replacen("type=cache,", &format!("type=cache,id={id},"), 1)
+            }
+            None => cache_mount(PIP_CACHE),
+        };
+        let _ = writeln!(out, "RUN {} \\", mount_list(&[cache], &parts));
         let _ = writeln!(
             out,
-            "    set -e; export {ca_env}PIP_NO_CACHE_DIR=1 PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1; \\"
+            "    set -e; export {ca_env}{}PIP_NO_CACHE_DIR=1 PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1; \\",
+            parts.env
         );
+        for command in &parts.before {
+            let _ = writeln!(out, "    {command}; \\");
+        }
         let _ = writeln!(out, "    W={PIP_CACHE}/wheels; \\");
         if !pinned.is_empty() {
             let _ = writeln!(out, "    for req in \\");
@@ -303,6 +328,23 @@ fn is_exact_pin(requirement: &str) -> bool {
     pins == 1 && !head.contains(['*', ',', '<', '>', '~', '!', '@']) && !head.contains("://")
 }
 
+/// A RUN step's mounts: its cache mounts, then the sources' secret mounts.
+fn mount_list(cache: &[String], parts: &src::StepParts) -> String {
+    cache
+        .iter()
+        .chain(&parts.mounts)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// ` && command` lines, each continued.
+fn push_commands(out: &mut String, commands: &[String]) {
+    for command in commands {
+        let _ = writeln!(out, " && {command} \\");
+    }
+}
+
 /// One shell-quoted argument per line, each continued.
 fn push_args(out: &mut String, args: &[&str]) {
     for arg in args {
@@ -349,6 +391,7 @@ mod tests {
             display_name: None,
             catalog: Default::default(),
             tests: vec![],
+            sources: vec![],
         }
     }
 
@@ -412,6 +455,7 @@ USER jovyan
         let options = RenderOptions {
             base_user: Some("jovyan".into()),
             ca_bundle: true,
+            ..RenderOptions::default()
         };
         assert_eq!(render(&spec(), &rev(), &options), GOLDEN_FULL);
     }
@@ -449,10 +493,12 @@ LABEL org.opencontainers.image.created="2026-11-23T12:00:00Z" \
             display_name: None,
             catalog: Default::default(),
             tests: vec![],
+            sources: vec![],
         };
         let options = RenderOptions {
             base_user: Some("root".into()),
             ca_bundle: false,
+            ..RenderOptions::default()
         };
         assert_eq!(render(&spec, &rev(), &options), GOLDEN_APT_ONLY);
     }
@@ -467,6 +513,7 @@ LABEL org.opencontainers.image.created="2026-11-23T12:00:00Z" \
             &RenderOptions {
                 base_user: None,
                 ca_bundle: true,
+                ..RenderOptions::default()
             },
         );
         assert!(!stored.contains("USER jovyan"));
@@ -578,8 +625,8 @@ LABEL org.opencontainers.image.created="2026-11-23T12:00:00Z" \
             for a in &apt { prop_assert!(crate::spec::rules::check_apt(a).is_ok(), "generator made invalid apt {a}"); }
             for p in &pip { prop_assert!(crate::spec::rules::check_pip(p).is_ok(), "generator made invalid pip {p}"); }
             for c in &conda { prop_assert!(crate::spec::rules::check_conda(c).is_ok(), "generator made invalid conda {c}"); }
-            let spec = ImageSpec { name: "p".into(), description: None, base_image: "debian:bookworm".into(), pull_secret: None, packages: Packages { apt, conda, pip }, display_name: None, catalog: Default::default(), tests: vec![] };
-            let text = render(&spec, &rev(), &RenderOptions { base_user: user, ca_bundle: ca });
+            let spec = ImageSpec { name: "p".into(), description: None, base_image: "debian:bookworm".into(), pull_secret: None, packages: Packages { apt, conda, pip }, display_name: None, catalog: Default::default(), tests: vec![], sources: vec![] };
+            let text = render(&spec, &rev(), &RenderOptions { base_user: user, ca_bundle: ca, ..RenderOptions::default() });
             prop_assert_eq!(every_line_is_an_instruction_or_continuation(&text), Ok(()));
         }
     }

@@ -22,6 +22,7 @@ pub mod repo;
 pub mod retention;
 pub mod sbom;
 pub mod serve;
+pub mod sources;
 pub mod spec;
 pub mod store;
 pub mod sync;

@@ -35,6 +35,9 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+        /// Kiln's config: `pullSecret` and `sources` entries must then name configured ones.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Print the Dockerfile a spec would build (with placeholder revision values).
     Render {
@@ -46,6 +49,9 @@ enum Command {
         /// Render as if a custom CA bundle were configured.
         #[arg(long)]
         ca_bundle: bool,
+        /// Kiln's config, for the spec's package sources.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Print the JSON Schema of the spec format, for editors.
     Schema,
@@ -142,9 +148,17 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Check { paths, format } => {
+        Command::Check {
+            paths,
+            format,
+            config,
+        } => {
             let files = check::collect_files(&paths)?;
-            let report = check::check_files(&files, &SpecContext::default())?;
+            let ctx = match config {
+                Some(path) => kiln::config::spec_context(&path)?,
+                None => SpecContext::default(),
+            };
+            let report = check::check_files(&files, &ctx)?;
             print!("{}", check::render_report(&report, format));
             Ok(if report.diagnostics.is_empty() {
                 ExitCode::SUCCESS
@@ -156,10 +170,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             file,
             base_user,
             ca_bundle,
+            config,
         } => {
+            let sources = match config {
+                Some(path) => kiln::config::spec_context(&path)?
+                    .sources
+                    .unwrap_or_default(),
+                None => Default::default(),
+            };
             let options = RenderOptions {
                 base_user,
                 ca_bundle,
+                sources,
             };
             match commands::render(&file, &options)? {
                 Rendered::Dockerfile(text) => {

@@ -239,6 +239,7 @@ fn observe<V: StateView>(
         let options = RenderOptions {
             base_user: None,
             ca_bundle: settings.ca_bundle,
+            sources: settings.spec_context.sources.clone().unwrap_or_default(),
         };
         let dockerfile = dockerfile::render(&spec, &info, &options);
         plan.jobs.push(NewJob {

@@ -128,6 +128,8 @@ pub fn build_settings(config: &Config) -> Result<BuildSettings, ServeError> {
         retry_backoff: config.retry_backoff,
         shutdown_grace: config.shutdown_grace,
         source_url: config.source_url.clone(),
+        sources: crate::sources::JobSources::new(config.sources.clone()),
+        build_network: config.build_network.clone(),
     })
 }
 

@@ -55,6 +55,7 @@ impl Syncer {
         let repo = Repo::open(&location, &config.data_dir)?;
         let spec_context = SpecContext {
             pull_secrets: Some(config.pull_secrets.keys().cloned().collect()),
+            sources: Some(config.sources.clone()),
         };
         Ok(Syncer {
             repo: Arc::new(Mutex::new(repo)),

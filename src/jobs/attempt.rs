@@ -21,6 +21,10 @@ pub enum FailureKind {
     Permanent,
     /// Kiln is shutting down and stopped the attempt: the job belongs to the next start.
     Stopped,
+    /// A package source answered HTTP 401/403 to the credential Kiln gave it: the same
+    /// credential is refused again, so the job fails with the source's name (a source that
+    /// does not answer is `Transient`).
+    SourceRefused,
 }
 
 /// What to do after a failed attempt.
@@ -56,7 +60,9 @@ pub fn decide(kind: FailureKind, attempt: u32, policy: &AttemptPolicy) -> Decisi
                 attempt.saturating_sub(1),
             ),
         },
-        FailureKind::Transient | FailureKind::Permanent => Decision::Fail,
+        FailureKind::Transient | FailureKind::Permanent | FailureKind::SourceRefused => {
+            Decision::Fail
+        }
     }
 }
 
@@ -96,6 +102,16 @@ mod tests {
         for attempt in 1..=3 {
             assert_eq!(
                 decide(FailureKind::Permanent, attempt, &policy(3)),
+                Decision::Fail
+            );
+        }
+    }
+
+    #[test]
+    fn a_refused_source_credential_fails_at_once() {
+        for attempt in 1..=3 {
+            assert_eq!(
+                decide(FailureKind::SourceRefused, attempt, &policy(3)),
                 Decision::Fail
             );
         }

@@ -8,9 +8,14 @@
 //! build stream — blocks. The backpressure reaches the Engine's HTTP stream, and memory stays
 //! at a few MiB whatever the log size. When the writer keeps up, every line is handed over at
 //! once, so the dashboard's live tail sees it without delay.
+//!
+//! Every line is cleaned by the job's [`Redactor`] before it is buffered (this is where log
+//! lines are stored, so nothing upstream can forget it): no source credential and no URL
+//! userinfo reaches the store, the live tail or the API (`crate::sources::redact`).
 
 use crate::docker::LogSink;
 use crate::model::JobId;
+use crate::sources::job::Redactor;
 use crate::store::{LogLine, Store};
 use std::future::Future;
 use std::pin::Pin;
@@ -29,6 +34,7 @@ const CHANNEL_CAPACITY: usize = 4;
 pub(super) struct JobLog {
     tx: mpsc::Sender<Vec<LogLine>>,
     pending: Pending,
+    redactor: Redactor,
 }
 
 /// Lines produced while the channel was full.
@@ -60,14 +66,20 @@ impl Pending {
 impl JobLog {
     /// A sink for `job`, and the task writing its lines to the store (ends after
     /// [`JobLog::close`]).
-    pub(super) fn start(store: Store, job: JobId) -> (JobLog, JoinHandle<()>) {
+    pub(super) fn start(store: Store, job: JobId, redactor: Redactor) -> (JobLog, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let writer = tokio::spawn(write(store, job, rx));
         let log = JobLog {
             tx,
             pending: Pending::default(),
+            redactor,
         };
         (log, writer)
+    }
+
+    /// `text` (an error message) cleaned as the log's lines are.
+    pub(super) fn redact(&self, text: &str) -> String {
+        self.redactor.clean(text)
     }
 
     /// Hands over what is still pending and closes the channel; the writer then stores the
@@ -81,7 +93,7 @@ impl JobLog {
 
 impl LogSink for JobLog {
     fn line(&mut self, text: String) {
-        self.pending.push(text);
+        self.pending.push(self.redactor.line(text));
         if let Ok(permit) = self.tx.try_reserve() {
             permit.send(self.pending.take());
         }
@@ -133,6 +145,7 @@ mod tests {
         let log = JobLog {
             tx,
             pending: Pending::default(),
+            redactor: Redactor::default(),
         };
         (log, rx)
     }
@@ -186,10 +199,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn stored_lines_carry_no_url_userinfo() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (mut log, writer) = JobLog::start(store.clone(), 3, Redactor::default());
+        log.line("Looking in indexes: http://alice:****@127.0.0.1:8081/simple/".into());
+        assert_eq!(
+            log.redact("https://u:hunter2@x/ failed"),
+            "https://***@x/ failed"
+        );
+        log.close().await;
+        writer.await.unwrap();
+        let lines = store.log_lines(3, 0, 10).unwrap();
+        assert_eq!(
+            lines[0].1.text,
+            "Looking in indexes: http://***@127.0.0.1:8081/simple/"
+        );
+    }
+
+    #[tokio::test]
     async fn every_line_reaches_the_store_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let (mut log, writer) = JobLog::start(store.clone(), 7);
+        let (mut log, writer) = JobLog::start(store.clone(), 7, Redactor::default());
         for i in 0..25_000 {
             log.ready().await;
             log.line(format!("line {i}"));

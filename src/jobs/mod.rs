@@ -69,6 +69,12 @@ pub enum JobError {
         why: String,
         attempt: String,
     },
+    /// A package source refused the credential or did not answer (`crate::sources`).
+    #[error(transparent)]
+    Source(#[from] crate::sources::SourceFailure),
+    /// A package source's credential or key could not be read.
+    #[error(transparent)]
+    SourceSetup(#[from] crate::sources::SourceError),
 }
 
 impl JobError {
@@ -76,6 +82,7 @@ impl JobError {
         match self {
             JobError::Engine(e) => e.is_transient(),
             JobError::WorkerLost { .. } => true,
+            JobError::Source(f) => f.is_transient(),
             _ => false,
         }
     }
@@ -104,6 +111,10 @@ pub struct BuildSettings {
     pub shutdown_grace: Duration,
     /// Repository URL for the source label.
     pub source_url: String,
+    /// The package sources (`[sources.NAME]`) and the running jobs' redaction.
+    pub sources: crate::sources::JobSources,
+    /// Network of the RUN steps (`build_network`); `None`: the Engine's default.
+    pub build_network: Option<String>,
 }
 
 impl Default for BuildSettings {
@@ -120,6 +131,8 @@ impl Default for BuildSettings {
             retry_backoff: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(30),
             source_url: String::new(),
+            sources: Default::default(),
+            build_network: None,
         }
     }
 }
@@ -425,6 +438,7 @@ impl Workers {
                 FailureKind::Stopped
             }
             _ if cancel.is_cancelled() => FailureKind::Permanent,
+            JobError::Source(f) if !f.is_transient() => FailureKind::SourceRefused,
             e if e.is_transient() => FailureKind::Transient,
             _ => FailureKind::Permanent,
         }
@@ -451,7 +465,11 @@ impl Workers {
     }
 
     async fn run(&self, mut job: Job, cancel: CancellationToken) -> Result<(), JobError> {
-        let (mut log, writer) = JobLog::start(self.store.clone(), job.id);
+        let (mut log, writer) = JobLog::start(
+            self.store.clone(),
+            job.id,
+            self.settings.sources.redactor(job.id),
+        );
         let policy = self.settings.attempt_policy();
 
         let outcome = loop {
@@ -502,6 +520,12 @@ impl Workers {
             let e = match attempted {
                 Attempt::Failed(e) => e,
                 other => break other,
+            };
+            // A failed RUN whose log shows a source refusing or not answering fails for that.
+            let source_failure = self.settings.sources.take_failure(job.id);
+            let e = match (e, source_failure) {
+                (JobError::Engine(EngineError::BuildFailed(_)), Some(f)) => JobError::Source(f),
+                (e, _) => e,
             };
             // A failure on a worker that is gone is the worker's, not the build's: the
             // worker is marked unhealthy and the retry placed on another one.
@@ -567,7 +591,7 @@ impl Workers {
                 job.status = status;
             }
             (Attempt::Failed(e), None) => {
-                let message = e.to_string();
+                let message = log.redact(&e.to_string());
                 log.line(format!("kiln: failed: {message}"));
                 job.status = JobStatus::Failed;
                 job.error = Some(message);
@@ -575,6 +599,7 @@ impl Workers {
         }
         log.close().await;
         let _ = writer.await;
+        self.settings.sources.finish(job.id);
         if job.status.is_final() {
             job.finished_at = Some(now());
         }
@@ -718,12 +743,14 @@ impl Workers {
                     .map(|t| (t.as_str(), self.settings.push_credential(t)))
             })
             .flatten();
+        // The sources' secrets, read now (a rotated password is used); the log hides them.
+        let _secrets = self.settings.sources.secrets(job.id, &job.dockerfile)?;
         let request = BuildRequest {
             dockerfile: &job.dockerfile,
             ca_bundle,
             tags,
             pull_auth,
-            network: None,
+            network: self.settings.build_network.as_deref(),
             cache_from,
         };
         let built = b.build(&request, log, cancel).await?;

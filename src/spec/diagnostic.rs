@@ -30,10 +30,11 @@ pub enum Rule {
     DisplayName,
     CatalogGroup,
     ImageTest,
+    UnknownSource,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 23] = [
+    pub const ALL: [Rule; 24] = [
         Rule::FileTooLarge,
         Rule::NotUtf8,
         Rule::YamlSyntax,
@@ -57,6 +58,7 @@ impl Rule {
         Rule::DisplayName,
         Rule::CatalogGroup,
         Rule::ImageTest,
+        Rule::UnknownSource,
     ];
 
     pub fn id(self) -> &'static str {
@@ -84,6 +86,7 @@ impl Rule {
             Rule::DisplayName => "display-name",
             Rule::CatalogGroup => "catalog-group",
             Rule::ImageTest => "image-test",
+            Rule::UnknownSource => "unknown-source",
         }
     }
 }

@@ -31,6 +31,10 @@ pub fn canonical_digest(spec: &ImageSpec) -> String {
     if !spec.tests.is_empty() {
         canonical["tests"] = serde_json::json!(spec.tests);
     }
+    // Absent when empty too, so specs without sources keep their digests.
+    if !spec.sources.is_empty() {
+        canonical["sources"] = serde_json::json!(spec.sources);
+    }
     // serde_json's map is ordered by key (no `preserve_order` feature), so this is canonical.
     let bytes = canonical.to_string();
     format!("sha256:{}", hex::encode(Sha256::digest(bytes.as_bytes())))
@@ -56,6 +60,7 @@ mod tests {
             display_name: None,
             catalog: Default::default(),
             tests: vec![],
+            sources: vec![],
         }
     }
 

@@ -54,6 +54,10 @@ pub struct ImageSpec {
     /// Part of the digest: a change of tests is a new revision whose build runs them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tests: Vec<String>,
+    /// Package sources configured in Kiln (`[sources.NAME]`) this spec installs from, sorted,
+    /// each once. Part of the digest: another index changes what is installed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<String>,
 }
 
 /// The `catalog:` block: presentation only, so it never changes what is built.

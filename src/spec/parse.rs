@@ -9,7 +9,7 @@ use super::{
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
-const TOP_KEYS: [&str; 8] = [
+const TOP_KEYS: [&str; 9] = [
     "name",
     "description",
     "baseImage",
@@ -18,6 +18,7 @@ const TOP_KEYS: [&str; 8] = [
     "displayName",
     "catalog",
     "tests",
+    "sources",
 ];
 const CATALOG_KEYS: [&str; 3] = ["hidden", "groups", "default"];
 /// A display name longer than this is no longer a name (spawners show it on one line).
@@ -32,6 +33,9 @@ pub struct SpecContext {
     /// Credential names configured in Kiln. `None` when no config is at hand (as in a PR check
     /// run without Kiln's config): then `pullSecret` is only checked for shape.
     pub pull_secrets: Option<BTreeSet<String>>,
+    /// The package sources configured in Kiln; `None` without a config (then `sources:`
+    /// entries are only checked for shape). Reconcile also renders with them.
+    pub sources: Option<std::sync::Arc<crate::sources::Sources>>,
 }
 
 /// The result of reading one spec file.
@@ -226,6 +230,7 @@ impl Walker<'_> {
         let mut packages = Some(Packages::default());
         let (mut display_name, mut catalog, mut tests) =
             (Some(None), Some(CatalogSettings::default()), Some(vec![]));
+        let mut sources = Some(vec![]);
         for (key, value) in entries {
             let Some(key_text) = self.key(key) else {
                 continue;
@@ -239,6 +244,7 @@ impl Walker<'_> {
                 "displayName" => display_name = self.display_name(value),
                 "catalog" => catalog = self.catalog(value),
                 "tests" => tests = self.tests(value),
+                "sources" => sources = self.sources(value),
                 other => self.unknown_key(key.pos, other, &TOP_KEYS, ""),
             }
         }
@@ -265,7 +271,69 @@ impl Walker<'_> {
             display_name: display_name?,
             catalog: catalog?,
             tests: tests?,
+            sources: sources?,
         })
+    }
+
+    /// `sources:` names of package sources configured in Kiln; sorted, each once.
+    fn sources(&mut self, node: &Node) -> Option<Vec<String>> {
+        let items = match &node.value {
+            Value::Null => return Some(vec![]),
+            Value::Seq(items) => items,
+            other => {
+                self.out.push(
+                    node.pos,
+                    Rule::WrongType,
+                    format!(
+                        "`sources` must be a list of source names configured in Kiln, not {}",
+                        other.kind()
+                    ),
+                );
+                return None;
+            }
+        };
+        let before = self.out.diagnostics.len();
+        let mut names = Vec::with_capacity(items.len());
+        for item in items {
+            let (name, pos) = match &item.value {
+                Value::Scalar(s) => (s.trim().to_string(), item.pos),
+                other => {
+                    self.out.push(
+                        item.pos,
+                        Rule::WrongType,
+                        format!("`sources` entries are source names, not {}", other.kind()),
+                    );
+                    continue;
+                }
+            };
+            if !crate::sources::config::valid_name(&name) {
+                self.out.push(pos, Rule::UnknownSource, format!("`{name}` is not a source name (letters, digits, `-`, `_`, `.`); `sources` names sources configured in Kiln, never a URL or credential"));
+            } else if let Some(known) = &self.ctx.sources
+                && known.get(&name).is_none()
+            {
+                let configured: Vec<&str> = known.names().collect();
+                let hint = configured
+                    .iter()
+                    .map(|k| (strsim::jaro_winkler(&name, k), *k))
+                    .filter(|(score, _)| *score > 0.8)
+                    .max_by(|a, b| a.0.total_cmp(&b.0))
+                    .map(|(_, k)| format!("did you mean `{k}`?"))
+                    .unwrap_or_else(|| match configured.is_empty() {
+                        true => "none are configured".to_string(),
+                        false => format!("configured: {}", configured.join(", ")),
+                    });
+                self.out.push(
+                    pos,
+                    Rule::UnknownSource,
+                    format!("source `{name}` is not configured in Kiln; {hint}"),
+                );
+            } else {
+                names.push(name);
+            }
+        }
+        names.sort();
+        names.dedup();
+        (self.out.diagnostics.len() == before).then_some(names)
     }
 
     /// `displayName`: one line of text. `Some(None)` when absent-as-null; `None` on error.
@@ -959,6 +1027,7 @@ mod tests {
         let yaml = format!("{HEAD}pullSecret: corp\n");
         let ctx = SpecContext {
             pull_secrets: Some(["other".to_string()].into()),
+            ..SpecContext::default()
         };
         let parsed = parse_spec("demo.yaml", yaml.as_bytes(), &ctx);
         let d = &parsed.diagnostics[0];
@@ -966,6 +1035,51 @@ mod tests {
         assert!(d.message.contains("other"));
         let (rule, ..) = only("demo.yaml", &format!("{HEAD}pullSecret: 'user:hunter2'\n"));
         assert_eq!(rule, Rule::PullSecret);
+    }
+
+    #[test]
+    fn sources_are_names_and_known_ones_when_a_config_is_at_hand() {
+        let yaml = format!("{HEAD}sources: [internal-pypi, corp-apt, internal-pypi]\n");
+        let parsed = parse_spec("demo.yaml", yaml.as_bytes(), &SpecContext::default());
+        assert_eq!(parsed.spec.unwrap().sources, ["corp-apt", "internal-pypi"]);
+        let tables: std::collections::BTreeMap<String, crate::sources::SourceTable> = toml::from_str(
+            "[internal-pypi]\nkind = 'pip'\nurl = 'https://x/simple/'\n[corp-apt]\nkind = 'apt'\nurl = 'https://y/'\nsuite = 'bookworm'\n",
+        )
+        .unwrap();
+        let ctx = SpecContext {
+            sources: Some(std::sync::Arc::new(
+                crate::sources::Sources::from_tables(&tables).unwrap(),
+            )),
+            ..SpecContext::default()
+        };
+        let yaml = format!("{HEAD}sources:\n  - internal-pypy\n  - other\n");
+        let parsed = parse_spec("demo.yaml", yaml.as_bytes(), &ctx);
+        let found: Vec<(Rule, u32, u32, &str)> = parsed
+            .diagnostics
+            .iter()
+            .map(|d| (d.rule, d.line, d.column, d.message.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (
+                    Rule::UnknownSource,
+                    4,
+                    5,
+                    "source `internal-pypy` is not configured in Kiln; did you mean `internal-pypi`?"
+                ),
+                (
+                    Rule::UnknownSource,
+                    5,
+                    5,
+                    "source `other` is not configured in Kiln; configured: corp-apt, internal-pypi"
+                ),
+            ]
+        );
+        let (rule, ..) = only("demo.yaml", &format!("{HEAD}sources: ['https://u:p@x/']\n"));
+        assert_eq!(rule, Rule::UnknownSource);
+        let (rule, ..) = only("demo.yaml", &format!("{HEAD}sources: internal-pypi\n"));
+        assert_eq!(rule, Rule::WrongType);
     }
 
     #[test]

@@ -32,6 +32,11 @@ struct SpecFile {
     /// Shell commands run (`sh -c`, no network, a time limit each) in the built image before
     /// anything is pushed; a failing one fails the job. Part of the image's digest.
     tests: Option<Vec<TestCommand>>,
+    /// Package sources configured in Kiln (`[sources.NAME]` in kiln.toml) to install from:
+    /// private pip indexes, conda channels, apt repositories. Their credentials never appear
+    /// in the spec or the image. Part of the image's digest.
+    #[schemars(inner(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")))]
+    sources: Option<Vec<String>>,
 }
 
 /// A shell command, run with `/bin/sh -c` in the built image.
