@@ -530,6 +530,81 @@ LABEL org.opencontainers.image.created="2026-11-23T12:00:00Z" \
         assert!(for_base(&stored, None).contains("USER root\n"));
     }
 
+    /// A spec's sources reach exactly their own step, as secret mounts beside the cache
+    /// mounts; the Dockerfile holds URLs and paths, never a credential file's content.
+    #[test]
+    fn sources_are_mounted_into_their_own_steps() {
+        let tables: std::collections::BTreeMap<String, crate::sources::SourceTable> =
+            toml::from_str(
+                r#"
+[internal-pypi]
+kind = "pip"
+url = "http://127.0.0.1:8081/simple/"
+username_file = "/etc/kiln/pypi-user"
+password_file = "/etc/kiln/pypi-password"
+[internal-conda]
+kind = "conda"
+url = "https://conda.corp.example/internal"
+token_file = "/etc/kiln/conda-token"
+[corp-apt]
+kind = "apt"
+url = "http://127.0.0.1:8082/debian/"
+suite = "bookworm"
+signed_by = "/etc/kiln/corp.gpg"
+username_file = "/etc/kiln/apt-user"
+password_file = "/etc/kiln/apt-password"
+"#,
+            )
+            .unwrap();
+        let options = RenderOptions {
+            sources: std::sync::Arc::new(crate::sources::Sources::from_tables(&tables).unwrap()),
+            ..RenderOptions::default()
+        };
+        let mut with_sources = spec();
+        with_sources.sources = vec!["corp-apt".into(), "internal-pypi".into()];
+        with_sources.packages.conda = vec!["internal-conda::numpy".into()];
+        let text = render(&with_sources, &rev(), &options);
+        let run_lines: Vec<&str> = text.lines().filter(|l| l.starts_with("RUN ")).collect();
+        assert_eq!(
+            run_lines,
+            [
+                "RUN --mount=type=cache,target=/var/cache/apt,sharing=locked --mount=type=cache,target=/var/lib/apt/lists,sharing=locked --mount=type=secret,id=kiln-apt-corp-apt,target=/etc/apt/auth.conf.d/kiln-corp-apt.conf,required=true --mount=type=secret,id=kiln-key-corp-apt,target=/etc/apt/keyrings/kiln-corp-apt.gpg,required=true,mode=0444 \\",
+                "RUN --mount=type=cache,target=/var/cache/kiln/conda-pkgs,sharing=locked --mount=type=secret,id=kiln-conda,target=/run/kiln/condarc,required=true \\",
+                "RUN --mount=type=cache,id=kiln-pip-internal-pypi,target=/var/cache/kiln/pip,sharing=locked --mount=type=secret,id=kiln-pip,target=/run/kiln/pip.conf,required=true \\",
+            ]
+        );
+        assert!(text.starts_with("# Rendered by Kiln for spec \"vision-notebook\", revision 3.\n# Package sources: corp-apt, internal-conda, internal-pypi\nFROM "));
+        assert!(text.contains(" && echo 'deb [signed-by=/etc/apt/keyrings/kiln-corp-apt.gpg] http://127.0.0.1:8082/debian/ bookworm main' > /etc/apt/sources.list.d/kiln-corp-apt.list \\\n && apt-get update \\\n"));
+        assert!(
+            text.contains(" && rm -f /etc/apt/sources.list.d/kiln-corp-apt.list \\\n && true\n")
+        );
+        assert!(text.contains("export CONDARC=/run/kiln/condarc MAMBARC=/run/kiln/condarc; "));
+        assert!(text.contains("set -e; export PIP_CONFIG_FILE=/run/kiln/pip.conf PIP_LOG=/tmp/kiln-pip.log PIP_NO_CACHE_DIR=1 "));
+        assert!(
+            !text.contains("/etc/kiln/"),
+            "no credential file path either"
+        );
+        assert_eq!(
+            crate::sources::dockerfile::recorded(&text),
+            ["corp-apt", "internal-conda", "internal-pypi"]
+        );
+        // Without sources the text is what it always was.
+        assert_eq!(
+            render(
+                &spec(),
+                &rev(),
+                &RenderOptions {
+                    base_user: Some("jovyan".into()),
+                    ca_bundle: true,
+                    ..options
+                }
+            ),
+            GOLDEN_FULL
+        );
+        let prop_ok = every_line_is_an_instruction_or_continuation(&text);
+        assert_eq!(prop_ok, Ok(()));
+    }
+
     #[test]
     fn what_the_worker_reads_back_from_a_rendered_dockerfile() {
         let mut with_secret = spec();

@@ -93,9 +93,9 @@ pub fn apt(used: &[&Source]) -> StepParts {
             ));
         }
         if let Some(key) = render::apt_key_target(source) {
-            parts
-                .mounts
-                .push(secret_mount(&render::apt_key_id(source), &key));
+            // gpgv runs as `_apt`: the (public) key must be readable by it.
+            let mount = secret_mount(&render::apt_key_id(source), &key);
+            parts.mounts.push(format!("{mount},mode=0444"));
         }
         let list = render::apt_list_path(source);
         parts
@@ -199,7 +199,7 @@ mod tests {
         assert_eq!(
             parts.mounts,
             [
-                "--mount=type=secret,id=kiln-key-corp,target=/etc/apt/keyrings/kiln-corp.gpg,required=true"
+                "--mount=type=secret,id=kiln-key-corp,target=/etc/apt/keyrings/kiln-corp.gpg,required=true,mode=0444"
             ]
         );
         assert_eq!(

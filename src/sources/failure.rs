@@ -69,12 +69,18 @@ pub fn recognise(line: &str, sources: &[Source]) -> Option<SourceFailure> {
     if !FETCH_LINES.iter().any(|m| line.contains(m)) {
         return None;
     }
-    let source = urls_in(line).find_map(|url| {
-        let bare = without_userinfo(url);
-        sources
-            .iter()
-            .find(|s| s.urls().any(|u| belongs_to(&bare, u)))
-    })?;
+    let bare: Vec<String> = urls_in(line).map(without_userinfo).collect();
+    // Below a source's URL first; else the same origin (pypiserver, devpi and Artifactory
+    // serve the files outside the `/simple/` path the index URL names).
+    let source = sources
+        .iter()
+        .find(|s| s.urls().any(|u| bare.iter().any(|b| belongs_to(b, u))))
+        .or_else(|| {
+            sources.iter().find(|s| {
+                s.urls()
+                    .any(|u| bare.iter().any(|b| origin(b) == origin(u)))
+            })
+        })?;
     if let Some(code) = status_in(line) {
         return Some(SourceFailure::Refused(source.name.clone(), code));
     }
@@ -93,9 +99,9 @@ fn status_in(line: &str) -> Option<u16> {
             _ => None,
         })
         .filter(|_| {
-            line.contains("Unauthorized")
-                || line.contains("Forbidden")
-                || line.contains("Client Error")
+            ["Unauthorized", "Forbidden", "Client Error", "HTTP error"]
+                .iter()
+                .any(|m| line.contains(m))
         })
 }
 
@@ -116,6 +122,13 @@ fn without_userinfo(url: &str) -> String {
         }
         None => url.to_string(),
     }
+}
+
+/// `scheme://host[:port]`.
+fn origin(url: &str) -> &str {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let end = url[start..].find('/').map_or(url.len(), |i| start + i);
+    &url[..end]
 }
 
 /// Whether `url` is `base` or below it.
@@ -214,7 +227,7 @@ mod tests {
     fn other_hosts_and_other_lines_are_not_blamed_on_a_source() {
         for line in [
             "E: Failed to fetch http://deb.debian.org/debian/dists/bookworm/InRelease  401  Unauthorized",
-            "Could not fetch URL http://127.0.0.1:18081/simplex/k/: 403 Client Error: Forbidden",
+            "Could not fetch URL http://127.0.0.1:18083/simple/k/: 403 Client Error: Forbidden",
             "http://127.0.0.1:18081/simple/ 401 in an unrelated line",
             "Could not fetch URL http://127.0.0.1:18081/simple/k/: 404 Client Error: Not Found",
         ] {

@@ -51,14 +51,27 @@ pub enum SourceError {
     },
 }
 
-/// The secrets of one build and what its log must hide.
-#[derive(Clone, Debug, Default)]
+/// The secrets of one build and what its log must hide. `Debug` shows neither.
+#[derive(Clone, Default)]
 pub struct JobSecrets {
     pub files: Vec<SecretFile>,
     /// Credential values (and their percent-encoded forms).
     pub hide: Vec<String>,
     /// The sources used, for recognising their failures in the log.
     pub used: Vec<Source>,
+}
+
+impl std::fmt::Debug for JobSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobSecrets")
+            .field("files", &self.files)
+            .field("hidden_values", &self.hide.len())
+            .field(
+                "used",
+                &self.used.iter().map(|s| &s.name).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
 }
 
 /// Reads the credentials of the sources `dockerfile` records and renders its secrets.
