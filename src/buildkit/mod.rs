@@ -8,8 +8,14 @@
 //! store, like the classic Engine layer beside it.
 
 pub mod build;
+mod build_request;
+mod engine_conn;
 pub mod progress;
+mod secret;
 mod session;
+mod session_server;
+mod session_services;
 
 pub use build::{BuildkitRequest, INLINE_CACHE_ARG, build, build_on};
 pub use progress::{Failure, Progress};
+pub use secret::BuildSecret;
