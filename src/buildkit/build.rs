@@ -1,11 +1,14 @@
 //! One image build on a Docker Engine's embedded BuildKit.
 //!
-//! The request goes to the Engine's `/build` with `version=2` (BuildKit) and a session id;
-//! bollard opens the session beside it, and the session's auth provider answers BuildKit's
-//! credential requests for a registry host with the credential of that host only, so
-//! passwords reach BuildKit in memory, never as files on the worker, and never travel
-//! towards another registry. The build runs on a thread and runtime of its own
-//! ([`super::session`]), which is how its session ends with it.
+//! First the build's session is opened (`session_server.rs`): its auth service answers
+//! BuildKit's credential requests for a registry host with the credential of that host only,
+//! and its secrets service gives a `RUN --mount=type=secret,id=ID` step the secret `ID` of
+//! this build and no other, so passwords and secrets reach BuildKit in memory, never as files
+//! on the worker, build arguments or layers, and a credential never travels towards another
+//! registry. Then the request goes to the Engine's `/build` with `version=2` (BuildKit) and
+//! that session's id (`build_request.rs`), on a connection of its own. The build runs on a
+//! thread and runtime of its own ([`super::session`]), which is how its session ends with it.
+//! Secret values and credentials are scrubbed from every log line and error.
 //!
 //! What the Engine sends back is BuildKit's solve status, rendered into log lines by
 //! [`super::progress`], and at the end the image id (`moby.image.id`). A build fails on
@@ -13,8 +16,8 @@
 //! inside it, a stream that ends without an image id); the failing step, as BuildKit names
 //! it, leads the error.
 //!
-//! Cancelling drops the request: the Engine sees its client go away and cancels the solve,
-//! which stops the running step.
+//! Cancelling drops the request (its connection is closed): the Engine sees its client go
+//! away and cancels the solve, which stops the running step.
 //!
 //! Facts of Engine 20.10 this follows: no `# syntax=` line may be needed (the Dockerfile
 //! frontend built into the Engine is used; a `# syntax=` line would pull one from Docker
@@ -256,11 +259,20 @@ impl Job {
             let response = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break 'ended Ended::Cancelled,
-                response = sender.send_request(request) => response,
+                response = tokio::time::timeout(
+                    engine_conn::ANSWER_TIMEOUT,
+                    sender.send_request(request),
+                ) => response,
             };
             let response = match response {
-                Ok(r) => r,
-                Err(e) => break 'ended Ended::Failed(Failure::Connection(hyper_message(&e))),
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => break 'ended Ended::Failed(Failure::Connection(hyper_message(&e))),
+                Err(_) => {
+                    break 'ended Ended::Failed(Failure::Connection(format!(
+                        "the build request got no answer within {} s",
+                        engine_conn::ANSWER_TIMEOUT.as_secs()
+                    )));
+                }
             };
             let status = response.status();
             let mut body = response.into_body();

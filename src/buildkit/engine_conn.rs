@@ -20,6 +20,26 @@ use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
+/// How long Kiln waits for a connection (with its TLS handshake) and for the headers of an
+/// answer: the 120 s bollard's client waits for every other Engine call. A build's stream
+/// itself is not timed here (the job's `build_timeout` bounds it).
+pub(crate) const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// `future`, or an [`EngineError::Unreachable`] naming `what` after [`ANSWER_TIMEOUT`].
+pub(crate) async fn within<T>(
+    transport: &Transport,
+    what: &str,
+    future: impl std::future::Future<Output = Result<T, EngineError>>,
+) -> Result<T, EngineError> {
+    match tokio::time::timeout(ANSWER_TIMEOUT, future).await {
+        Ok(result) => result,
+        Err(_) => Err(unreachable(
+            transport,
+            format!("{what}: no answer within {} s", ANSWER_TIMEOUT.as_secs()),
+        )),
+    }
+}
+
 /// A byte stream to the Engine, whichever transport carries it.
 pub(crate) trait EngineIo: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> EngineIo for T {}
@@ -162,7 +182,7 @@ fn tls_config(files: &TlsFiles) -> Result<rustls::ClientConfig, String> {
 pub(crate) async fn http1(
     transport: &Transport,
 ) -> Result<(Sender, tokio::task::JoinHandle<()>), EngineError> {
-    let io = connect(transport).await?;
+    let io = within(transport, "connecting", connect(transport)).await?;
     let (sender, conn) = http1::handshake(TokioIo::new(io))
         .await
         .map_err(|e| unreachable(transport, hyper_message(&e)))?;

@@ -80,10 +80,13 @@ pub(crate) async fn start(
         endpoint: transport.host().to_string(),
         message,
     };
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| unreachable(format!("opening the build session: {}", hyper_message(&e))))?;
+    let response = engine_conn::within(transport, "opening the build session", async {
+        sender
+            .send_request(request)
+            .await
+            .map_err(|e| unreachable(format!("opening the build session: {}", hyper_message(&e))))
+    })
+    .await?;
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         let status = response.status().as_u16();
         let body = response

@@ -4,7 +4,7 @@
 //! 23), and it has none of what Kiln's Dockerfiles use: cache mounts for apt, pip and conda
 //! (`RUN --mount=type=cache`), build secrets, cache export. Every Engine Kiln supports has
 //! BuildKit (the API has carried it since Engine 18.09); [`crate::buildkit`] holds the build
-//! itself, with the session that answers BuildKit's credential requests. This file is the
+//! itself, with the session that answers BuildKit's credential and secret requests. This file is the
 //! Engine's side of it: a request in the Engine's terms, the registry credentials BuildKit
 //! may ask for, and the spec's last image as the source of inline cache.
 
