@@ -6,9 +6,12 @@
 //!   that host's only (Docker Hub's also as `registry-1.docker.io`, the host its resolver
 //!   uses); any other host gets the empty answer, which BuildKit takes as "anonymous".
 //!   `FetchToken`, `GetTokenAuthority` and `VerifyTokenAuthority` answer `Unimplemented` and
-//!   are not advertised, as the Docker CLI does for plain credentials: BuildKit then fetches
-//!   a registry token itself with the credential `Credentials` gave (checked against the
-//!   htpasswd registry of the dev environment and Engine 20.10's BuildKit).
+//!   are not advertised, as the Docker CLI does without client-side tokens: on a registry's
+//!   Bearer challenge BuildKit first asks `GetTokenAuthority`, takes `Unimplemented` (or
+//!   `Unavailable`) as "no token authority", calls `Credentials` and fetches the registry
+//!   token itself with that username and secret; `FetchToken` is only called after a token
+//!   authority answered. On a Basic challenge (the htpasswd registry of the dev environment,
+//!   checked with Engine 20.10's BuildKit) it uses the `Credentials` answer as it is.
 //! * `moby.buildkit.secrets.v1.Secrets/GetSecret`: the bytes of a secret of this build by id;
 //!   any other id is `NotFound`, which BuildKit reports as the mount's error.
 //!
