@@ -3,7 +3,8 @@
 //! the value is in no layer of `docker save`, not in `docker history --no-trunc`, not in the
 //! image config and not in the log; an id the build was not given fails its step with a clear
 //! error; and the same works over the Engine's mutual-TLS TCP listener
-//! (`tcp://127.0.0.1:2376`, dev-env's client files).
+//! (`tcp://127.0.0.1:2376`, dev-env's client files), and beside the credential of the
+//! htpasswd registry (`127.0.0.1:5001`) that the same session gives for the `FROM`.
 //!
 //! The step proves it read the value without naming it: it compares the secret's SHA-256 with
 //! the one the test computed, so the Dockerfile (which is in the history) holds no secret.
@@ -14,6 +15,7 @@ mod common;
 
 use common::engine_available;
 use kiln::buildkit::{BuildSecret, BuildkitRequest, build};
+use kiln::docker::auth::Credential;
 use kiln::docker::{EngineEndpoint, EngineError};
 use sha2::{Digest, Sha256};
 use std::process::Command;
@@ -22,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 const BASE: &str = "127.0.0.1:5000/kiln/bookworm:minbase";
 const TLS_HOST: &str = "tcp://127.0.0.1:2376";
+const AUTH_REGISTRY: &str = "127.0.0.1:5001";
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -303,4 +306,120 @@ async fn secrets_reach_a_build_over_the_mutual_tls_listener() {
     assert!(matches!(err, EngineError::Unreachable { .. }), "{err:?}");
     assert!(text.to_lowercase().contains("certificate"), "{text}");
     assert!(!err.is_transient(), "{text}");
+}
+
+fn env_dir() -> String {
+    std::env::var("KILN_ENV_DIR").unwrap_or_else(|_| "/var/lib/kiln-env".into())
+}
+
+/// The generated login of the htpasswd registry (dev-env's `registry-auth.env`).
+fn auth_registry_login() -> (String, String) {
+    let path = format!("{}/registry-auth.env", env_dir());
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let get = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("{key} in {path}"))
+            .trim()
+            .trim_matches('\'')
+            .trim_matches('"')
+            .to_string()
+    };
+    (
+        get("KILN_TEST_REGISTRY_USER"),
+        get("KILN_TEST_REGISTRY_PASSWORD"),
+    )
+}
+
+/// One session serves both: the registry credential for a base that only the htpasswd
+/// registry has, and the secret of the step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_session_gives_the_registry_credential_and_the_secret() {
+    if !engine_available() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let n = nonce();
+    // An ENV-only child of the local base, pushed to the htpasswd registry and removed here,
+    // so BuildKit must pull it with the session's credential.
+    let base = format!("{AUTH_REGISTRY}/kiln-test/build-secret-auth-base:{n}");
+    let mut child = Command::new("docker")
+        .args(["build", "-q", "-t", &base, "-"])
+        .env("DOCKER_BUILDKIT", "0")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut child.stdin.take().unwrap(),
+        format!("FROM kiln/bookworm:minbase\nENV KILN_TEST_NONCE={n}\n").as_bytes(),
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
+    let config = format!("{}/docker-config", env_dir());
+    let (pushed, out) = docker(&["--config", &config, "push", &base]);
+    assert!(pushed, "push {base}: {}", String::from_utf8_lossy(&out));
+    let (removed, out) = docker(&["rmi", &base]);
+    assert!(removed, "{}", String::from_utf8_lossy(&out));
+
+    let value = format!("auth-and-secret-{n}");
+    let marker = format!("kiln-auth-{n}");
+    let dockerfile = checking_dockerfile("s1", &sha256_hex(value.as_bytes()), &marker).replacen(
+        &format!("FROM {BASE}"),
+        &format!("FROM {base}"),
+        1,
+    );
+    let tags = [format!("kiln-test/build-secret-auth:{n}")];
+    let secrets = [BuildSecret::new("s1", value.as_bytes())];
+    let (user, password) = auth_registry_login();
+
+    let anonymous = build(
+        &EngineEndpoint::default(),
+        &BuildkitRequest {
+            dockerfile: &dockerfile,
+            tags: &tags,
+            secrets: &secrets,
+            ..Default::default()
+        },
+        &mut Log::default().sink(),
+        &CancellationToken::new(),
+    )
+    .await
+    .expect_err("no credential, no pull");
+    assert!(
+        matches!(&anonymous, EngineError::Auth { registry, .. } if registry == AUTH_REGISTRY),
+        "{anonymous:?}"
+    );
+
+    let credentials = [Credential::new(AUTH_REGISTRY, &user, &password)];
+    let log = Log::default();
+    let built = build(
+        &EngineEndpoint::default(),
+        &BuildkitRequest {
+            dockerfile: &dockerfile,
+            tags: &tags,
+            credentials: &credentials,
+            secrets: &secrets,
+            ..Default::default()
+        },
+        &mut log.sink(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{:#?}", log.lines()));
+    assert!(built.image_id.starts_with("sha256:"));
+    let lines = log.lines();
+    assert!(
+        lines.iter().any(|l| l.ends_with(&format!(" {marker}-ok"))),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| !l.contains(&value) && !l.contains(&password)),
+        "a secret reached the log"
+    );
+    let (_, history) = docker(&["history", "--no-trunc", &tags[0]]);
+    assert!(!contains(&history, &value) && !contains(&history, &password));
+    docker(&["rmi", &tags[0]]);
 }
