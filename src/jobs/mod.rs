@@ -752,6 +752,7 @@ impl Workers {
             pull_auth,
             network: self.settings.build_network.as_deref(),
             cache_from,
+            secrets: &[],
         };
         let built = b.build(&request, log, cancel).await?;
         log.line(format!("kiln: built image {}", built.image_id));
