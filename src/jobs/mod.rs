@@ -744,7 +744,13 @@ impl Workers {
             })
             .flatten();
         // The sources' secrets, read now (a rotated password is used); the log hides them.
-        let _secrets = self.settings.sources.secrets(job.id, &job.dockerfile)?;
+        let secrets: Vec<crate::buildkit::BuildSecret> = (self
+            .settings
+            .sources
+            .secrets(job.id, &job.dockerfile)?
+            .into_iter())
+        .map(Into::into)
+        .collect();
         let request = BuildRequest {
             dockerfile: &job.dockerfile,
             ca_bundle,
@@ -752,7 +758,7 @@ impl Workers {
             pull_auth,
             network: self.settings.build_network.as_deref(),
             cache_from,
-            secrets: &[],
+            secrets: &secrets,
         };
         let built = b.build(&request, log, cancel).await?;
         log.line(format!("kiln: built image {}", built.image_id));

@@ -29,6 +29,13 @@ impl std::fmt::Debug for SecretFile {
     }
 }
 
+/// Moved (not copied) into the build's session, which zeroes it when dropped.
+impl From<SecretFile> for crate::buildkit::BuildSecret {
+    fn from(file: SecretFile) -> Self {
+        crate::buildkit::BuildSecret::new(file.id, file.data)
+    }
+}
+
 /// Why a job's sources could not be prepared (the job fails; not retried).
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum SourceError {
