@@ -46,6 +46,23 @@ if ! "$KILN_CYCLONEDX_VENV/bin/python" -c 'import cyclonedx.validation.json, jso
 fi
 "$KILN_CYCLONEDX_VENV/bin/python" -c 'import importlib.metadata as m; print("cyclonedx-python-lib", m.version("cyclonedx-python-lib"))'
 
+step "private package sources for tests/sources.rs (PyPI's pypiserver + passlib; Debian's reprepro, nginx, gnupg)"
+# pypiserver (with passlib for its htpasswd file) in a venv of its own; the apt repository is
+# made with reprepro, signed with gnupg and served by nginx, from Debian.
+KILN_PYPISERVER_VENV="${KILN_PYPISERVER_VENV:-$HOME/.cache/kiln/pypiserver-venv}"
+export KILN_PYPISERVER_VENV
+if ! "$KILN_PYPISERVER_VENV/bin/python" -c 'import pypiserver, passlib' 2>/dev/null; then
+  python3 -m venv "$KILN_PYPISERVER_VENV"
+  "$KILN_PYPISERVER_VENV/bin/pip" install --quiet --disable-pip-version-check \
+    'pypiserver==2.3.2' 'passlib==1.7.4'
+fi
+"$KILN_PYPISERVER_VENV/bin/python" -c 'import importlib.metadata as m; print("pypiserver", m.version("pypiserver"), "passlib", m.version("passlib"))'
+if ! command -v reprepro >/dev/null 2>&1 || ! command -v gpg >/dev/null 2>&1 || ! [ -x /usr/sbin/nginx ]; then
+  # The tests start their own nginx (own config, pid file and port on 127.0.0.1).
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends reprepro nginx gnupg dpkg-dev
+fi
+reprepro --version | head -1
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

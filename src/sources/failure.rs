@@ -24,7 +24,7 @@ use thiserror::Error;
 pub enum SourceFailure {
     #[error("source {0} refused the credential (HTTP {1})")]
     Refused(String, u16),
-    #[error("source {0} did not answer (it is retried)")]
+    #[error("source {0} did not answer")]
     Unreachable(String),
 }
 
