@@ -300,6 +300,16 @@ fn assert_nowhere(kept: &[(String, Vec<u8>)], needles: &[&str]) {
     }
 }
 
+/// A positive control: the search does look inside `place` (e.g. the layers of `docker save`).
+fn assert_somewhere(kept: &[(String, Vec<u8>)], place: &str, needle: &str) {
+    assert!(
+        kept.iter()
+            .filter(|(p, _)| p.starts_with(place))
+            .any(|(_, bytes)| bytes.windows(needle.len()).any(|w| w == needle.as_bytes())),
+        "{needle:?} not found in {place}: the search would not find a password there either"
+    );
+}
+
 fn config_file(dir: &Path, body: &str) -> String {
     let path = dir.join("kiln.toml");
     std::fs::write(
@@ -451,6 +461,13 @@ async fn a_private_pypi_installs_through_its_source_and_a_wrong_password_is_refu
     assert_nowhere(
         &kept,
         &[&password, &encoded, &format!("wrong-{n}"), "://alice"],
+    );
+    assert_somewhere(&kept, "docker save", "kilnprivate/__init__.py");
+    assert_somewhere(&kept, "/api/v1/backup", &good);
+    // pip printed the index with its user name (`alice:****@`); the stored log does not.
+    assert!(
+        log.contains(&format!("http://***@127.0.0.1:{port}/simple/")),
+        "{log}"
     );
     server.stop();
 }
@@ -622,6 +639,12 @@ async fn a_private_apt_repository_behind_basic_auth_installs_its_package() {
     assert_nowhere(
         &kept,
         &[&password, &password.replace(':', "%3A"), "://deb-user"],
+    );
+    assert_somewhere(&kept, "docker save", &format!("usr/share/kiln-hello/{n}"));
+    assert_somewhere(
+        &kept,
+        "docker history",
+        "/etc/apt/sources.list.d/kiln-corp-apt.list",
     );
     server.stop();
     drop(web);
