@@ -373,4 +373,44 @@ mod tests {
         .unwrap();
         assert_eq!(report.diagnostics[0].rule, spec::Rule::UnreadableFile);
     }
+
+    /// With Kiln's config at hand (`kiln check --config`), `sources:` must name configured
+    /// sources; a conda source also answers to its name as a channel. Each problem names the
+    /// file, the line and the rule.
+    #[test]
+    fn sources_are_checked_against_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let config = root.join("kiln.toml");
+        std::fs::write(
+            &config,
+            "[sources.internal-conda]\nkind = 'conda'\nurl = 'https://conda.corp.example/internal'\ntoken_file = '/etc/kiln/conda-token'\n\
+             [sources.internal-pypi]\nkind = 'pip'\nurl = 'https://pypi.corp.example/simple/'\n",
+        )
+        .unwrap();
+        write(
+            root,
+            "good.yaml",
+            "name: good\nbaseImage: debian\nsources: [internal-pypi]\npackages:\n  conda: ['internal-conda::numpy']\n  pip: [six]\n",
+        );
+        write(
+            root,
+            "typo.yaml",
+            "name: typo\nbaseImage: debian\nsources:\n  - internal-cond\n",
+        );
+        let files = collect_files(&[root.to_path_buf()]).unwrap();
+        let ctx = crate::config::spec_context(&config).unwrap();
+        let report = check_files(&files, &ctx).unwrap();
+        let text = render_report(&report, Format::Text);
+        let line = text.lines().next().unwrap();
+        assert!(line.ends_with("typo.yaml:4:5: error[unknown-source]: source `internal-cond` is not configured in Kiln; did you mean `internal-conda`?"), "{text}");
+        assert_eq!(report.diagnostics.len(), 1, "{text}");
+        // Without a config only the shape is checked.
+        assert!(
+            check_files(&files, &SpecContext::default())
+                .unwrap()
+                .diagnostics
+                .is_empty()
+        );
+    }
 }
