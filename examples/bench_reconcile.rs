@@ -158,6 +158,7 @@ fn main() -> Res<()> {
     let settings = Settings {
         spec_context: SpecContext {
             pull_secrets: Some(config.pull_secrets.keys().cloned().collect()),
+            sources: Some(config.sources.clone()),
         },
         source_url: config.source_url.clone(),
         ca_bundle: config.ca_bundle.is_some(),
