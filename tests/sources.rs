@@ -484,7 +484,7 @@ async fn a_private_apt_repository_behind_basic_auth_installs_its_package() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
     let spec_name = format!("src-apt-{n}");
-    let _cleanup = RemoveImages(vec![spec_name.clone()]);
+    let _cleanup = RemoveImages(vec![spec_name.clone(), format!("src-apt-bad-{n}")]);
     // A throw-away signing key in a GNUPGHOME of its own.
     let gnupg = t.join("gnupg");
     std::fs::create_dir_all(&gnupg).unwrap();
@@ -604,13 +604,18 @@ async fn a_private_apt_repository_behind_basic_auth_installs_its_package() {
 
     let user = write_secret(t, "apt-user", "deb-user");
     let pass = write_secret(t, "apt-pass", &password);
+    let wrong = write_secret(t, "apt-wrong", &format!("wrong-{n}"));
+    let table = |name: &str, pass: &str| {
+        format!(
+            "[sources.{name}]\nkind = 'apt'\nurl = 'http://127.0.0.1:{port}/debian/'\nsuite = 'bookworm'\nsigned_by = '{key}'\nusername_file = '{user}'\npassword_file = '{pass}'\n",
+            key = key.display()
+        )
+    };
     let config = config_file(
         t,
-        &format!(
-            "[sources.corp-apt]\nkind = 'apt'\nurl = 'http://127.0.0.1:{port}/debian/'\nsuite = 'bookworm'\nsigned_by = '{key}'\nusername_file = '{user}'\npassword_file = '{pass}'\n",
-            key = key.display()
-        ),
+        &format!("{}{}", table("corp-apt", &pass), table("wrong-apt", &wrong)),
     );
+    let refused_name = format!("src-apt-bad-{n}");
     let mut repo = GitRepo::init(&t.join("git"));
     repo.write(
         &format!("specs/{spec_name}.yaml"),
@@ -619,7 +624,13 @@ async fn a_private_apt_repository_behind_basic_auth_installs_its_package() {
              tests:\n  - test \"$(cat /usr/share/kiln-hello/{n})\" = hello\n  - test ! -e /etc/apt/sources.list.d/kiln-corp-apt.list\n"
         ),
     );
-    repo.commit("a spec on a private apt repository");
+    repo.write(
+        &format!("specs/{refused_name}.yaml"),
+        &format!(
+            "name: {refused_name}\nbaseImage: {DEB_BASE}\nsources: [wrong-apt]\npackages:\n  apt: [{package}]\n"
+        ),
+    );
+    repo.commit("two specs on a private apt repository");
     let server = serve(t, &repo, &config).await;
     let job = server
         .wait_done(&spec_name, 1, Duration::from_secs(600))
@@ -635,10 +646,26 @@ async fn a_private_apt_repository_behind_basic_auth_installs_its_package() {
         .get(&format!("/api/v1/jobs/{}/packages", job["id"]))
         .await;
     assert!(packages.to_string().contains(&package), "{packages}");
-    let kept = everything_kept(&server, &[&spec_name], &t.join("data")).await;
+    // apt's `E: Failed to fetch …  401  Unauthorized` fails the job, not retried.
+    let refused = server
+        .wait_done(&refused_name, 1, Duration::from_secs(600))
+        .await;
+    let refused_log = server.log(&refused).await;
+    assert_eq!(refused["status"], "failed", "{refused_log}");
+    assert_eq!(
+        refused["error"], "source wrong-apt refused the credential (HTTP 401)",
+        "{refused_log}"
+    );
+    assert_eq!(refused["attempts"], 1, "{refused_log}");
+    let kept = everything_kept(&server, &[&spec_name, &refused_name], &t.join("data")).await;
     assert_nowhere(
         &kept,
-        &[&password, &password.replace(':', "%3A"), "://deb-user"],
+        &[
+            &password,
+            &password.replace(':', "%3A"),
+            &format!("wrong-{n}"),
+            "://deb-user",
+        ],
     );
     assert_somewhere(&kept, "docker save", &format!("usr/share/kiln-hello/{n}"));
     assert_somewhere(

@@ -66,7 +66,7 @@ const UNANSWERED: [&str; 7] = [
 
 /// The failure `line` reports for one of `sources`, if it reports one.
 pub fn recognise(line: &str, sources: &[Source]) -> Option<SourceFailure> {
-    if !FETCH_LINES.iter().any(|m| line.contains(m)) {
+    if sources.is_empty() || !FETCH_LINES.iter().any(|m| line.contains(m)) {
         return None;
     }
     let bare: Vec<String> = urls_in(line).map(without_userinfo).collect();
