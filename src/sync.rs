@@ -47,6 +47,8 @@ pub struct Syncer {
     branch: String,
     specs_dir: String,
     settings: Settings,
+    /// Base updates the base check found, waiting for this pass (see `base/`).
+    base: Arc<crate::base::BaseMonitor>,
 }
 
 impl Syncer {
@@ -66,11 +68,17 @@ impl Syncer {
                 source_url: config.source_url.clone(),
                 ca_bundle: config.ca_bundle.is_some(),
             },
+            base: crate::base::BaseMonitor::new(config.base_check_interval.as_secs()),
         })
     }
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The base check's state, shared with this pass (its inbox of base updates).
+    pub fn base_monitor(&self) -> Arc<crate::base::BaseMonitor> {
+        Arc::clone(&self.base)
     }
 
     /// Fetch (remote repositories), reconcile every new commit, record the outcome for
@@ -122,7 +130,11 @@ impl Syncer {
         let Some((head, steps)) = observed else {
             return Ok(SyncOutcome::default());
         };
-        if steps.is_empty() && self.store.last_commit()?.as_deref() == Some(head.as_str()) {
+        let updates = self.base.pending();
+        if steps.is_empty()
+            && updates.is_empty()
+            && self.store.last_commit()?.as_deref() == Some(head.as_str())
+        {
             return Ok(SyncOutcome {
                 head: Some(head),
                 ..SyncOutcome::default()
@@ -130,12 +142,19 @@ impl Syncer {
         }
         let (store, settings) = (self.store.clone(), self.settings.clone());
         let step_count = steps.len();
-        let plan =
-            tokio::task::spawn_blocking(move || reconcile::reconcile(&store, &steps, &settings))
-                .await
-                .map_err(|e| SyncError::Worker(e.to_string()))??;
+        let taken = updates.clone();
+        let (plan, causes) = tokio::task::spawn_blocking(move || {
+            let mut plan = reconcile::reconcile(&store, &steps, &settings)?;
+            // Base updates on the same path: one transaction, commits win (see base/revision.rs).
+            let causes = crate::base::revision::add(&store, &mut plan, &updates, &settings)?;
+            Ok::<_, StoreError>((plan, causes))
+        })
+        .await
+        .map_err(|e| SyncError::Worker(e.to_string()))??;
         let jobs = self.store.apply(&plan, &head).await?;
         self.store.put_listings(&plan.listings)?;
+        self.store.put_revision_causes(&causes)?;
+        self.base.consume(&taken);
         let outcome = SyncOutcome {
             head: Some(head),
             steps: step_count,

@@ -33,6 +33,7 @@
 //! code go through [`Store::all_specs`].
 
 pub mod backup;
+pub mod base_digests;
 mod codec;
 pub mod deb_architectures;
 pub mod gc;
