@@ -139,7 +139,7 @@ mod tests {
         assert_eq!((r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()), ("127.0.0.1:5000", "kiln/bookworm", Some("minbase")));
         assert!(r.is_loopback() && !r.pinned());
         let d = p("localhost:5000/x@sha256:abc");
-        assert_eq!((d.tag, d.digest.as_deref()), (None, Some("sha256:abc")));
+        assert_eq!((d.tag.as_deref(), d.digest.as_deref()), (None, Some("sha256:abc")));
         assert!(d.pinned());
         let both = p("ghcr.io/o/x:1@sha256:abc");
         assert!(both.pinned() && !both.is_loopback());
