@@ -270,7 +270,11 @@ pub fn with_base_labels(dockerfile: &str, base_name: &str, base_digest: Option<&
         .collect();
     let mut label = format!("{BASE_LABEL}\"{}\"", label_escape(base_name));
     if let Some(digest) = base_digest {
-        let _ = write!(label, " org.opencontainers.image.base.digest=\"{}\"", label_escape(digest));
+        let _ = write!(
+            label,
+            " org.opencontainers.image.base.digest=\"{}\"",
+            label_escape(digest)
+        );
     }
     let at = match lines.last() {
         Some(last) if last.starts_with("USER ") => lines.len() - 1,
@@ -526,7 +530,10 @@ LABEL org.opencontainers.image.created="2026-11-23T12:00:00Z" \
         assert!(again.ends_with("USER jovyan\n"));
         // Without a USER restore or a digest, the name alone ends the file.
         let root = with_base_labels(&text, "b:1", None);
-        assert!(root.ends_with("LABEL org.opencontainers.image.base.name=\"b:1\"\n"), "{root}");
+        assert!(
+            root.ends_with("LABEL org.opencontainers.image.base.name=\"b:1\"\n"),
+            "{root}"
+        );
         assert_eq!(base_image(&root), base_image(&text));
     }
 

@@ -22,7 +22,10 @@ const ENV_DIR: &str = "/var/lib/kiln-env";
 const MINBASE: &str = "127.0.0.1:5000/kiln/bookworm:minbase";
 
 fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().expect("docker runs");
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker runs");
     assert!(out.status.success(), "docker {args:?}: {out:?}");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -192,12 +195,18 @@ async fn a_moved_tag_is_rebuilt_an_unchanged_one_is_not_and_an_opted_out_spec_is
     let private_first = push_base(&private, Some(&docker_config));
 
     let mut repo = GitRepo::init(&tmp.path().join("repo"));
-    repo.write("bu-moving.yaml", &format!("name: bu-moving\nbaseImage: {moving}\n"));
+    repo.write(
+        "bu-moving.yaml",
+        &format!("name: bu-moving\nbaseImage: {moving}\n"),
+    );
     repo.write(
         "bu-optout.yaml",
         &format!("name: bu-optout\nbaseImage: {moving}\nrebuildOnBaseUpdate: false\n"),
     );
-    repo.write("bu-steady.yaml", &format!("name: bu-steady\nbaseImage: {steady}\n"));
+    repo.write(
+        "bu-steady.yaml",
+        &format!("name: bu-steady\nbaseImage: {steady}\n"),
+    );
     repo.write(
         "bu-private.yaml",
         &format!("name: bu-private\nbaseImage: {private}\npullSecret: corp\n"),
@@ -224,7 +233,12 @@ async fn a_moved_tag_is_rebuilt_an_unchanged_one_is_not_and_an_opted_out_spec_is
     let limit = Duration::from_secs(300);
     for spec in ["bu-moving", "bu-optout", "bu-steady", "bu-private"] {
         let job = server.wait_done(spec, 1, limit).await;
-        assert_eq!(job["status"], "succeeded", "{job}\n{}", server.log(&job).await);
+        assert_eq!(
+            job["status"],
+            "succeeded",
+            "{job}\n{}",
+            server.log(&job).await
+        );
     }
     let r1 = server.job("bu-moving", 1).await.unwrap();
     assert_eq!(r1["base_digest"], first.as_str(), "{r1}");
@@ -233,10 +247,22 @@ async fn a_moved_tag_is_rebuilt_an_unchanged_one_is_not_and_an_opted_out_spec_is
     assert_eq!(p1["base_digest"], private_first.as_str(), "{p1}");
     // The labels name the base and its digest.
     let image = r1["image"].as_str().unwrap().to_string();
-    let labels = docker(&["image", "inspect", &image, "--format", "{{json .Config.Labels}}"]);
+    let labels = docker(&[
+        "image",
+        "inspect",
+        &image,
+        "--format",
+        "{{json .Config.Labels}}",
+    ]);
     let labels: Value = serde_json::from_str(&labels).unwrap();
-    assert_eq!(labels["org.opencontainers.image.base.name"], moving.as_str());
-    assert_eq!(labels["org.opencontainers.image.base.digest"], first.as_str());
+    assert_eq!(
+        labels["org.opencontainers.image.base.name"],
+        moving.as_str()
+    );
+    assert_eq!(
+        labels["org.opencontainers.image.base.digest"],
+        first.as_str()
+    );
 
     // The checks so far found every base where the builds found them.
     wait_status(&server, "a clean check", |b| {
@@ -256,7 +282,13 @@ async fn a_moved_tag_is_rebuilt_an_unchanged_one_is_not_and_an_opted_out_spec_is
     assert_eq!(r2["commit"], commit.as_str(), "same commit, new revision");
     assert_eq!(r2["base_digest"], second.as_str(), "{r2}");
     let pushed = r2["image"].as_str().unwrap().to_string();
-    let labels = docker(&["image", "inspect", &pushed, "--format", "{{json .Config.Labels}}"]);
+    let labels = docker(&[
+        "image",
+        "inspect",
+        &pushed,
+        "--format",
+        "{{json .Config.Labels}}",
+    ]);
     assert!(labels.contains(&second), "{labels}");
     let spec = server.get("/api/v1/specs/bu-moving").await;
     let rev2 = &spec["revisions"][1];
@@ -283,7 +315,11 @@ async fn a_moved_tag_is_rebuilt_an_unchanged_one_is_not_and_an_opted_out_spec_is
         assert!(Instant::now() < deadline, "bu-optout never outdated: {s}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert_eq!(optout["base_outdated"]["current"], second.as_str(), "{optout}");
+    assert_eq!(
+        optout["base_outdated"]["current"],
+        second.as_str(),
+        "{optout}"
+    );
     assert_eq!(optout["base_outdated"]["built_on"], first.as_str());
     // Two more checks after that: still nothing built for it or for the steady spec.
     let seen = status(&server).await["base_check"]["last_attempt"].clone();
@@ -297,13 +333,21 @@ async fn a_moved_tag_is_rebuilt_an_unchanged_one_is_not_and_an_opted_out_spec_is
     }
     let steady_spec = server.get("/api/v1/specs/bu-steady").await;
     assert!(steady_spec["base_outdated"].is_null(), "{steady_spec}");
-    assert_eq!(server.job("bu-steady", 1).await.unwrap()["base_digest"], steady_digest.as_str());
+    assert_eq!(
+        server.job("bu-steady", 1).await.unwrap()["base_digest"],
+        steady_digest.as_str()
+    );
     // The moving spec is current again once its rebuild landed.
     let s = server.get("/api/v1/specs/bu-moving").await;
     assert!(s["base_outdated"].is_null(), "{s}");
 
     // Dashboard and metrics.
-    let html = reqwest::get(format!("{}/", server.base)).await.unwrap().text().await.unwrap();
+    let html = reqwest::get(format!("{}/", server.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(html.contains("base outdated since"), "spec list");
     let page = reqwest::get(format!("{}/specs/bu-optout", server.base))
         .await
@@ -318,8 +362,14 @@ async fn a_moved_tag_is_rebuilt_an_unchanged_one_is_not_and_an_opted_out_spec_is
         .text()
         .await
         .unwrap();
-    assert!(page.contains(&second) && page.contains(&first), "base digests per job");
-    assert!(page.contains("base image updated: "), "cause on the dashboard");
+    assert!(
+        page.contains(&second) && page.contains(&first),
+        "base digests per job"
+    );
+    assert!(
+        page.contains("base image updated: "),
+        "cause on the dashboard"
+    );
     let metrics = reqwest::get(format!("{}/metrics", server.base))
         .await
         .unwrap()
@@ -339,6 +389,31 @@ async fn a_moved_tag_is_rebuilt_an_unchanged_one_is_not_and_an_opted_out_spec_is
     for image in [&image, &pushed] {
         let _ = Command::new("docker").args(["rmi", image]).output();
     }
+}
+
+#[test]
+fn kiln_check_knows_rebuild_on_base_update() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = tmp.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        format!("name: good\nbaseImage: {MINBASE}\nrebuildOnBaseUpdate: false\n"),
+    )
+    .unwrap();
+    let (code, out, err) = common::kiln(&["check", &good.display().to_string()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let bad = tmp.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        format!("name: bad\nbaseImage: {MINBASE}\nrebuildOnBaseUpdate: weekly\n"),
+    )
+    .unwrap();
+    let (code, out, err) = common::kiln(&["check", &bad.display().to_string()]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(":3:22: error[wrong-type]: `rebuildOnBaseUpdate` must be `true` or `false`"),
+        "{out}{err}"
+    );
 }
 
 #[tokio::test]
@@ -364,7 +439,10 @@ async fn one_request_per_base_for_200_specs_and_a_registry_down_then_back() {
             &format!("name: s{i:03}\nbaseImage: {}\n", bases[i % 3]),
         );
     }
-    repo.write("pinned.yaml", &format!("name: pinned\nbaseImage: {pinned}\n"));
+    repo.write(
+        "pinned.yaml",
+        &format!("name: pinned\nbaseImage: {pinned}\n"),
+    );
     repo.commit("201 specs");
     let data = tmp.path().join("data");
 
@@ -384,7 +462,9 @@ async fn one_request_per_base_for_200_specs_and_a_registry_down_then_back() {
             job.image = Some(format!("127.0.0.1:5000/{}:r1", record.name));
             job.finished_at = Some(kiln::model::now());
             store.update_job(&job).await.unwrap();
-            let base = kiln::dockerfile::base_image(&job.dockerfile).unwrap().to_string();
+            let base = kiln::dockerfile::base_image(&job.dockerfile)
+                .unwrap()
+                .to_string();
             let digest = match bases.iter().position(|b| *b == base) {
                 Some(i) => digests[i].clone(),
                 None => base.split_once('@').unwrap().1.to_string(),
@@ -400,10 +480,16 @@ async fn one_request_per_base_for_200_specs_and_a_registry_down_then_back() {
     }
 
     // One pass (the interval is long: only the pass at start runs).
-    let before: Vec<usize> = (1..=3).map(|i| registry.manifest_requests(&format!("base{i}"))).collect();
+    let before: Vec<usize> = (1..=3)
+        .map(|i| registry.manifest_requests(&format!("base{i}")))
+        .collect();
     let pinned_before = registry.manifest_requests("pinned");
     let serve = |interval: u64| {
-        std::fs::write(&config, format!("no_build = true\nbase_check_interval = {interval}\n")).unwrap();
+        std::fs::write(
+            &config,
+            format!("no_build = true\nbase_check_interval = {interval}\n"),
+        )
+        .unwrap();
         let (config, repo, data) = (
             config.display().to_string(),
             repo.dir.display().to_string(),
@@ -414,7 +500,10 @@ async fn one_request_per_base_for_200_specs_and_a_registry_down_then_back() {
         }
     };
     let server = serve(3600).await;
-    let check = wait_status(&server, "the first check", |b| b["last_attempt"].is_string()).await;
+    let check = wait_status(&server, "the first check", |b| {
+        b["last_attempt"].is_string()
+    })
+    .await;
     assert!(check["error"].is_null(), "{check}");
     assert_eq!(check["requests"], 3, "{check}");
     assert_eq!(check["checked"], 200, "{check}");
@@ -425,7 +514,11 @@ async fn one_request_per_base_for_200_specs_and_a_registry_down_then_back() {
             "one manifest request for base{i}"
         );
     }
-    assert_eq!(registry.manifest_requests("pinned"), pinned_before, "a digest is never checked");
+    assert_eq!(
+        registry.manifest_requests("pinned"),
+        pinned_before,
+        "a digest is never checked"
+    );
     assert_eq!(server.get("/api/v1/specs/s000").await["revision"], 1);
     drop(server);
 
@@ -434,10 +527,20 @@ async fn one_request_per_base_for_200_specs_and_a_registry_down_then_back() {
     let server = serve(1).await;
     let down = wait_status(&server, "the failed check", |b| b["error"].is_string()).await;
     let error = down["error"].as_str().unwrap();
-    assert!(error.contains("unreachable") && error.contains(&host), "{error}");
-    assert_eq!(status(&server).await["status"], "ok", "the sync itself is fine");
+    assert!(
+        error.contains("unreachable") && error.contains(&host),
+        "{error}"
+    );
+    assert_eq!(
+        status(&server).await["status"],
+        "ok",
+        "the sync itself is fine"
+    );
     for name in ["s000", "s001", "s002"] {
-        assert_eq!(server.get(&format!("/api/v1/specs/{name}")).await["revision"], 1);
+        assert_eq!(
+            server.get(&format!("/api/v1/specs/{name}")).await["revision"],
+            1
+        );
     }
     // Back, and base1 moved meanwhile: the next check catches up.
     registry.up();
@@ -451,10 +554,18 @@ async fn one_request_per_base_for_200_specs_and_a_registry_down_then_back() {
         let s = server.get("/api/v1/specs/s000").await;
         if s["revision"] == 2 {
             assert_eq!(s["revisions"][1]["cause"], "base-update", "{s}");
-            assert!(s["revisions"][1]["cause_text"].as_str().unwrap().contains(&moved[..19]));
+            assert!(
+                s["revisions"][1]["cause_text"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&moved[..19])
+            );
             break;
         }
-        assert!(Instant::now() < deadline, "s000 never got its base update: {s}");
+        assert!(
+            Instant::now() < deadline,
+            "s000 never got its base update: {s}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Only the specs on the moved base got a revision.

@@ -66,26 +66,32 @@ pub enum Decision {
     Failed { spec: String, error: String },
 }
 
-fn request_of(input: &SpecBase) -> Result<Request, Decision> {
+/// Whether a spec needs a request, or is decided without one.
+enum Lookup {
+    Ask(Request),
+    Decided(Decision),
+}
+
+fn request_of(input: &SpecBase) -> Lookup {
     let skipped = |why| Decision::Skipped {
         spec: input.spec.clone(),
         why,
     };
     let Some(base) = BaseRef::parse(&input.base) else {
-        return Err(skipped("the base reference cannot be read"));
+        return Lookup::Decided(skipped("the base reference cannot be read"));
     };
     if base.pinned() {
-        return Err(Decision::Pinned {
+        return Lookup::Decided(Decision::Pinned {
             spec: input.spec.clone(),
         });
     }
     if input.busy {
-        return Err(skipped("a build is queued or running"));
+        return Lookup::Decided(skipped("a build is queued or running"));
     }
     if input.built_on.is_none() {
-        return Err(skipped("no base digest recorded for its latest image"));
+        return Lookup::Decided(skipped("no base digest recorded for its latest image"));
     }
-    Ok(Request {
+    Lookup::Ask(Request {
         base,
         pull_secret: input.pull_secret.clone(),
     })
@@ -93,7 +99,13 @@ fn request_of(input: &SpecBase) -> Result<Request, Decision> {
 
 /// The distinct requests the pass makes, in a stable order.
 pub fn requests(inputs: &[SpecBase]) -> Vec<Request> {
-    let set: BTreeSet<Request> = inputs.iter().filter_map(|i| request_of(i).ok()).collect();
+    let set: BTreeSet<Request> = inputs
+        .iter()
+        .filter_map(|i| match request_of(i) {
+            Lookup::Ask(r) => Some(r),
+            Lookup::Decided(_) => None,
+        })
+        .collect();
     set.into_iter().collect()
 }
 
@@ -107,8 +119,8 @@ pub fn decide(
         .iter()
         .map(|input| {
             let request = match request_of(input) {
-                Ok(r) => r,
-                Err(decision) => return decision,
+                Lookup::Ask(r) => r,
+                Lookup::Decided(decision) => return decision,
             };
             let spec = input.spec.clone();
             let built_on = input.built_on.clone().unwrap_or_default();
@@ -176,7 +188,11 @@ mod tests {
     fn one_request_per_distinct_base_however_many_specs_share_it() {
         let mut inputs = Vec::new();
         for i in 0..200 {
-            let base = ["debian:bookworm", "docker.io/library/python:3.11", "127.0.0.1:5000/b:1"][i % 3];
+            let base = [
+                "debian:bookworm",
+                "docker.io/library/python:3.11",
+                "127.0.0.1:5000/b:1",
+            ][i % 3];
             inputs.push(input(&format!("s{i}"), base, "sha256:a"));
         }
         // The same base spelled the Docker Hub way is the same request.
@@ -205,7 +221,10 @@ mod tests {
             input("down", "other.io/b:1", "sha256:a"),
         ];
         assert_eq!(
-            requests(&inputs).iter().map(|r| r.base.to_string()).collect::<Vec<_>>(),
+            requests(&inputs)
+                .iter()
+                .map(|r| r.base.to_string())
+                .collect::<Vec<_>>(),
             ["other.io/b:1", "r.io/b:1", "r.io/b:2"]
         );
         let answers = BTreeMap::from([
@@ -228,8 +247,18 @@ mod tests {
                 }
             }
         );
-        assert_eq!(d[1], Decision::Current { spec: "same".into() });
-        assert_eq!(d[2], Decision::Pinned { spec: "pinned".into() });
+        assert_eq!(
+            d[1],
+            Decision::Current {
+                spec: "same".into()
+            }
+        );
+        assert_eq!(
+            d[2],
+            Decision::Pinned {
+                spec: "pinned".into()
+            }
+        );
         assert!(matches!(&d[3], Decision::Skipped { why, .. } if why.contains("queued")));
         assert!(matches!(&d[4], Decision::Skipped { why, .. } if why.contains("no base digest")));
         assert!(matches!(&d[5], Decision::Failed { error, .. } if error.contains("unreachable")));
@@ -245,7 +274,9 @@ mod tests {
         older.updated_to = Some("sha256:0".into());
         let answers = BTreeMap::from([answer("r.io/b:1", Ok("sha256:b"))]);
         let d = decide(&[out, done, older], &answers, 7);
-        assert!(matches!(&d[0], Decision::Outdated { spec, outdated } if spec == "out" && outdated.current == "sha256:b"));
+        assert!(
+            matches!(&d[0], Decision::Outdated { spec, outdated } if spec == "out" && outdated.current == "sha256:b")
+        );
         assert!(matches!(&d[1], Decision::Outdated { spec, .. } if spec == "done"));
         assert!(matches!(&d[2], Decision::Rebuild { spec, .. } if spec == "older"));
     }

@@ -55,7 +55,9 @@ pub enum DigestError {
 }
 
 fn retry_text(after: &Option<Duration>) -> String {
-    after.map_or(String::new(), |d| format!("; retry after {} s", d.as_secs()))
+    after.map_or(String::new(), |d| {
+        format!("; retry after {} s", d.as_secs())
+    })
 }
 
 impl DigestError {
@@ -174,7 +176,10 @@ async fn resolve_over(
             let body = body_text(response, MAX_BODY)
                 .await
                 .map_err(|e| http_error(registry, e))?;
-            return Ok(format!("sha256:{}", hex::encode(Sha256::digest(body.as_bytes()))));
+            return Ok(format!(
+                "sha256:{}",
+                hex::encode(Sha256::digest(body.as_bytes()))
+            ));
         }
         // No digest header on HEAD: ask with GET and hash the manifest.
     }
@@ -240,7 +245,9 @@ fn content_digest(response: &Response) -> Option<String> {
 pub fn valid_digest(value: &str) -> bool {
     value.split_once(':').is_some_and(|(algo, hex)| {
         !algo.is_empty()
-            && algo.chars().all(|c| c.is_ascii_alphanumeric() || "+._-".contains(c))
+            && algo
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+._-".contains(c))
             && hex.len() >= 32
             && hex.chars().all(|c| c.is_ascii_hexdigit())
     })
@@ -254,7 +261,12 @@ async fn bearer_token(
     repository: &str,
     credential: Option<&Credential>,
 ) -> Result<String, DigestError> {
-    let get = |k: &str| params.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+    let get = |k: &str| {
+        params
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
     let protocol = |message: String| DigestError::Protocol {
         registry: registry.to_string(),
         message,
@@ -305,9 +317,7 @@ pub fn token_of(body: &str) -> Option<String> {
         access_token: Option<String>,
     }
     let t: Token = serde_json::from_str(body).ok()?;
-    t.token
-        .or(t.access_token)
-        .filter(|t| !t.is_empty())
+    t.token.or(t.access_token).filter(|t| !t.is_empty())
 }
 
 #[cfg(test)]
@@ -317,7 +327,10 @@ mod tests {
     #[test]
     fn retry_after_is_seconds_or_a_date() {
         let now = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
-        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
         assert_eq!(
             parse_retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now),
             Some(Duration::from_secs(30))
@@ -348,7 +361,136 @@ mod tests {
             retry_after: Some(Duration::from_secs(60)),
         };
         assert_eq!(e.retry_after(), Some(Duration::from_secs(60)));
-        assert_eq!(e.to_string(), "registry r limits requests (429); retry after 60 s");
+        assert_eq!(
+            e.to_string(),
+            "registry r limits requests (429); retry after 60 s"
+        );
+    }
+
+    /// A tiny HTTP/1.1 server on 127.0.0.1 answering each request with `answer(request
+    /// head)`; TLS hellos (the `https` try first) are closed at once. Stopped by aborting its
+    /// task when the test ends.
+    async fn serve(
+        answer: impl Fn(&str) -> String + Send + Sync + 'static,
+    ) -> (
+        u16,
+        tokio::task::JoinHandle<()>,
+        std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = std::sync::Arc::clone(&seen);
+        let answer = std::sync::Arc::new(answer);
+        let task = tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let (answer, log) = (std::sync::Arc::clone(&answer), std::sync::Arc::clone(&log));
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let Ok(n) = conn.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 || chunk[0] == 0x16 && buf.is_empty() {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                            buf.drain(..end + 4);
+                            log.lock().unwrap().push(head.clone());
+                            if conn.write_all(answer(&head).as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (port, task, seen)
+    }
+
+    #[tokio::test]
+    async fn a_429_is_a_rate_limit_with_its_retry_after() {
+        let (port, task, _) = serve(|_| {
+            "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 7\r\nContent-Length: 0\r\n\r\n".into()
+        })
+        .await;
+        let base = BaseRef::parse(&format!("127.0.0.1:{port}/x:t")).unwrap();
+        let err = resolve(&client().unwrap(), &base, None).await.unwrap_err();
+        task.abort();
+        assert!(matches!(err, DigestError::RateLimited { .. }), "{err}");
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(7)));
+    }
+
+    #[tokio::test]
+    async fn a_bearer_challenge_gets_a_token_with_the_pull_secret_and_then_the_digest() {
+        let digest = format!("sha256:{}", "c".repeat(64));
+        let d = digest.clone();
+        let port_cell = std::sync::Arc::new(std::sync::OnceLock::<u16>::new());
+        let cell = std::sync::Arc::clone(&port_cell);
+        let (port, task, seen) = serve(move |head| {
+            let port = cell.get().copied().unwrap_or_default();
+            let auth = head
+                .lines()
+                .find_map(|l| l.strip_prefix("authorization: ").or_else(|| l.strip_prefix("Authorization: ")))
+                .unwrap_or("");
+            if head.starts_with("GET /token?") {
+                // `kiln:s3cret` in Basic.
+                return if auth == "Basic a2lsbjpzM2NyZXQ=" {
+                    let body = r#"{"token":"t0k"}"#;
+                    format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+                } else {
+                    "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n".into()
+                };
+            }
+            if auth == "Bearer t0k" {
+                format!("HTTP/1.1 200 OK\r\nDocker-Content-Digest: {d}\r\nContent-Length: 0\r\n\r\n")
+            } else {
+                format!("HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"reg\",scope=\"repository:team/x:pull\"\r\nContent-Length: 0\r\n\r\n")
+            }
+        })
+        .await;
+        port_cell.set(port).unwrap();
+        let base = BaseRef::parse(&format!("127.0.0.1:{port}/team/x:t")).unwrap();
+        let credential = Credential::new(&format!("127.0.0.1:{port}"), "kiln", "s3cret");
+        let got = resolve(&client().unwrap(), &base, Some(&credential)).await;
+        task.abort();
+        assert_eq!(got.unwrap(), digest);
+        let seen = seen.lock().unwrap().clone();
+        let lines: Vec<&str> = seen.iter().filter_map(|h| h.lines().next()).collect();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(
+            lines[0].starts_with("HEAD /v2/team/x/manifests/t "),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].starts_with("GET /token?service=reg&scope=repository%3Ateam%2Fx%3Apull "),
+            "{lines:?}"
+        );
+        assert!(
+            lines[2].starts_with("HEAD /v2/team/x/manifests/t "),
+            "{lines:?}"
+        );
+        assert!(
+            seen[0]
+                .to_ascii_lowercase()
+                .contains("accept: application/vnd.oci.image.index.v1+json")
+        );
+        // The password never reaches an error text.
+        let (port2, task2, _) =
+            serve(|_| "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n".into()).await;
+        let base = BaseRef::parse(&format!("127.0.0.1:{port2}/x:t")).unwrap();
+        let err = resolve(&client().unwrap(), &base, Some(&credential))
+            .await
+            .unwrap_err();
+        task2.abort();
+        assert!(
+            err.to_string().contains("401") && !err.to_string().contains("s3cret"),
+            "{err}"
+        );
     }
 
     #[test]

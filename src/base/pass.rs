@@ -64,7 +64,11 @@ pub async fn check_once(
     monitor: &BaseMonitor,
     settings: &CheckSettings,
 ) -> Result<PassReport, PassError> {
-    let (s, ctx, default) = (store.clone(), settings.spec_context.clone(), settings.rebuild_default);
+    let (s, ctx, default) = (
+        store.clone(),
+        settings.spec_context.clone(),
+        settings.rebuild_default,
+    );
     let (inputs, recorded) = tokio::task::spawn_blocking(move || gather(&s, &ctx, default))
         .await
         .map_err(|e| PassError::Worker(e.to_string()))??;
@@ -118,7 +122,12 @@ pub async fn check_once(
         st.checked = report
             .decisions
             .iter()
-            .filter(|d| matches!(d, Decision::Rebuild { .. } | Decision::Outdated { .. } | Decision::Current { .. }))
+            .filter(|d| {
+                matches!(
+                    d,
+                    Decision::Rebuild { .. } | Decision::Outdated { .. } | Decision::Current { .. }
+                )
+            })
             .count();
         st.updates = report.updates;
         st.outdated = report
@@ -146,11 +155,11 @@ fn credential_for<'a>(
         .pull_secrets
         .get(name)
         .ok_or_else(|| missing(format!("pull secret `{name}` is not configured in Kiln")))?;
-    settings
-        .auths
-        .for_registry(host)
-        .map(Some)
-        .ok_or_else(|| missing(format!("pull secret `{name}`: the docker config has no credential for registry {host}")))
+    settings.auths.for_registry(host).map(Some).ok_or_else(|| {
+        missing(format!(
+            "pull secret `{name}`: the docker config has no credential for registry {host}"
+        ))
+    })
 }
 
 /// Every live, valid spec with a successful build, as the pure pass sees it; and when each
@@ -164,7 +173,12 @@ fn gather(
     let mut recorded = BTreeMap::new();
     let records: Vec<SpecRecord> = store.specs().collect::<Result<_, _>>()?;
     for record in records.into_iter().filter(|r| !r.deleted && r.valid) {
-        let Some(job) = record.latest_image_job.map(|id| store.job(id)).transpose()?.flatten() else {
+        let Some(job) = record
+            .latest_image_job
+            .map(|id| store.job(id))
+            .transpose()?
+            .flatten()
+        else {
             continue;
         };
         let Some(base) = dockerfile::base_image(&job.dockerfile) else {

@@ -84,7 +84,10 @@ mod tests {
             "127.0.0.1:5000/other@sha256:1".to_string(),
             "127.0.0.1:5000/kiln/b@sha256:2".to_string(),
         ];
-        assert_eq!(pick("127.0.0.1:5000/kiln/b:t", &entries).as_deref(), Some("sha256:2"));
+        assert_eq!(
+            pick("127.0.0.1:5000/kiln/b:t", &entries).as_deref(),
+            Some("sha256:2")
+        );
         assert_eq!(pick("127.0.0.1:5000/kiln/c:t", &entries), None);
         assert_eq!(pick("r.io/x@sha256:9", &[]).as_deref(), Some("sha256:9"));
         assert_eq!(pick("not a ref", &entries), None);

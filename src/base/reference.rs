@@ -126,9 +126,15 @@ mod tests {
 
     #[test]
     fn docker_hub_names_are_normalised() {
-        assert_eq!(p("debian:bookworm").to_string(), "docker.io/library/debian:bookworm");
+        assert_eq!(
+            p("debian:bookworm").to_string(),
+            "docker.io/library/debian:bookworm"
+        );
         assert_eq!(p("debian").to_string(), "docker.io/library/debian:latest");
-        assert_eq!(p("jupyter/scipy-notebook").to_string(), "docker.io/jupyter/scipy-notebook:latest");
+        assert_eq!(
+            p("jupyter/scipy-notebook").to_string(),
+            "docker.io/jupyter/scipy-notebook:latest"
+        );
         assert_eq!(p("index.docker.io/library/debian:12"), p("debian:12"));
         assert_eq!(p("debian:12").api_host(), "registry-1.docker.io");
     }
@@ -136,10 +142,16 @@ mod tests {
     #[test]
     fn registry_hosts_ports_and_digests() {
         let r = p("127.0.0.1:5000/kiln/bookworm:minbase");
-        assert_eq!((r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()), ("127.0.0.1:5000", "kiln/bookworm", Some("minbase")));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()),
+            ("127.0.0.1:5000", "kiln/bookworm", Some("minbase"))
+        );
         assert!(r.is_loopback() && !r.pinned());
         let d = p("localhost:5000/x@sha256:abc");
-        assert_eq!((d.tag.as_deref(), d.digest.as_deref()), (None, Some("sha256:abc")));
+        assert_eq!(
+            (d.tag.as_deref(), d.digest.as_deref()),
+            (None, Some("sha256:abc"))
+        );
         assert!(d.pinned());
         let both = p("ghcr.io/o/x:1@sha256:abc");
         assert!(both.pinned() && !both.is_loopback());
@@ -154,9 +166,15 @@ mod tests {
     #[test]
     fn repo_digests_match_by_repository() {
         let r = p("127.0.0.1:5000/kiln/b:t1");
-        assert_eq!(r.digest_in("127.0.0.1:5000/kiln/b@sha256:1"), Some("sha256:1"));
+        assert_eq!(
+            r.digest_in("127.0.0.1:5000/kiln/b@sha256:1"),
+            Some("sha256:1")
+        );
         assert_eq!(r.digest_in("127.0.0.1:5000/kiln/other@sha256:1"), None);
         assert_eq!(r.digest_in("127.0.0.1:5000/kiln/b"), None);
-        assert_eq!(p("debian:12").digest_in("debian@sha256:2"), Some("sha256:2"));
+        assert_eq!(
+            p("debian:12").digest_in("debian@sha256:2"),
+            Some("sha256:2")
+        );
     }
 }

@@ -175,10 +175,17 @@ mod tests {
         let causes = ok(add(&view, &mut plan, &[update], &Settings::default()));
         assert_eq!(plan.revisions.len(), 1);
         let rev = &plan.revisions[0];
-        assert_eq!((rev.number, rev.commit.sha.as_str()), (2, commit(1).sha.as_str()));
+        assert_eq!(
+            (rev.number, rev.commit.sha.as_str()),
+            (2, commit(1).sha.as_str())
+        );
         assert_eq!(plan.specs["one"].revision, 2);
         assert_eq!(plan.jobs.len(), 1);
-        assert_eq!(plan.jobs[0].plan, JobPlan::Build, "never a re-use of the old base");
+        assert_eq!(
+            plan.jobs[0].plan,
+            JobPlan::Build,
+            "never a re-use of the old base"
+        );
         assert!(plan.jobs[0].dockerfile.contains("FROM r.io/b:1"));
         assert_eq!(
             causes,

@@ -82,7 +82,10 @@ pub trait Builder: Send + Sync {
 
     /// The registry digests (`name@sha256:…`) this builder recorded for `image` when it
     /// pulled it (the default: none known; the job then records no base digest).
-    fn repo_digests<'a>(&'a self, image: &'a str) -> BoxFuture<'a, Result<Vec<String>, EngineError>> {
+    fn repo_digests<'a>(
+        &'a self,
+        image: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, EngineError>> {
         let _ = image;
         Box::pin(async { Ok(Vec::new()) })
     }

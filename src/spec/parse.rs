@@ -796,13 +796,24 @@ mod tests {
         let off = check("demo.yaml", &format!("{HEAD}rebuildOnBaseUpdate: false\n"));
         let on = check("demo.yaml", &format!("{HEAD}rebuildOnBaseUpdate: true\n"));
         assert_eq!(plain.spec.as_ref().unwrap().rebuild_on_base_update, None);
-        assert_eq!(off.spec.as_ref().unwrap().rebuild_on_base_update, Some(false));
+        assert_eq!(
+            off.spec.as_ref().unwrap().rebuild_on_base_update,
+            Some(false)
+        );
         assert_eq!(on.spec.as_ref().unwrap().rebuild_on_base_update, Some(true));
-        assert_eq!(plain.digest, off.digest, "when Kiln rebuilds is not what it builds");
-        let (rule, line, col, message) =
-            only("demo.yaml", &format!("{HEAD}rebuildOnBaseUpdate: sometimes\n"));
+        assert_eq!(
+            plain.digest, off.digest,
+            "when Kiln rebuilds is not what it builds"
+        );
+        let (rule, line, col, message) = only(
+            "demo.yaml",
+            &format!("{HEAD}rebuildOnBaseUpdate: sometimes\n"),
+        );
         assert_eq!((rule, line, col), (Rule::WrongType, 3, 22));
-        assert!(message.contains("`rebuildOnBaseUpdate` must be `true` or `false`"), "{message}");
+        assert!(
+            message.contains("`rebuildOnBaseUpdate` must be `true` or `false`"),
+            "{message}"
+        );
     }
 
     #[test]

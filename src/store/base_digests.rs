@@ -99,7 +99,8 @@ impl Store {
 
     /// Records the base `job` pulled (an attempt that pulls again overwrites it).
     pub fn put_base_digest(&self, job: JobId, base: &BaseDigest) -> Result<(), StoreError> {
-        self.tree(DIGESTS)?.insert(job.to_be_bytes(), encode(base)?)?;
+        self.tree(DIGESTS)?
+            .insert(job.to_be_bytes(), encode(base)?)?;
         Ok(())
     }
 
@@ -139,7 +140,10 @@ impl Store {
             .iter()
             .map(|kv| {
                 let (k, v) = kv?;
-                Ok((String::from_utf8_lossy(&k).into_owned(), decode(OUTDATED, &v)?))
+                Ok((
+                    String::from_utf8_lossy(&k).into_owned(),
+                    decode(OUTDATED, &v)?,
+                ))
             })
             .collect()
     }
@@ -216,8 +220,14 @@ mod tests {
             .put_revision_causes(&[("a".into(), 2, cause.clone())])
             .unwrap();
         assert_eq!(store.revision_cause("a", 2).unwrap(), cause);
-        assert_eq!(store.revision_cause("ab", 2).unwrap(), RevisionCause::Commit);
-        assert_eq!(store.revision_causes_of("a").unwrap(), vec![(2, cause.clone())]);
+        assert_eq!(
+            store.revision_cause("ab", 2).unwrap(),
+            RevisionCause::Commit
+        );
+        assert_eq!(
+            store.revision_causes_of("a").unwrap(),
+            vec![(2, cause.clone())]
+        );
         assert_eq!(cause.kind(), "base-update");
         assert_eq!(
             cause.text().unwrap(),

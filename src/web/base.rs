@@ -66,7 +66,10 @@ pub struct OutdatedNote {
     pub current: String,
 }
 
-pub(super) fn outdated_note(state: &AppState, spec: &str) -> Result<Option<OutdatedNote>, StoreError> {
+pub(super) fn outdated_note(
+    state: &AppState,
+    spec: &str,
+) -> Result<Option<OutdatedNote>, StoreError> {
     Ok(state.store.base_outdated(spec)?.map(|o| OutdatedNote {
         since: When::at(o.since),
         reference: o.reference,

@@ -343,6 +343,7 @@ pub struct JobRowView {
     error: Option<String>,
     /// The short digest of the base the job pulled, and why its revision exists.
     base_digest: Option<String>,
+    base_short: String,
     cause: Option<String>,
 }
 
@@ -433,6 +434,7 @@ pub(super) async fn spec_page(
             };
             slot.insert(subject.unwrap_or_default());
         }
+        let base_digest = super::base::job_base(&state, job)?.map(|b| b.digest);
         rows.push(JobRowView {
             id: job.id,
             status: job.status.as_str(),
@@ -443,7 +445,11 @@ pub(super) async fn spec_page(
             image: job.image.clone().filter(|_| job.status.has_image()),
             updated: When::at_now(job.updated_at, now),
             error: job.error.clone(),
-            base_digest: super::base::job_base(&state, job)?.map(|b| b.digest),
+            base_short: base_digest
+                .as_deref()
+                .map(crate::store::base_digests::short_digest)
+                .unwrap_or_default(),
+            base_digest,
             cause: store.revision_cause(&name, job.revision)?.text(),
         });
     }
