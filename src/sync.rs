@@ -6,6 +6,9 @@
 //! plan to the store in one transaction together with the processed head. Running it twice on
 //! the same head does nothing.
 //!
+//! Base updates the base check found (`base/`) join the next pass: they are added to the
+//! plan after reconcile and applied in the same transaction (a commit of the same spec wins).
+//!
 //! Nothing here blocks an async worker thread: git runs on a blocking thread, and so does
 //! reconcile (YAML parsing, validation, Dockerfile rendering: CPU work that takes seconds
 //! for a 10,000-spec import); the store applies the plan on one of its own.

@@ -29,7 +29,11 @@ pub async fn run(
     let mut backoff = Backoff::new(Duration::from_secs(1).min(interval), interval);
     loop {
         let started = now();
-        let result = check_once(&store, &monitor, &settings).await;
+        // A registry that does not answer must not hold up shutdown.
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            result = check_once(&store, &monitor, &settings) => result,
+        };
         let (wait, error) = match &result {
             Ok(report) if report.errors.is_empty() => {
                 backoff.succeeded();
