@@ -1,11 +1,14 @@
 //! One image build on a Docker Engine's embedded BuildKit.
 //!
-//! The request goes to the Engine's `/build` with `version=2` (BuildKit) and a session id;
-//! bollard opens the session beside it, and the session's auth provider answers BuildKit's
-//! credential requests for a registry host with the credential of that host only, so
-//! passwords reach BuildKit in memory, never as files on the worker, and never travel
-//! towards another registry. The build runs on a thread and runtime of its own
-//! ([`super::session`]), which is how its session ends with it.
+//! First the build's session is opened (`session_server.rs`): its auth service answers
+//! BuildKit's credential requests for a registry host with the credential of that host only,
+//! and its secrets service gives a `RUN --mount=type=secret,id=ID` step the secret `ID` of
+//! this build and no other, so passwords and secrets reach BuildKit in memory, never as files
+//! on the worker, build arguments or layers, and a credential never travels towards another
+//! registry. Then the request goes to the Engine's `/build` with `version=2` (BuildKit) and
+//! that session's id (`build_request.rs`), on a connection of its own. The build runs on a
+//! thread and runtime of its own ([`super::session`]), which is how its session ends with it.
+//! Secret values and credentials are scrubbed from every log line and error.
 //!
 //! What the Engine sends back is BuildKit's solve status, rendered into log lines by
 //! [`super::progress`], and at the end the image id (`moby.image.id`). A build fails on
@@ -13,8 +16,8 @@
 //! inside it, a stream that ends without an image id); the failing step, as BuildKit names
 //! it, leads the error.
 //!
-//! Cancelling drops the request: the Engine sees its client go away and cancels the solve,
-//! which stops the running step.
+//! Cancelling drops the request (its connection is closed): the Engine sees its client go
+//! away and cancels the solve, which stops the running step.
 //!
 //! Facts of Engine 20.10 this follows: no `# syntax=` line may be needed (the Dockerfile
 //! frontend built into the Engine is used; a `# syntax=` line would pull one from Docker
@@ -24,19 +27,25 @@
 //! and `BUILDKIT_STEP_LOG_MAX_SPEED` raised — to large numbers, not -1, which this BuildKit
 //! takes literally (docs/operations.md).
 
+use super::build_request::{BuildQuery, JsonLines, engine_message};
+use super::engine_conn::{self, hyper_message};
 use super::progress::Progress;
+use super::secret::{BuildSecret, check_ids, redactable};
 use super::session::{LineSender, isolated};
+use super::session_server;
+use super::session_services::Services;
 use crate::docker::auth::{Credential, registry_of};
 use crate::docker::{
     BuiltImage, EngineEndpoint, EngineError, LogSink, Transport, bollard_message, build_context,
     client,
 };
-use bollard::auth::DockerCredentials;
 use bollard::errors::Error as BollardError;
 use bollard::models::{BuildInfoAux, ImageId};
-use bollard::query_parameters::{BuildImageOptionsBuilder, BuilderVersion, TagImageOptionsBuilder};
-use futures_util::StreamExt;
-use std::collections::HashMap;
+use bollard::query_parameters::TagImageOptionsBuilder;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper::body::Bytes;
+use std::collections::BTreeMap;
 use tokio_util::sync::CancellationToken;
 
 /// The build argument that makes Engine 20.10's BuildKit write its cache into the image.
@@ -69,6 +78,9 @@ pub struct BuildkitRequest<'a> {
     /// Write the build cache into the image (`BUILDKIT_INLINE_CACHE=1`), for a later
     /// `cache_from` of it once pushed.
     pub inline_cache: bool,
+    /// Build secrets, each readable by a `RUN --mount=type=secret,id=ID` step through the
+    /// build's session and nowhere else (not a layer, the history, the config or the log).
+    pub secrets: &'a [BuildSecret],
 }
 
 impl std::fmt::Debug for BuildkitRequest<'_> {
@@ -83,6 +95,7 @@ impl std::fmt::Debug for BuildkitRequest<'_> {
             .field("labels", &self.labels)
             .field("cache_from", &self.cache_from)
             .field("inline_cache", &self.inline_cache)
+            .field("secrets", &self.secrets)
             .finish()
     }
 }
@@ -118,6 +131,7 @@ pub async fn build_on(
     if cancel.is_cancelled() {
         return Err(EngineError::Cancelled);
     }
+    check_ids(req.secrets).map_err(EngineError::Other)?;
     let transport = transport.clone();
     let context = build_context(req.dockerfile, req.ca_bundle)
         .map_err(|e| EngineError::Other(format!("cannot assemble the build context: {e}")))?;
@@ -141,6 +155,7 @@ pub async fn build_on(
         labels: req.labels.to_vec(),
         cache_from,
         inline_cache: req.inline_cache,
+        secrets: req.secrets.to_vec(),
         from_registry: first_from_image(req.dockerfile)
             .map(registry_of)
             .unwrap_or_default(),
@@ -165,6 +180,7 @@ struct Job {
     labels: Vec<(String, String)>,
     cache_from: Vec<String>,
     inline_cache: bool,
+    secrets: Vec<BuildSecret>,
     /// The registry of the first `FROM` image, to name it in an access error.
     from_registry: String,
 }
@@ -172,7 +188,7 @@ struct Job {
 /// How the stream of a build ended.
 enum Ended {
     Done,
-    Failed(BollardError),
+    Failed(Failure),
     Cancelled,
 }
 
@@ -182,31 +198,23 @@ impl Job {
         lines: LineSender,
         cancel: CancellationToken,
     ) -> Result<BuiltImage, EngineError> {
-        let docker = client(&self.transport)?;
         let endpoint = self.transport.host().to_string();
         let session = session_id();
-        let mut build_args: HashMap<String, String> = self.build_args.iter().cloned().collect();
+        let mut build_args: BTreeMap<String, String> = self.build_args.iter().cloned().collect();
         if self.inline_cache {
             build_args.insert(INLINE_CACHE_ARG.to_string(), "1".to_string());
         }
-        let labels: HashMap<String, String> = self.labels.iter().cloned().collect();
-        let mut options = BuildImageOptionsBuilder::default()
-            .dockerfile("Dockerfile")
-            .t(&self.tags[0])
-            .rm(true)
-            .forcerm(true)
-            .version(BuilderVersion::BuilderBuildKit)
-            .session(&session)
-            .buildargs(&build_args)
-            .labels(&labels);
-        if let Some(network) = &self.network {
-            options = options.networkmode(network);
+        let labels: BTreeMap<String, String> = self.labels.iter().cloned().collect();
+        let path = BuildQuery {
+            session: &session,
+            tag: &self.tags[0],
+            build_args: &build_args,
+            labels: &labels,
+            network: self.network.as_deref(),
+            cache_from: &self.cache_from,
         }
-        if !self.cache_from.is_empty() {
-            options = options.cachefrom(&self.cache_from);
-        }
-        let credentials = session_credentials(&self.credentials);
-        let secrets: Vec<String> = self
+        .path();
+        let mut hidden: Vec<String> = self
             .credentials
             .iter()
             .flat_map(|c| [Some(c.password()), c.identity_token()])
@@ -214,9 +222,10 @@ impl Job {
             .filter(|s| s.len() >= 4)
             .map(str::to_owned)
             .collect();
+        hidden.extend(redactable(&self.secrets));
         let redact = |line: String| -> String {
             let mut line = line;
-            for secret in &secrets {
+            for secret in &hidden {
                 if line.contains(secret.as_str()) {
                     line = line.replace(secret.as_str(), "<redacted>");
                 }
@@ -224,27 +233,95 @@ impl Job {
             line
         };
 
-        let stream = docker.build_image(
-            options.build(),
-            Some(credentials),
-            Some(bollard::body_full(self.context.clone().into())),
-        );
-        let mut stream = Box::pin(stream);
+        // The session first: the Engine looks the build's session up when the build starts.
+        let services = Services::new(&self.credentials, &self.secrets);
+        let _session = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(EngineError::Cancelled),
+            session = session_server::start(&self.transport, &session, services) => session?,
+        };
+        let (mut sender, driver) = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(EngineError::Cancelled),
+            conn = engine_conn::http1(&self.transport) => conn?,
+        };
+        // Aborting the connection's driver closes the socket: the Engine cancels the solve.
+        let _driver = AbortOnDrop(driver);
+        let request = Request::post(path)
+            .header("Host", engine_conn::host_header(&self.transport))
+            .header("Content-Type", "application/x-tar")
+            .body(Full::new(Bytes::from(self.context)))
+            .map_err(|e| EngineError::Other(format!("cannot make the build request: {e}")))?;
+
         let mut progress = Progress::default();
         let mut image_id: Option<String> = None;
-        let ended = loop {
-            let item = tokio::select! {
+        let ended = 'ended: {
+            let response = tokio::select! {
                 biased;
-                _ = cancel.cancelled() => break Ended::Cancelled,
-                item = stream.next() => item,
+                _ = cancel.cancelled() => break 'ended Ended::Cancelled,
+                response = tokio::time::timeout(
+                    engine_conn::ANSWER_TIMEOUT,
+                    sender.send_request(request),
+                ) => response,
             };
-            let batch = match item {
-                None => break Ended::Done,
-                Some(Err(e)) => break Ended::Failed(e),
-                Some(Ok(info)) => {
-                    let mut batch = Vec::new();
+            let response = match response {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => break 'ended Ended::Failed(Failure::Connection(hyper_message(&e))),
+                Err(_) => {
+                    break 'ended Ended::Failed(Failure::Connection(format!(
+                        "the build request got no answer within {} s",
+                        engine_conn::ANSWER_TIMEOUT.as_secs()
+                    )));
+                }
+            };
+            let status = response.status();
+            let mut body = response.into_body();
+            if !status.is_success() {
+                let text = tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => break 'ended Ended::Cancelled,
+                    text = body.collect() => text.map(|b| b.to_bytes()).unwrap_or_default(),
+                };
+                break 'ended Ended::Failed(Failure::Http {
+                    status: status.as_u16(),
+                    message: engine_message(&text),
+                });
+            }
+            let mut decoder = JsonLines::default();
+            loop {
+                let frame = tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => break 'ended Ended::Cancelled,
+                    frame = body.frame() => frame,
+                };
+                let (messages, at_end) = match frame {
+                    None => (decoder.finish().into_iter().collect(), true),
+                    Some(Err(e)) => {
+                        break 'ended Ended::Failed(Failure::Connection(hyper_message(&e)));
+                    }
+                    Some(Ok(frame)) => match frame.into_data() {
+                        Ok(data) => (decoder.push(&data), false),
+                        Err(_) => (Vec::new(), false),
+                    },
+                };
+                let mut batch = Vec::new();
+                let mut failed = None;
+                for message in messages {
+                    let (info, error) = match message {
+                        Ok(m) => (m.info, m.error),
+                        Err(unreadable) => {
+                            failed = Some(Failure::Other(unreadable));
+                            break;
+                        }
+                    };
+                    if let Some(error) = error {
+                        failed = Some(Failure::Stream(error));
+                        break;
+                    }
                     match info.aux {
-                        Some(BuildInfoAux::BuildKit(status)) => batch = progress.update(&status),
+                        Some(BuildInfoAux::BuildKit(status)) => {
+                            batch.extend(progress.update(&status))
+                        }
                         Some(BuildInfoAux::Default(ImageId { id: Some(id) })) if !id.is_empty() => {
                             image_id = Some(id);
                         }
@@ -258,21 +335,27 @@ impl Job {
                                 .map(str::to_owned),
                         );
                     }
-                    batch
                 }
-            };
-            let batch = batch.into_iter().map(&redact).collect();
-            let sent = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => break Ended::Cancelled,
-                sent = lines.send(batch) => sent,
-            };
-            if !sent {
-                break Ended::Cancelled;
+                let batch = batch.into_iter().map(&redact).collect();
+                let sent = tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => break 'ended Ended::Cancelled,
+                    sent = lines.send(batch) => sent,
+                };
+                if !sent {
+                    break 'ended Ended::Cancelled;
+                }
+                if let Some(failure) = failed {
+                    break 'ended Ended::Failed(failure);
+                }
+                if at_end {
+                    break 'ended Ended::Done;
+                }
             }
         };
         // Dropping the request is what makes the Engine cancel the solve.
-        drop(stream);
+        drop(_driver);
+        drop(sender);
         let mut tail: Vec<String> = progress.finish();
         if let Some(f) = progress.failure() {
             tail.push("------".into());
@@ -303,6 +386,7 @@ impl Job {
                     .into(),
             }));
         };
+        let docker = client(&self.transport)?;
         let first_tag = &self.tags[0];
         let tagged = docker
             .inspect_image(first_tag)
@@ -336,27 +420,46 @@ impl Job {
     }
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How a build failed before it produced an image.
+#[derive(Debug)]
+enum Failure {
+    /// An error message inside the stream (a failed step, a base image that cannot be pulled).
+    Stream(String),
+    /// An error status before any stream (a bad Dockerfile, an unknown option).
+    Http { status: u16, message: String },
+    /// The connection broke.
+    Connection(String),
+    /// Anything else (a message that cannot be read).
+    Other(String),
+}
+
 /// The error of a build whose stream failed: the failing step when BuildKit named one.
 fn failure_error(
-    e: BollardError,
+    e: Failure,
     progress: &Progress,
     endpoint: &str,
     from_registry: &str,
     redact: &dyn Fn(String) -> String,
 ) -> EngineError {
     let message = match e {
-        BollardError::DockerStreamError { error } => error,
-        BollardError::DockerResponseServerError {
-            status_code,
-            message,
-        } => format!("HTTP {status_code}: {message}"),
-        e if is_connection_error(&e) => {
+        Failure::Stream(error) => error,
+        Failure::Http { status, message } => format!("HTTP {status}: {message}"),
+        Failure::Connection(message) => {
             return EngineError::Unreachable {
                 endpoint: endpoint.to_string(),
-                message: redact(bollard_message(&e)),
+                message: redact(message),
             };
         }
-        e => bollard_message(&e),
+        Failure::Other(message) => message,
     };
     let message = redact(match progress.failure() {
         Some(f) => step_message(f),
@@ -435,26 +538,6 @@ fn api_error(e: BollardError, endpoint: &str, operation: &str) -> EngineError {
     }
 }
 
-/// The session's credentials, keyed by the registry host BuildKit asks for: the host as in
-/// the image reference, and for Docker Hub the host its resolver uses.
-fn session_credentials(credentials: &[Credential]) -> HashMap<String, DockerCredentials> {
-    let mut map = HashMap::new();
-    for c in credentials {
-        let value = DockerCredentials {
-            username: Some(c.username().to_string()).filter(|u| !u.is_empty()),
-            password: Some(c.password().to_string()).filter(|p| !p.is_empty()),
-            identitytoken: c.identity_token().map(str::to_owned),
-            serveraddress: Some(c.registry().to_string()),
-            ..Default::default()
-        };
-        if c.registry() == "docker.io" {
-            map.insert("registry-1.docker.io".to_string(), value.clone());
-        }
-        map.insert(c.registry().to_string(), value);
-    }
-    map
-}
-
 /// A session id no other build uses at the same time.
 fn session_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -508,19 +591,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn credentials_are_keyed_by_their_registry_host() {
-        let map = session_credentials(&[
-            Credential::new("127.0.0.1:5001", "kiln", "pw+/x"),
-            Credential::new("https://index.docker.io/v1/", "hub", "pw2"),
-        ]);
-        assert_eq!(map["127.0.0.1:5001"].username.as_deref(), Some("kiln"));
-        assert_eq!(map["127.0.0.1:5001"].password.as_deref(), Some("pw+/x"));
-        assert_eq!(map["registry-1.docker.io"].username.as_deref(), Some("hub"));
-        assert_eq!(map["docker.io"].username.as_deref(), Some("hub"));
-        assert_eq!(map.len(), 3);
-    }
-
-    #[test]
     fn cache_sources_must_name_a_registry() {
         assert!(names_a_registry("127.0.0.1:5000/kiln/app:latest"));
         assert!(names_a_registry("registry.example.com/app"));
@@ -558,9 +628,7 @@ mod tests {
             ..Default::default()
         });
         let e = failure_error(
-            BollardError::DockerStreamError {
-                error: "executor failed running [/bin/sh -c false]: exit code: 1".into(),
-            },
+            Failure::Stream("executor failed running [/bin/sh -c false]: exit code: 1".into()),
             &progress,
             "unix:///x",
             "127.0.0.1:5001",
@@ -572,9 +640,7 @@ mod tests {
         assert!(!e.is_transient());
 
         let e = failure_error(
-            BollardError::DockerStreamError {
-                error: "failed to solve with frontend dockerfile.v0: failed to create LLB definition: unexpected status code [manifests r1]: 401 Unauthorized".into(),
-            },
+            Failure::Stream("failed to solve with frontend dockerfile.v0: failed to create LLB definition: unexpected status code [manifests r1]: 401 Unauthorized".into()),
             &Progress::default(),
             "unix:///x",
             "127.0.0.1:5001",

@@ -1,14 +1,14 @@
 //! Every BuildKit build on a thread and a Tokio runtime of its own.
 //!
 //! Why: a BuildKit build needs a session, a gRPC server on the client side that the Engine
-//! calls back (over an upgraded `/session` connection) for registry credentials. bollard
-//! starts that server with `tokio::spawn` and never hands the task back, and the Engine keeps
-//! a session open for as long as its client does, so on a shared runtime every build would
-//! leave a task and its connection (a file descriptor) behind for the life of the process.
-//! Here the build runs in a `current_thread` runtime on its own thread; when the build ends
-//! the runtime is dropped, which drops every task the build spawned and closes every
-//! connection it opened (the Docker client is created inside the runtime too, so no pooled
-//! connection of it outlives it either).
+//! calls back (over an upgraded `/session` connection) for registry credentials and
+//! secrets (`session_server.rs`). It runs as spawned tasks (the tonic server, hyper's
+//! connection drivers), and the Engine keeps a session open for as long as its client does,
+//! so a task left behind would keep a connection (a file descriptor) for the life of the
+//! process. Here the build runs in a `current_thread` runtime on its own thread; when the
+//! build ends the runtime is dropped, which drops every task the build spawned and closes
+//! every connection it opened (the Docker client for inspect and tag is created inside the
+//! runtime too, so no pooled connection of it outlives it either).
 //!
 //! Log lines cross to the caller through a bounded channel: a caller whose log sink is slow
 //! makes the build thread wait, so a huge build log never piles up in memory.
@@ -106,7 +106,7 @@ mod tests {
 
     #[tokio::test]
     async fn tasks_spawned_by_the_work_end_with_it() {
-        // A task like bollard's session server: spawned, never joined, would run forever.
+        // A task like the session server: spawned, never joined, would run forever.
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
         let mut sink = |_line: String| {};
         let result = isolated(

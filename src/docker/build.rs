@@ -4,13 +4,13 @@
 //! 23), and it has none of what Kiln's Dockerfiles use: cache mounts for apt, pip and conda
 //! (`RUN --mount=type=cache`), build secrets, cache export. Every Engine Kiln supports has
 //! BuildKit (the API has carried it since Engine 18.09); [`crate::buildkit`] holds the build
-//! itself, with the session that answers BuildKit's credential requests. This file is the
+//! itself, with the session that answers BuildKit's credential and secret requests. This file is the
 //! Engine's side of it: a request in the Engine's terms, the registry credentials BuildKit
 //! may ask for, and the spec's last image as the source of inline cache.
 
 use super::auth::{Credential, registry_of};
 use super::{Engine, EngineError, LogSink};
-use crate::buildkit::{self, BuildkitRequest};
+use crate::buildkit::{self, BuildSecret, BuildkitRequest};
 use tokio_util::sync::CancellationToken;
 
 /// A built image.
@@ -39,6 +39,9 @@ pub struct BuildRequest<'a> {
     /// An image whose build cache this build may use (the spec's last pushed image, which
     /// carries its cache inline), with the credential of its registry.
     pub cache_from: Option<(&'a str, Option<&'a Credential>)>,
+    /// Build secrets for `RUN --mount=type=secret,id=ID` steps, served by the build's session
+    /// only (see [`crate::buildkit::BuildSecret`]).
+    pub secrets: &'a [BuildSecret],
 }
 
 impl std::fmt::Debug for BuildRequest<'_> {
@@ -50,6 +53,7 @@ impl std::fmt::Debug for BuildRequest<'_> {
             .field("pull_auth", &self.pull_auth)
             .field("network", &self.network)
             .field("cache_from", &self.cache_from)
+            .field("secrets", &self.secrets)
             .finish()
     }
 }
@@ -89,6 +93,7 @@ impl Engine {
             network: req.network,
             cache_from: &cache_from,
             inline_cache: true,
+            secrets: req.secrets,
             ..BuildkitRequest::default()
         };
         buildkit::build_on(self.transport(), &request, log, cancel).await

@@ -731,6 +731,7 @@ impl Workers {
             pull_auth,
             network: None,
             cache_from,
+            secrets: &[],
         };
         let built = b.build(&request, log, cancel).await?;
         log.line(format!("kiln: built image {}", built.image_id));
