@@ -146,17 +146,16 @@ impl Syncer {
         let (store, settings) = (self.store.clone(), self.settings.clone());
         let step_count = steps.len();
         let taken = updates.clone();
-        let (plan, causes) = tokio::task::spawn_blocking(move || {
+        let plan = tokio::task::spawn_blocking(move || {
             let mut plan = reconcile::reconcile(&store, &steps, &settings)?;
             // Base updates on the same path: one transaction, commits win (see base/revision.rs).
-            let causes = crate::base::revision::add(&store, &mut plan, &updates, &settings)?;
-            Ok::<_, StoreError>((plan, causes))
+            crate::base::revision::add(&store, &mut plan, &updates, &settings)?;
+            Ok::<_, StoreError>(plan)
         })
         .await
         .map_err(|e| SyncError::Worker(e.to_string()))??;
         let jobs = self.store.apply(&plan, &head).await?;
         self.store.put_listings(&plan.listings)?;
-        self.store.put_revision_causes(&causes)?;
         self.base.consume(&taken);
         let outcome = SyncOutcome {
             head: Some(head),

@@ -4,7 +4,8 @@
 //!
 //! A base-update revision is the spec's current revision again — same commit, same file,
 //! same digest — with the next number, and a job that builds (never re-uses: the digest is
-//! the one already built, on the old base). Its cause goes to `revision_causes`.
+//! the one already built, on the old base). Its cause goes to `revision_causes`, in the same
+//! transaction (`Plan::causes`).
 //!
 //! Skipped (the check will look again): a spec the same pass gives a commit revision (one
 //! job, the commit's — its build pulls the new base anyway), a spec whose current revision is
@@ -25,15 +26,15 @@ pub struct BaseUpdate {
     pub to: String,
 }
 
-/// Add a revision and a build job to `plan` for every update that still applies; returns
-/// the causes to record once the plan is applied.
+/// Add a revision, its cause and a build job to `plan` for every update that still applies;
+/// returns how many were added.
 pub fn add<V: StateView>(
     view: &V,
     plan: &mut Plan,
     updates: &[BaseUpdate],
     settings: &Settings,
-) -> Result<Vec<(String, u64, RevisionCause)>, V::Error> {
-    let mut causes = Vec::new();
+) -> Result<usize, V::Error> {
+    let mut added = 0;
     for update in updates {
         let name = &update.revision.spec;
         if plan.revisions.iter().any(|r| &r.spec == name) {
@@ -87,7 +88,7 @@ pub fn add<V: StateView>(
         record.revision = number;
         record.updated_at = crate::model::now();
         plan.specs.insert(name.clone(), record);
-        causes.push((
+        plan.causes.push((
             name.clone(),
             number,
             RevisionCause::BaseUpdate {
@@ -95,8 +96,9 @@ pub fn add<V: StateView>(
                 to: update.to.clone(),
             },
         ));
+        added += 1;
     }
-    Ok(causes)
+    Ok(added)
 }
 
 #[cfg(test)]
@@ -172,7 +174,11 @@ mod tests {
         let mut view = Memory::default();
         let update = stored(&mut view, "one");
         let mut plan = Plan::default();
-        let causes = ok(add(&view, &mut plan, &[update], &Settings::default()));
+        assert_eq!(
+            ok(add(&view, &mut plan, &[update], &Settings::default())),
+            1
+        );
+        let causes = plan.causes.clone();
         assert_eq!(plan.revisions.len(), 1);
         let rev = &plan.revisions[0];
         assert_eq!(
@@ -223,13 +229,14 @@ mod tests {
             }],
         }];
         let mut plan = ok(reconcile(&view, &steps, &Settings::default()));
-        let causes = ok(add(
+        let added = ok(add(
             &view,
             &mut plan,
             &[update, busy, gone, stale],
             &Settings::default(),
         ));
-        assert!(causes.is_empty(), "{causes:?}");
+        assert_eq!(added, 0);
+        assert!(plan.causes.is_empty(), "{:?}", plan.causes);
         assert_eq!(plan.revisions.len(), 1);
         assert_eq!(plan.jobs.len(), 1);
         assert_eq!(plan.jobs[0].commit, commit(2).sha, "the commit's job");

@@ -3,8 +3,9 @@
 //! * `base_digests`: job id → [`BaseDigest`] (the reference the job's Dockerfile names and
 //!   the manifest digest the Engine pulled for it, with the time it was recorded);
 //! * `revision_causes`: spec `\0` revision number → [`RevisionCause`] (why a revision exists:
-//!   a commit, or a base image that moved; absent means `commit`, so revisions recorded
-//!   before this tree existed read correctly);
+//!   a commit, or a base image that moved; written by [`Store::apply`] in the plan's
+//!   transaction; absent means `commit`, so revisions recorded before this tree existed read
+//!   correctly);
 //! * `base_outdated`: spec name → [`Outdated`] (the base check found the tag moved since the
 //!   spec's latest image was built; removed when a check finds it current again).
 //!
@@ -18,7 +19,8 @@ use crate::model::{JobId, Timestamp};
 use serde::{Deserialize, Serialize};
 
 const DIGESTS: &str = "base_digests";
-const CAUSES: &str = "revision_causes";
+/// Written by [`Store::apply`] with the revisions (see `Plan::causes`).
+pub(super) const CAUSES: &str = "revision_causes";
 const OUTDATED: &str = "base_outdated";
 
 /// The base image a job pulled.
@@ -114,18 +116,6 @@ impl Store {
             .unwrap_or(RevisionCause::Commit))
     }
 
-    /// Records the cause of revisions that are not plain commits.
-    pub fn put_revision_causes(
-        &self,
-        causes: &[(String, u64, RevisionCause)],
-    ) -> Result<(), StoreError> {
-        let tree = self.tree(CAUSES)?;
-        for (spec, number, cause) in causes {
-            tree.insert(name_key(spec, &number.to_be_bytes()), encode(cause)?)?;
-        }
-        Ok(())
-    }
-
     /// The spec's outdated-base record, if a check found its base moved.
     pub fn base_outdated(&self, spec: &str) -> Result<Option<Outdated>, StoreError> {
         self.tree(OUTDATED)?
@@ -198,8 +188,8 @@ impl Store {
 mod tests {
     use super::*;
 
-    #[test]
-    fn base_records_round_trip() {
+    #[tokio::test]
+    async fn base_records_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.base_digest(1).unwrap(), None);
@@ -216,9 +206,12 @@ mod tests {
             from: "sha256:".to_string() + &"a".repeat(64),
             to: "sha256:".to_string() + &"b".repeat(64),
         };
-        store
-            .put_revision_causes(&[("a".into(), 2, cause.clone())])
-            .unwrap();
+        // Causes are written by the plan's transaction, with the revisions.
+        let plan = crate::reconcile::Plan {
+            causes: vec![("a".into(), 2, cause.clone())],
+            ..Default::default()
+        };
+        store.apply(&plan, &"1".repeat(40)).await.unwrap();
         assert_eq!(store.revision_cause("a", 2).unwrap(), cause);
         assert_eq!(
             store.revision_cause("ab", 2).unwrap(),
