@@ -561,8 +561,10 @@ struct JobPage {
     reused_from: Option<JobId>,
     /// The build worker of the latest attempt.
     worker: Option<String>,
-    /// The base image the job pulled (`web/base.rs`).
+    /// The base image the job pulled (`web/base.rs`), and why its revision exists when it is
+    /// not a commit ("base image updated: … → …").
     base: Option<super::base::BaseView>,
+    cause: Option<String>,
     facts: Vec<Fact>,
     spec_yaml: Vec<String>,
     dockerfile: Vec<String>,
@@ -707,6 +709,7 @@ pub(super) async fn job_page(
         reused_from: job.reused_from,
         worker: store.job_worker(job_id)?,
         base: super::base::job_base(&state, &job)?,
+        cause: store.revision_cause(&job.spec, job.revision)?.text(),
         facts: timing_facts(&job),
         spec_yaml: revision
             .as_ref()
