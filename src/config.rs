@@ -178,6 +178,10 @@ struct ConfigFile {
     repo_web_url: Option<String>,
     watch: Option<bool>,
     webhook_secret_file: Option<PathBuf>,
+    /// Seconds between base image checks (default 21600; 0 = off).
+    base_check_interval: Option<u64>,
+    /// Rebuild a spec when its base tag moves, unless the spec says `rebuildOnBaseUpdate`.
+    rebuild_on_base_update: Option<bool>,
     #[serde(default)]
     webhook_secret_files: BTreeMap<String, PathBuf>,
     log_retention_days: Option<u64>,
@@ -246,6 +250,10 @@ pub struct Config {
     pub workers: Vec<crate::pool::WorkerConfig>,
     /// sled's page cache in MiB (`store_cache_mb`, at least 1).
     pub store_cache_mb: u64,
+    /// How often the base check asks registries where base tags point (zero: off).
+    pub base_check_interval: Duration,
+    /// Default of the specs' `rebuildOnBaseUpdate`.
+    pub rebuild_on_base_update: bool,
 }
 
 impl Config {
@@ -368,6 +376,8 @@ impl Config {
             retention,
             workers,
             store_cache_mb,
+            base_check_interval: Duration::from_secs(file.base_check_interval.unwrap_or(21600)),
+            rebuild_on_base_update: file.rebuild_on_base_update.unwrap_or(true),
         })
     }
 }

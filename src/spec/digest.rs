@@ -56,6 +56,7 @@ mod tests {
             display_name: None,
             catalog: Default::default(),
             tests: vec![],
+            rebuild_on_base_update: None,
         }
     }
 

@@ -32,6 +32,9 @@ struct SpecFile {
     /// Shell commands run (`sh -c`, no network, a time limit each) in the built image before
     /// anything is pushed; a failing one fails the job. Part of the image's digest.
     tests: Option<Vec<TestCommand>>,
+    /// `false`: when the base tag moves, only show "base outdated" instead of rebuilding.
+    /// Default: Kiln's `rebuild_on_base_update` (true). Not part of the image's digest.
+    rebuild_on_base_update: Option<bool>,
 }
 
 /// A shell command, run with `/bin/sh -c` in the built image.
@@ -100,6 +103,7 @@ mod tests {
             "groups",
             "default",
             "tests",
+            "rebuildOnBaseUpdate",
             "additionalProperties",
         ] {
             assert!(json.contains(key), "{key} missing from schema");
