@@ -95,7 +95,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     pool.first_probes().await;
     let healthy = pool.status().iter().filter(|w| w.healthy).count();
     if healthy < 3 {
-        return Err(format!("only {healthy} of 3 workers answer: run scripts/dev-env.sh up").into());
+        return Err(
+            format!("only {healthy} of 3 workers answer: run scripts/dev-env.sh up").into(),
+        );
     }
     let cancel = CancellationToken::new();
     let mut samples = Vec::with_capacity(leases);

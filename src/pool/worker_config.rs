@@ -208,10 +208,7 @@ fn validate(
             ));
         }
         Some(other) => {
-            return Err(fail(
-                "kind",
-                format!("must be \"docker\" (got {other:?})"),
-            ));
+            return Err(fail("kind", format!("must be \"docker\" (got {other:?})")));
         }
         None => {
             return Err(fail(
@@ -475,7 +472,10 @@ mod tests {
         assert!(e.rule.contains("\"podman\""), "{e}");
         let e = err("[[workers]]\nname = 'bk'\nkind = 'buildkit'\nendpoint = 'tcp://h:1234'\n");
         assert_eq!((e.key, e.name.as_deref()), ("kind", Some("bk")));
-        assert!(e.rule.contains("not supported") && e.rule.contains("Docker Engine API"), "{e}");
+        assert!(
+            e.rule.contains("not supported") && e.rule.contains("Docker Engine API"),
+            "{e}"
+        );
     }
 
     #[test]
