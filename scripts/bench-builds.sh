@@ -82,7 +82,7 @@ MIN_BASE=$REG/kiln/bookworm:minbase
 PY_BASE=$REG/kiln/bookworm-python:minbase
 CA=/etc/ssl/certs/ca-certificates.crt
 TAG=kb$$                       # prefix of every spec, image and tag this run creates
-SYNC_TIMEOUT=1800              # seconds, any single kiln/docker process
+SYNC_TIMEOUT=${KILN_BENCH_TIMEOUT:-1800}  # seconds, any single kiln/docker process
 # Kiln builds on the Engine's BuildKit; so do the comparison builds. /usr/bin/docker (Debian's
 # 20.10 CLI) drives BuildKit without buildx; a newer CLI in PATH may not.
 DOCKER_BK=/usr/bin/docker

@@ -178,6 +178,10 @@ struct ConfigFile {
     repo_web_url: Option<String>,
     watch: Option<bool>,
     webhook_secret_file: Option<PathBuf>,
+    /// Seconds between base image checks (default 21600; 0 = off).
+    base_check_interval: Option<u64>,
+    /// Rebuild a spec when its base tag moves, unless the spec says `rebuildOnBaseUpdate`.
+    rebuild_on_base_update: Option<bool>,
     #[serde(default)]
     webhook_secret_files: BTreeMap<String, PathBuf>,
     log_retention_days: Option<u64>,
@@ -255,6 +259,10 @@ pub struct Config {
     pub sources: std::sync::Arc<crate::sources::Sources>,
     /// Network of the builds' RUN steps (`build_network`); `None` = the Engine's default.
     pub build_network: Option<String>,
+    /// How often the base check asks registries where base tags point (zero: off).
+    pub base_check_interval: Duration,
+    /// Default of the specs' `rebuildOnBaseUpdate`.
+    pub rebuild_on_base_update: bool,
 }
 
 impl Config {
@@ -380,6 +388,8 @@ impl Config {
             store_cache_mb,
             sources,
             build_network,
+            base_check_interval: Duration::from_secs(file.base_check_interval.unwrap_or(21600)),
+            rebuild_on_base_update: file.rebuild_on_base_update.unwrap_or(true),
         })
     }
 }

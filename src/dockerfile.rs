@@ -281,6 +281,36 @@ pub fn for_base(dockerfile: &str, base_user: Option<&str>) -> String {
     out
 }
 
+/// The label naming the base image a job pulled (`org.opencontainers.image.base.*`).
+const BASE_LABEL: &str = "LABEL org.opencontainers.image.base.name=";
+
+/// `dockerfile` with the `org.opencontainers.image.base.name` / `.base.digest` labels of the
+/// base the job pulled, as one line before the base's `USER` restore (an earlier attempt's
+/// line is replaced). Added at build time, not at render: the digest is known only after the
+/// pull, and labels are no part of the spec's digest, so the spec's identity never changes.
+pub fn with_base_labels(dockerfile: &str, base_name: &str, base_digest: Option<&str>) -> String {
+    let mut lines: Vec<&str> = dockerfile
+        .lines()
+        .filter(|l| !l.starts_with(BASE_LABEL))
+        .collect();
+    let mut label = format!("{BASE_LABEL}\"{}\"", label_escape(base_name));
+    if let Some(digest) = base_digest {
+        let _ = write!(
+            label,
+            " org.opencontainers.image.base.digest=\"{}\"",
+            label_escape(digest)
+        );
+    }
+    let at = match lines.last() {
+        Some(last) if last.starts_with("USER ") => lines.len() - 1,
+        _ => lines.len(),
+    };
+    lines.insert(at, &label);
+    let mut out = lines.join("\n");
+    out.push('\n');
+    out
+}
+
 /// The rendered text without the trailing `USER` line: the renderer's last instruction is
 /// the `LABEL` block, so a `USER` after it can only be the restore.
 fn without_base_user(dockerfile: &str) -> &str {
@@ -392,6 +422,7 @@ mod tests {
             catalog: Default::default(),
             tests: vec![],
             sources: vec![],
+            rebuild_on_base_update: None,
         }
     }
 
@@ -494,6 +525,7 @@ LABEL org.opencontainers.image.created="2026-11-23T12:00:00Z" \
             catalog: Default::default(),
             tests: vec![],
             sources: vec![],
+            rebuild_on_base_update: None,
         };
         let options = RenderOptions {
             base_user: Some("root".into()),
@@ -606,6 +638,28 @@ password_file = "/etc/kiln/apt-password"
     }
 
     #[test]
+    fn base_labels_sit_before_the_user_restore_and_replace_an_earlier_attempts() {
+        let text = render(&spec(), &rev(), &RenderOptions::default());
+        let first = with_base_labels(&for_base(&text, Some("jovyan")), "b:1", Some("sha256:aa"));
+        assert!(
+            first.ends_with("LABEL org.opencontainers.image.base.name=\"b:1\" org.opencontainers.image.base.digest=\"sha256:aa\"\nUSER jovyan\n"),
+            "{first}"
+        );
+        // A retry pulls another digest: one label line, the new one, USER still last.
+        let again = with_base_labels(&for_base(&first, Some("jovyan")), "b:1", Some("sha256:bb"));
+        assert_eq!(again.matches("image.base.name").count(), 1, "{again}");
+        assert!(again.contains("sha256:bb") && !again.contains("sha256:aa"));
+        assert!(again.ends_with("USER jovyan\n"));
+        // Without a USER restore or a digest, the name alone ends the file.
+        let root = with_base_labels(&text, "b:1", None);
+        assert!(
+            root.ends_with("LABEL org.opencontainers.image.base.name=\"b:1\"\n"),
+            "{root}"
+        );
+        assert_eq!(base_image(&root), base_image(&text));
+    }
+
+    #[test]
     fn what_the_worker_reads_back_from_a_rendered_dockerfile() {
         let mut with_secret = spec();
         with_secret.pull_secret = Some("corp".into());
@@ -700,7 +754,7 @@ password_file = "/etc/kiln/apt-password"
             for a in &apt { prop_assert!(crate::spec::rules::check_apt(a).is_ok(), "generator made invalid apt {a}"); }
             for p in &pip { prop_assert!(crate::spec::rules::check_pip(p).is_ok(), "generator made invalid pip {p}"); }
             for c in &conda { prop_assert!(crate::spec::rules::check_conda(c).is_ok(), "generator made invalid conda {c}"); }
-            let spec = ImageSpec { name: "p".into(), description: None, base_image: "debian:bookworm".into(), pull_secret: None, packages: Packages { apt, conda, pip }, display_name: None, catalog: Default::default(), tests: vec![], sources: vec![] };
+            let spec = ImageSpec { name: "p".into(), description: None, base_image: "debian:bookworm".into(), pull_secret: None, packages: Packages { apt, conda, pip }, display_name: None, catalog: Default::default(), tests: vec![], sources: vec![], rebuild_on_base_update: None };
             let text = render(&spec, &rev(), &RenderOptions { base_user: user, ca_bundle: ca, ..RenderOptions::default() });
             prop_assert_eq!(every_line_is_an_instruction_or_continuation(&text), Ok(()));
         }

@@ -3,6 +3,7 @@
 //! See `ARCHITECTURE.md` for the map of modules and the data path.
 
 pub mod backoff;
+pub mod base;
 pub mod builder;
 pub mod buildkit;
 pub mod catalog;

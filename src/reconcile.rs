@@ -105,6 +105,9 @@ pub struct Plan {
     /// Catalogue listing of every valid spec observed, also when its digest is unchanged
     /// (`displayName`, `catalog:` and `description` are outside the digest).
     pub listings: BTreeMap<String, crate::store::listings::Listing>,
+    /// Why revisions that are not plain commits exist (base updates, `base/revision.rs`),
+    /// written in the same transaction as the revisions.
+    pub causes: Vec<(String, u64, crate::store::base_digests::RevisionCause)>,
 }
 
 impl Plan {

@@ -101,14 +101,7 @@ pub fn engine_endpoint(config: &Config) -> EngineEndpoint {
 
 /// What every build needs besides the Engine: registry, credentials, CA bundle, limits.
 pub fn build_settings(config: &Config) -> Result<BuildSettings, ServeError> {
-    let auths = match config
-        .docker_config
-        .clone()
-        .or_else(RegistryAuths::default_path)
-    {
-        Some(path) => RegistryAuths::load(&path)?,
-        None => RegistryAuths::empty(),
-    };
+    let auths = registry_auths(config)?;
     let ca_bundle = match &config.ca_bundle {
         Some(path) => Some(std::fs::read(path).map_err(|source| ServeError::CaBundle {
             path: path.clone(),
@@ -130,6 +123,35 @@ pub fn build_settings(config: &Config) -> Result<BuildSettings, ServeError> {
         source_url: config.source_url.clone(),
         sources: crate::sources::JobSources::new(config.sources.clone()),
         build_network: config.build_network.clone(),
+    })
+}
+
+/// The docker `config.json` credentials (`docker_config`, else the default path; none when
+/// there is no file).
+fn registry_auths(config: &Config) -> Result<RegistryAuths, ServeError> {
+    Ok(
+        match config
+            .docker_config
+            .clone()
+            .or_else(RegistryAuths::default_path)
+        {
+            Some(path) => RegistryAuths::load(&path)?,
+            None => RegistryAuths::empty(),
+        },
+    )
+}
+
+/// What the base check needs from the config (`base/`).
+pub fn base_check_settings(config: &Config) -> Result<crate::base::CheckSettings, ServeError> {
+    Ok(crate::base::CheckSettings {
+        interval: config.base_check_interval,
+        rebuild_default: config.rebuild_on_base_update,
+        pull_secrets: config.pull_secrets.clone(),
+        auths: registry_auths(config)?,
+        spec_context: crate::spec::SpecContext {
+            pull_secrets: Some(config.pull_secrets.keys().cloned().collect()),
+            sources: Some(config.sources.clone()),
+        },
     })
 }
 
@@ -236,6 +258,8 @@ pub async fn serve(
     if let Some((_, pool)) = &build {
         state = state.with_workers(pool.clone());
     }
+    let base_settings = base_check_settings(&config)?;
+    state = state.with_base(syncer.base_monitor());
     let addr = listener
         .local_addr()
         .map(|a| a.to_string())
@@ -255,6 +279,13 @@ pub async fn serve(
         store.clone(),
         config.retention.clone(),
         Arc::clone(&counters),
+        shutdown.clone(),
+    ));
+    tasks.spawn(crate::base::schedule::run(
+        store.clone(),
+        syncer.base_monitor(),
+        base_settings,
+        Arc::clone(&sync_trigger),
         shutdown.clone(),
     ));
     tasks.spawn(crate::watch::sync_loop(

@@ -6,6 +6,9 @@
 //! plan to the store in one transaction together with the processed head. Running it twice on
 //! the same head does nothing.
 //!
+//! Base updates the base check found (`base/`) join the next pass: they are added to the
+//! plan after reconcile and applied in the same transaction (a commit of the same spec wins).
+//!
 //! Nothing here blocks an async worker thread: git runs on a blocking thread, and so does
 //! reconcile (YAML parsing, validation, Dockerfile rendering: CPU work that takes seconds
 //! for a 10,000-spec import); the store applies the plan on one of its own.
@@ -47,6 +50,8 @@ pub struct Syncer {
     branch: String,
     specs_dir: String,
     settings: Settings,
+    /// Base updates the base check found, waiting for this pass (see `base/`).
+    base: Arc<crate::base::BaseMonitor>,
 }
 
 impl Syncer {
@@ -67,11 +72,17 @@ impl Syncer {
                 source_url: config.source_url.clone(),
                 ca_bundle: config.ca_bundle.is_some(),
             },
+            base: crate::base::BaseMonitor::new(config.base_check_interval.as_secs()),
         })
     }
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The base check's state, shared with this pass (its inbox of base updates).
+    pub fn base_monitor(&self) -> Arc<crate::base::BaseMonitor> {
+        Arc::clone(&self.base)
     }
 
     /// Fetch (remote repositories), reconcile every new commit, record the outcome for
@@ -123,7 +134,11 @@ impl Syncer {
         let Some((head, steps)) = observed else {
             return Ok(SyncOutcome::default());
         };
-        if steps.is_empty() && self.store.last_commit()?.as_deref() == Some(head.as_str()) {
+        let updates = self.base.pending();
+        if steps.is_empty()
+            && updates.is_empty()
+            && self.store.last_commit()?.as_deref() == Some(head.as_str())
+        {
             return Ok(SyncOutcome {
                 head: Some(head),
                 ..SyncOutcome::default()
@@ -131,12 +146,18 @@ impl Syncer {
         }
         let (store, settings) = (self.store.clone(), self.settings.clone());
         let step_count = steps.len();
-        let plan =
-            tokio::task::spawn_blocking(move || reconcile::reconcile(&store, &steps, &settings))
-                .await
-                .map_err(|e| SyncError::Worker(e.to_string()))??;
+        let taken = updates.clone();
+        let plan = tokio::task::spawn_blocking(move || {
+            let mut plan = reconcile::reconcile(&store, &steps, &settings)?;
+            // Base updates on the same path: one transaction, commits win (see base/revision.rs).
+            crate::base::revision::add(&store, &mut plan, &updates, &settings)?;
+            Ok::<_, StoreError>(plan)
+        })
+        .await
+        .map_err(|e| SyncError::Worker(e.to_string()))??;
         let jobs = self.store.apply(&plan, &head).await?;
         self.store.put_listings(&plan.listings)?;
+        self.base.consume(&taken);
         let outcome = SyncOutcome {
             head: Some(head),
             steps: step_count,

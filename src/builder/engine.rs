@@ -84,6 +84,13 @@ impl Builder for Engine {
         Box::pin(Engine::image_size(self, image))
     }
 
+    fn repo_digests<'a>(
+        &'a self,
+        image: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, EngineError>> {
+        Box::pin(Engine::repo_digests(self, image))
+    }
+
     fn run_capture<'a>(
         &'a self,
         image: &'a str,

@@ -80,6 +80,16 @@ pub trait Builder: Send + Sync {
         Box::pin(async { Ok(None) })
     }
 
+    /// The registry digests (`name@sha256:…`) this builder recorded for `image` when it
+    /// pulled it (the default: none known; the job then records no base digest).
+    fn repo_digests<'a>(
+        &'a self,
+        image: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, EngineError>> {
+        let _ = image;
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
     /// Runs `cmd` in a throw-away container of `image` without network; exit code and stdout.
     fn run_capture<'a>(
         &'a self,

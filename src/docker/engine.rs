@@ -197,6 +197,19 @@ impl Engine {
         }
     }
 
+    /// The registry digests (`name@sha256:…`) the Engine recorded for `image_ref` when it
+    /// pulled or pushed it (`docker image inspect`'s `RepoDigests`); empty when it has none.
+    pub async fn repo_digests(&self, image_ref: &str) -> Result<Vec<String>, EngineError> {
+        match self.docker.inspect_image(image_ref).await {
+            Ok(inspect) => Ok(inspect.repo_digests.unwrap_or_default()),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404 | 400,
+                ..
+            }) => Ok(Vec::new()),
+            Err(e) => Err(self.map_err(e, Op::Other("image inspect"), None)),
+        }
+    }
+
     /// Removes the tag or image `image_ref` (not forced: an image a container uses stays).
     /// `Ok(false)` when it did not exist.
     pub async fn remove_image(&self, image_ref: &str) -> Result<bool, EngineError> {

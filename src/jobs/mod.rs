@@ -725,7 +725,13 @@ impl Workers {
         // picked up. A base that only exists locally is used as it is.
         log.line(format!("kiln: pulling base image {base_image}"));
         let base_user = b.refresh_base(&base_image, pull_auth, log).await?;
-        let final_dockerfile = dockerfile::for_base(&job.dockerfile, base_user.as_deref());
+        let base_digest =
+            crate::base::record::base_pulled(&self.store, b, job.id, &base_image, log).await;
+        let final_dockerfile = dockerfile::with_base_labels(
+            &dockerfile::for_base(&job.dockerfile, base_user.as_deref()),
+            &base_image,
+            base_digest.as_deref(),
+        );
         if final_dockerfile != job.dockerfile {
             job.dockerfile = final_dockerfile;
             *job = self.store.update_job(job).await?;

@@ -9,9 +9,7 @@
 //! A `docker` worker is pinged through the same endpoint and TLS resolution as Kiln's Engine
 //! (`docker_host`, `docker_tls_verify`, `docker_cert_path`, with the Docker CLI's environment
 //! as fallback): [`ping_engine`] is the one place where the pool reaches into the Docker
-//! client. A `buildkit` worker is only checked for a connection to its endpoint (a transport
-//! check: TCP connect or unix socket connect); buildkitd's own gRPC health comes with the
-//! BuildKit driver. Every probe has a timeout of its own, shorter than bollard's 120 s
+//! client. Every probe has a timeout of its own, shorter than bollard's 120 s
 //! request timeout, so a worker that hangs is seen as unhealthy within one interval.
 
 use crate::pool::worker_config::{WorkerConfig, WorkerKind};
@@ -81,7 +79,6 @@ pub async fn probe(worker: &WorkerConfig, timeout: Duration) -> Result<(), Strin
     let attempt = async {
         match worker.kind {
             WorkerKind::Docker => ping_engine(worker).await,
-            WorkerKind::Buildkit => connect_only(worker).await,
         }
     };
     match tokio::time::timeout(timeout, attempt).await {
@@ -105,21 +102,6 @@ async fn ping_engine(worker: &WorkerConfig) -> Result<(), String> {
     };
     let engine = Engine::unverified(&endpoint).map_err(|e| e.to_string())?;
     engine.ping().await.map_err(|e| e.to_string())
-}
-
-/// A connection to a buildkitd endpoint, closed at once.
-async fn connect_only(worker: &WorkerConfig) -> Result<(), String> {
-    let endpoint = worker.endpoint.as_deref().unwrap_or_default();
-    let result = if let Some(path) = endpoint.strip_prefix("unix://") {
-        tokio::net::UnixStream::connect(path).await.map(drop)
-    } else if let Some(addr) = endpoint.strip_prefix("tcp://") {
-        tokio::net::TcpStream::connect(addr.trim_end_matches('/'))
-            .await
-            .map(drop)
-    } else {
-        return Err(format!("{endpoint}: not a unix:// or tcp:// endpoint"));
-    };
-    result.map_err(|e| format!("{endpoint}: cannot connect: {e}"))
 }
 
 fn endpoint_text(worker: &WorkerConfig) -> &str {
@@ -292,13 +274,6 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.contains(&dir.path().display().to_string()), "{err}");
-        // A buildkitd endpoint where nothing listens.
-        let bk = WorkerConfig {
-            kind: WorkerKind::Buildkit,
-            ..docker_worker(&gone, None)
-        };
-        let err = probe(&bk, PROBE_TIMEOUT).await.unwrap_err();
-        assert!(err.contains("cannot connect"), "{err}");
         // TLS files that are not there: unhealthy with the file named, no panic.
         let no_files = docker_worker("tcp://127.0.0.1:9", Some("/nonexistent/kiln-certs"));
         let err = probe(&no_files, PROBE_TIMEOUT).await.unwrap_err();

@@ -2,9 +2,9 @@
 //! answers.
 //!
 //! One machine stops being enough for a platform team's builds, so Kiln can build on several
-//! workers: Docker Engines (their embedded BuildKit) or standalone `buildkitd`s, each listed as
-//! a `[[workers]]` table in `kiln.toml`. Without a table the pool is today's single Engine from
-//! the `docker_host` keys, so a one-machine setup changes nothing.
+//! workers: Docker Engines (their embedded BuildKit), each listed as a `[[workers]]` table in
+//! `kiln.toml`. Without a table the pool is today's single Engine from the `docker_host`
+//! keys, so a one-machine setup changes nothing.
 //!
 //! The three parts are kept apart so each can be read and tested alone:
 //! - [`worker_config`]: the `[[workers]]` tables, validated (unique names, known kinds,

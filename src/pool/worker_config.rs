@@ -3,7 +3,7 @@
 //! ```toml
 //! [[workers]]
 //! name = "w1"                                  # unique, shown everywhere
-//! kind = "docker"                              # "docker" (an Engine's BuildKit) or "buildkit"
+//! kind = "docker"                              # a Docker Engine (its embedded BuildKit)
 //! endpoint = "unix:///run/kiln-w1/docker.sock" # or tcp://host:port
 //! capacity = 2                                 # parallel builds on this worker (default 1)
 //! # tls_verify / cert_path as for the Engine's docker_tls_verify / docker_cert_path
@@ -19,6 +19,11 @@
 //! and `docker_cert_path` keys, a worker named [`DEFAULT_WORKER`] whose capacity is
 //! `max_parallel_builds`: a one-machine setup behaves as before. Those keys and `[[workers]]`
 //! together are refused, since one of them would be silently ignored.
+//!
+//! `kind = "buildkit"` (a standalone `buildkitd`) is refused with a clear rule: Kiln builds
+//! through the Docker Engine API (`/build` with a BuildKit session), and a buildkitd speaks
+//! only BuildKit's gRPC control API. Accepting the word and then failing every build on such
+//! a worker would be worse than saying so at start.
 
 use serde::Deserialize;
 use std::collections::BTreeSet;
@@ -37,7 +42,7 @@ pub const MAX_NAME_LEN: usize = 63;
 pub struct WorkerTable {
     /// Unique name, `[A-Za-z0-9][A-Za-z0-9._-]*`, at most 63 characters.
     pub name: Option<String>,
-    /// `"docker"` (a Docker Engine's embedded BuildKit) or `"buildkit"` (a standalone buildkitd).
+    /// `"docker"` (a Docker Engine's embedded BuildKit), the only kind today.
     pub kind: Option<String>,
     /// `unix:///path` or `tcp://host:port`.
     pub endpoint: Option<String>,
@@ -54,8 +59,6 @@ pub struct WorkerTable {
 pub enum WorkerKind {
     /// A Docker Engine, building with its embedded BuildKit.
     Docker,
-    /// A standalone `buildkitd`.
-    Buildkit,
 }
 
 impl WorkerKind {
@@ -63,7 +66,6 @@ impl WorkerKind {
     pub fn as_str(self) -> &'static str {
         match self {
             WorkerKind::Docker => "docker",
-            WorkerKind::Buildkit => "buildkit",
         }
     }
 }
@@ -196,17 +198,22 @@ fn validate(
 
     let kind = match table.kind.as_deref() {
         Some("docker") => WorkerKind::Docker,
-        Some("buildkit") => WorkerKind::Buildkit,
-        Some(other) => {
+        Some("buildkit") => {
             return Err(fail(
                 "kind",
-                format!("must be \"docker\" or \"buildkit\" (got {other:?})"),
+                "\"buildkit\" (a standalone buildkitd) is not supported: Kiln builds through \
+                 the Docker Engine API; run the worker as a Docker Engine (kind = \"docker\", \
+                 see docs/operations.md)"
+                    .into(),
             ));
+        }
+        Some(other) => {
+            return Err(fail("kind", format!("must be \"docker\" (got {other:?})")));
         }
         None => {
             return Err(fail(
                 "kind",
-                "is required: \"docker\" (a Docker Engine) or \"buildkit\" (a buildkitd)".into(),
+                "is required: \"docker\" (a Docker Engine)".into(),
             ));
         }
     };
@@ -242,20 +249,7 @@ fn validate(
                 ));
             }
         }
-        Scheme::Tcp => {
-            if kind == WorkerKind::Buildkit
-                && table.tls_verify != Some(false)
-                && table.cert_path.is_none()
-            {
-                return Err(fail(
-                    "cert_path",
-                    "is required for a buildkit worker on tcp:// (a directory with ca.pem, \
-                     cert.pem, key.pem for mutual TLS); set tls_verify = false only on a \
-                     network you trust"
-                        .into(),
-                ));
-            }
-        }
+        Scheme::Tcp => {}
     }
 
     Ok(WorkerConfig {
@@ -365,10 +359,11 @@ mod tests {
         capacity = 2
 
         [[workers]]
-        name = "bk-0"
-        kind = "buildkit"
-        endpoint = "tcp://buildkitd-0.buildkitd:1234"
-        cert_path = "/etc/kiln/buildkit"
+        name = "w2"
+        kind = "docker"
+        endpoint = "tcp://builder-2.internal:2376"
+        tls_verify = true
+        cert_path = "/etc/kiln/w2-tls"
     "#;
 
     #[test]
@@ -386,12 +381,12 @@ mod tests {
                     cert_path: None,
                 },
                 WorkerConfig {
-                    name: "bk-0".into(),
-                    kind: WorkerKind::Buildkit,
-                    endpoint: Some("tcp://buildkitd-0.buildkitd:1234".into()),
+                    name: "w2".into(),
+                    kind: WorkerKind::Docker,
+                    endpoint: Some("tcp://builder-2.internal:2376".into()),
                     capacity: 1,
-                    tls_verify: None,
-                    cert_path: Some("/etc/kiln/buildkit".into()),
+                    tls_verify: Some(true),
+                    cert_path: Some("/etc/kiln/w2-tls".into()),
                 },
             ]
         );
@@ -468,13 +463,19 @@ mod tests {
     }
 
     #[test]
-    fn kind_is_docker_or_buildkit() {
+    fn kind_is_docker_and_buildkit_is_refused_with_the_reason() {
         let e = err("[[workers]]\nname = 'w1'\nendpoint = 'unix:///a.sock'\n");
         assert_eq!((e.key, e.name.as_deref()), ("kind", Some("w1")));
         assert!(e.rule.contains("is required"), "{e}");
         let e = err("[[workers]]\nname = 'w1'\nkind = 'podman'\nendpoint = 'unix:///a.sock'\n");
         assert_eq!(e.key, "kind");
         assert!(e.rule.contains("\"podman\""), "{e}");
+        let e = err("[[workers]]\nname = 'bk'\nkind = 'buildkit'\nendpoint = 'tcp://h:1234'\n");
+        assert_eq!((e.key, e.name.as_deref()), ("kind", Some("bk")));
+        assert!(
+            e.rule.contains("not supported") && e.rule.contains("Docker Engine API"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -546,12 +547,6 @@ mod tests {
             (w.tls_verify, w.cert_path.as_deref()),
             (Some(true), Some(Path::new("/c")))
         );
-        // A buildkit worker on tcp names its certificates, or opts out of TLS explicitly.
-        let bk = "[[workers]]\nname = 'b'\nkind = 'buildkit'\nendpoint = 'tcp://h:1234'\n";
-        let e = err(bk);
-        assert_eq!((e.key, e.name.as_deref()), ("cert_path", Some("b")));
-        assert!(check(&format!("{bk}cert_path = '/c'\n")).is_ok());
-        assert!(check(&format!("{bk}tls_verify = false\n")).is_ok());
     }
 
     #[test]

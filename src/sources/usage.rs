@@ -74,6 +74,7 @@ suite = "bookworm"
             catalog: Default::default(),
             tests: vec![],
             sources: sources.iter().map(|s| s.to_string()).collect(),
+            rebuild_on_base_update: None,
         }
     }
 

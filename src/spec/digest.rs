@@ -61,6 +61,7 @@ mod tests {
             catalog: Default::default(),
             tests: vec![],
             sources: vec![],
+            rebuild_on_base_update: None,
         }
     }
 

@@ -58,6 +58,10 @@ pub struct ImageSpec {
     /// each once. Part of the digest: another index changes what is installed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<String>,
+    /// `false`: a moved base tag only shows the spec "base outdated"; `None`: the config's
+    /// `rebuild_on_base_update`. Not part of the digest: it changes when Kiln builds, not what.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuild_on_base_update: Option<bool>,
 }
 
 /// The `catalog:` block: presentation only, so it never changes what is built.

@@ -9,7 +9,7 @@ use super::{
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
-const TOP_KEYS: [&str; 9] = [
+const TOP_KEYS: [&str; 10] = [
     "name",
     "description",
     "baseImage",
@@ -19,6 +19,7 @@ const TOP_KEYS: [&str; 9] = [
     "catalog",
     "tests",
     "sources",
+    "rebuildOnBaseUpdate",
 ];
 const CATALOG_KEYS: [&str; 3] = ["hidden", "groups", "default"];
 /// A display name longer than this is no longer a name (spawners show it on one line).
@@ -228,6 +229,7 @@ impl Walker<'_> {
         };
         let (mut name, mut description, mut base_image, mut pull_secret) = (None, None, None, None);
         let mut packages = Some(Packages::default());
+        let mut rebuild_on_base_update = None;
         let (mut display_name, mut catalog, mut tests) =
             (Some(None), Some(CatalogSettings::default()), Some(vec![]));
         let mut sources = Some(vec![]);
@@ -245,6 +247,9 @@ impl Walker<'_> {
                 "catalog" => catalog = self.catalog(value),
                 "tests" => tests = self.tests(value),
                 "sources" => sources = self.sources(value),
+                "rebuildOnBaseUpdate" => {
+                    rebuild_on_base_update = Some(self.boolean(value, "rebuildOnBaseUpdate"))
+                }
                 other => self.unknown_key(key.pos, other, &TOP_KEYS, ""),
             }
         }
@@ -272,6 +277,7 @@ impl Walker<'_> {
             catalog: catalog?,
             tests: tests?,
             sources: sources?,
+            rebuild_on_base_update,
         })
     }
 
@@ -851,6 +857,32 @@ mod tests {
     }
 
     const HEAD: &str = "name: demo\nbaseImage: debian:bookworm\n";
+
+    #[test]
+    fn rebuild_on_base_update_is_a_boolean_outside_the_digest() {
+        let plain = check("demo.yaml", HEAD);
+        let off = check("demo.yaml", &format!("{HEAD}rebuildOnBaseUpdate: false\n"));
+        let on = check("demo.yaml", &format!("{HEAD}rebuildOnBaseUpdate: true\n"));
+        assert_eq!(plain.spec.as_ref().unwrap().rebuild_on_base_update, None);
+        assert_eq!(
+            off.spec.as_ref().unwrap().rebuild_on_base_update,
+            Some(false)
+        );
+        assert_eq!(on.spec.as_ref().unwrap().rebuild_on_base_update, Some(true));
+        assert_eq!(
+            plain.digest, off.digest,
+            "when Kiln rebuilds is not what it builds"
+        );
+        let (rule, line, col, message) = only(
+            "demo.yaml",
+            &format!("{HEAD}rebuildOnBaseUpdate: sometimes\n"),
+        );
+        assert_eq!((rule, line, col), (Rule::WrongType, 3, 22));
+        assert!(
+            message.contains("`rebuildOnBaseUpdate` must be `true` or `false`"),
+            "{message}"
+        );
+    }
 
     #[test]
     fn catalogue_fields_and_tests_are_checked_where_they_are() {

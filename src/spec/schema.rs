@@ -37,6 +37,9 @@ struct SpecFile {
     /// in the spec or the image. Part of the image's digest.
     #[schemars(inner(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")))]
     sources: Option<Vec<String>>,
+    /// `false`: when the base tag moves, only show "base outdated" instead of rebuilding.
+    /// Default: Kiln's `rebuild_on_base_update` (true). Not part of the image's digest.
+    rebuild_on_base_update: Option<bool>,
 }
 
 /// A shell command, run with `/bin/sh -c` in the built image.
@@ -105,6 +108,7 @@ mod tests {
             "groups",
             "default",
             "tests",
+            "rebuildOnBaseUpdate",
             "additionalProperties",
         ] {
             assert!(json.contains(key), "{key} missing from schema");

@@ -42,7 +42,7 @@ use thiserror::Error;
 pub const MAGIC: &[u8; 8] = b"KILNBKP\n";
 pub const FORMAT_VERSION: u32 = 1;
 /// Trees copied under the write lock, in this order.
-const SNAPSHOT_TREES: [&str; 14] = [
+const SNAPSHOT_TREES: [&str; 17] = [
     "meta",
     "specs",
     "revisions",
@@ -62,6 +62,10 @@ const SNAPSHOT_TREES: [&str; 14] = [
     "image_sizes",
     // Debian package architectures for the SBOM's purls (store/deb_architectures.rs).
     "deb_architectures",
+    // Base digests per job, revision causes, outdated bases (store/base_digests.rs).
+    "base_digests",
+    "revision_causes",
+    "base_outdated",
 ];
 const LOG_TREE: &str = "log_chunks";
 /// Refuse keys or values longer than this: a corrupt length must not allocate gigabytes.

@@ -52,6 +52,8 @@ impl Store {
         for tree in [
             self.image_sizes_tree()?,
             self.db.open_tree("deb_architectures")?,
+            // The base each job pulled (store/base_digests.rs).
+            self.db.open_tree("base_digests")?,
         ] {
             let mut orphans = Vec::new();
             for key in tree.iter().keys() {

@@ -33,6 +33,7 @@
 //! code go through [`Store::all_specs`].
 
 pub mod backup;
+pub mod base_digests;
 mod codec;
 pub mod deb_architectures;
 pub mod gc;
@@ -494,6 +495,7 @@ impl Store {
     /// The transaction of [`Store::apply`]; the caller holds `writes`.
     fn apply_blocking(&self, plan: &Plan, commit: &str) -> Result<Vec<JobId>, StoreError> {
         let at = now();
+        let causes_tree = self.db.open_tree(base_digests::CAUSES)?;
         let trees = (
             &self.specs,
             &self.revisions,
@@ -502,9 +504,10 @@ impl Store {
             &self.active,
             &self.paths,
             &self.meta,
+            &causes_tree,
         );
         let created = trees.transaction(
-            |(specs, revisions, jobs, jobs_by_spec, active, paths, meta)| {
+            |(specs, revisions, jobs, jobs_by_spec, active, paths, meta, causes)| {
                 let abort = ConflictableTransactionError::Abort;
                 let mut created = Vec::with_capacity(plan.jobs.len());
                 let mut records = plan.specs.clone();
@@ -512,6 +515,12 @@ impl Store {
                     revisions.insert(
                         name_key(&rev.spec, &rev.number.to_be_bytes()),
                         encode(rev).map_err(abort)?,
+                    )?;
+                }
+                for (spec, number, cause) in &plan.causes {
+                    causes.insert(
+                        name_key(spec, &number.to_be_bytes()),
+                        encode(cause).map_err(abort)?,
                     )?;
                 }
                 for new in &plan.jobs {

@@ -47,6 +47,8 @@ pub(super) struct SpecSummary {
     updated_at: String,
     deleted: bool,
     errors: Vec<Diagnostic>,
+    /// The base tag moved since the latest image was built (`web/base.rs`).
+    base_outdated: Option<super::base::OutdatedView>,
 }
 
 fn summary(state: &AppState, record: SpecRecord) -> Result<SpecSummary, ApiError> {
@@ -67,6 +69,7 @@ fn summary(state: &AppState, record: SpecRecord) -> Result<SpecSummary, ApiError
             .map_or("none".to_string(), |s| s.to_string())
     };
     Ok(SpecSummary {
+        base_outdated: super::base::outdated(state, &record.name)?,
         status,
         image: record.latest_image,
         revision: record.revision,
@@ -122,6 +125,9 @@ struct RevisionView {
     digest: Option<String>,
     valid: bool,
     errors: Vec<Diagnostic>,
+    /// `commit` or `base-update`, and for a base update "base image updated: … → …".
+    cause: &'static str,
+    cause_text: Option<String>,
 }
 
 impl From<Revision> for RevisionView {
@@ -136,6 +142,8 @@ impl From<Revision> for RevisionView {
             path: r.path,
             digest: r.digest,
             errors: r.errors,
+            cause: "commit",
+            cause_text: None,
         }
     }
 }
@@ -162,10 +170,18 @@ pub(super) async fn get_spec(
         .iter()
         .find(|r| r.number == record.revision)
         .map(|r| r.yaml.clone());
+    let causes: std::collections::BTreeMap<u64, _> =
+        state.store.revision_causes_of(&name)?.into_iter().collect();
+    let mut revisions: Vec<RevisionView> = revisions.into_iter().map(RevisionView::from).collect();
+    for r in &mut revisions {
+        if let Some(cause) = causes.get(&r.number) {
+            (r.cause, r.cause_text) = super::base::cause_fields(cause);
+        }
+    }
     Ok(Json(SpecDetail {
         summary: summary(&state, record)?,
         yaml,
-        revisions: revisions.into_iter().map(RevisionView::from).collect(),
+        revisions,
     }))
 }
 
@@ -190,13 +206,20 @@ pub(super) struct JobView {
     attempts: u32,
     /// The build worker of the latest attempt (`None`: not placed yet).
     worker: Option<String>,
+    /// The registry digest of the base image the job pulled (`None`: not recorded).
+    base_digest: Option<String>,
+    /// The base reference, digest and when it was recorded.
+    base: Option<super::base::BaseView>,
 }
 
 impl JobView {
     /// The job as the API shows it, with its worker from the store.
     fn of(state: &AppState, j: &Job) -> Result<JobView, ApiError> {
         let worker = state.store.job_worker(j.id)?;
-        Ok(JobView::new(j, worker))
+        let mut view = JobView::new(j, worker);
+        view.base = super::base::job_base(state, j)?;
+        view.base_digest = view.base.as_ref().map(|b| b.digest.clone());
+        Ok(view)
     }
 
     fn new(j: &Job, worker: Option<String>) -> Self {
@@ -217,6 +240,8 @@ impl JobView {
             reused_from: j.reused_from,
             attempts: j.attempts,
             worker,
+            base_digest: None,
+            base: None,
         }
     }
 }

@@ -138,6 +138,12 @@ impl Metrics {
     }
 
     /// The exposition for this view of the store (and the counters as they are now).
+    /// Also export the base check's gauges (`web/base.rs`) once a monitor is set.
+    pub fn watch_base(&mut self, base: Arc<OnceLock<Arc<crate::base::BaseMonitor>>>) {
+        self.registry
+            .register_collector(Box::new(super::base::BaseGauges(base)));
+    }
+
     pub fn render(&self, jobs: &JobStats, specs: &SpecIndex, sync: &SyncStatus) -> String {
         let _one_at_a_time = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
         for (status, n) in JobStatus::ALL.iter().zip(jobs.by_status) {

@@ -11,6 +11,7 @@
 mod ansi;
 mod api;
 pub mod backup;
+mod base;
 mod changes;
 mod format;
 mod headers;
@@ -57,6 +58,8 @@ pub struct AppState {
     metrics: Arc<Metrics>,
     /// The build workers, when this server builds (set once by [`AppState::with_workers`]).
     pub workers: Arc<OnceLock<WorkerPool>>,
+    /// The base check's state, when this server runs it ([`AppState::with_base`]).
+    pub base: Arc<OnceLock<Arc<crate::base::BaseMonitor>>>,
 }
 
 impl AppState {
@@ -72,10 +75,14 @@ impl AppState {
     ) -> AppState {
         let inner = Arc::new(info);
         let workers = Arc::new(OnceLock::new());
+        let base = Arc::new(OnceLock::new());
+        let mut metrics = Metrics::new(Arc::clone(&counters), Arc::clone(&workers));
+        metrics.watch_base(Arc::clone(&base));
         AppState {
             caches: Caches::new(&store, &inner),
-            metrics: Arc::new(Metrics::new(Arc::clone(&counters), Arc::clone(&workers))),
+            metrics: Arc::new(metrics),
             workers,
+            base,
             store,
             inner,
             sync_trigger,
@@ -90,6 +97,12 @@ impl AppState {
     pub fn with_workers(self, pool: WorkerPool) -> AppState {
         // A second call keeps the first pool: one server has one pool.
         let _ = self.workers.set(pool);
+        self
+    }
+
+    /// The same state, showing the base check's status and gauges.
+    pub fn with_base(self, monitor: Arc<crate::base::BaseMonitor>) -> AppState {
+        let _ = self.base.set(monitor);
         self
     }
 }

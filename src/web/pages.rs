@@ -160,6 +160,8 @@ pub struct SpecRowView<'a> {
     row: &'a SpecRow,
     /// `5 min ago` (the rest of the row is computed when the index is built).
     rel: String,
+    /// "base outdated since …" (`web/base.rs`), read for the rows of this page only.
+    outdated: Option<super::base::OutdatedNote>,
 }
 
 pub struct Pager {
@@ -251,9 +253,14 @@ pub(super) async fn spec_list(
         .take(SPECS_PAGE)
         .map(|row| SpecRowView {
             rel: relative(now - row.updated_at, &row.updated_exact),
+            outdated: None,
             row,
         })
         .collect();
+    let mut rows = rows;
+    for v in rows.iter_mut().filter(|v| !v.row.deleted) {
+        v.outdated = super::base::outdated_note(&state, &v.row.name)?;
+    }
 
     let status_str = status.map(SpecStatus::as_str);
     let mut chips = vec![Chip {
@@ -334,6 +341,10 @@ pub struct JobRowView {
     image: Option<String>,
     updated: When,
     error: Option<String>,
+    /// The short digest of the base the job pulled, and why its revision exists.
+    base_digest: Option<String>,
+    base_short: String,
+    cause: Option<String>,
 }
 
 pub struct CommitView {
@@ -380,6 +391,8 @@ struct SpecPage {
     listed: String,
     /// The current revision's `tests:` (their results are in each job's log).
     tests: Vec<String>,
+    /// "base outdated since …" (`web/base.rs`).
+    base_outdated: Option<super::base::OutdatedNote>,
 }
 
 #[derive(Deserialize, Default)]
@@ -421,6 +434,7 @@ pub(super) async fn spec_page(
             };
             slot.insert(subject.unwrap_or_default());
         }
+        let base_digest = super::base::job_base(&state, job)?.map(|b| b.digest);
         rows.push(JobRowView {
             id: job.id,
             status: job.status.as_str(),
@@ -431,6 +445,12 @@ pub(super) async fn spec_page(
             image: job.image.clone().filter(|_| job.status.has_image()),
             updated: When::at_now(job.updated_at, now),
             error: job.error.clone(),
+            base_short: base_digest
+                .as_deref()
+                .map(crate::store::base_digests::short_digest)
+                .unwrap_or_default(),
+            base_digest,
+            cause: store.revision_cause(&name, job.revision)?.text(),
         });
     }
     let href = |p: usize| {
@@ -448,6 +468,7 @@ pub(super) async fn spec_page(
         .map(|s| s.tests)
         .unwrap_or_default();
     let view = SpecPage {
+        base_outdated: super::base::outdated_note(&state, &name)?,
         display_name: listing.display_name.clone(),
         listed,
         tests,
@@ -540,6 +561,10 @@ struct JobPage {
     reused_from: Option<JobId>,
     /// The build worker of the latest attempt.
     worker: Option<String>,
+    /// The base image the job pulled (`web/base.rs`), and why its revision exists when it is
+    /// not a commit ("base image updated: … → …").
+    base: Option<super::base::BaseView>,
+    cause: Option<String>,
     facts: Vec<Fact>,
     spec_yaml: Vec<String>,
     dockerfile: Vec<String>,
@@ -683,6 +708,8 @@ pub(super) async fn job_page(
         error: job.error.clone(),
         reused_from: job.reused_from,
         worker: store.job_worker(job_id)?,
+        base: super::base::job_base(&state, &job)?,
+        cause: store.revision_cause(&job.spec, job.revision)?.text(),
         facts: timing_facts(&job),
         spec_yaml: revision
             .as_ref()

@@ -30,6 +30,7 @@ pub(super) async fn status(State(state): State<AppState>) -> Json<serde_json::Va
             "webhooks": state.webhooks.providers(),
         },
         "workers": super::workers::status_block(&state),
+        "base_check": super::base::status_block(&state),
         "webhooks": {
             "accepted": counters.webhooks_accepted.load(Ordering::Relaxed),
             "rejected": counters.webhooks_rejected.load(Ordering::Relaxed),
