@@ -59,7 +59,8 @@ fi
 "$KILN_PYPISERVER_VENV/bin/python" -c 'import importlib.metadata as m; print("pypiserver", m.version("pypiserver"), "passlib", m.version("passlib"))'
 if ! command -v reprepro >/dev/null 2>&1 || ! command -v gpg >/dev/null 2>&1 || ! [ -x /usr/sbin/nginx ]; then
   # The tests start their own nginx (own config, pid file and port on 127.0.0.1).
-  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends reprepro nginx gnupg dpkg-dev
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends reprepro nginx gnupg >/dev/null
 fi
 reprepro --version | head -1
 

@@ -147,7 +147,7 @@ fn debian_tools() -> bool {
             common::tools::missing(
                 &format!("`{tool}`"),
                 "not on PATH",
-                "run scripts/test-all.sh (apt-get install reprepro nginx gnupg dpkg-dev)",
+                "run scripts/test-all.sh (apt-get install reprepro nginx gnupg)",
             );
             return false;
         }
