@@ -6,6 +6,8 @@
 //! registry entries in that file. Webhook secrets likewise: the config holds only the *paths*
 //! of secret files (`webhook_secret_file`, per provider `[webhook_secret_files]`); the secret
 //! itself is read from that file, or from `KILN_WEBHOOK_SECRET`, by `web::hooks` at start-up.
+//! Package sources too (`[sources.NAME]`, validated by `crate::sources::config`): their
+//! tables name credential files, which are read when a build starts.
 
 use clap::Args;
 use serde::Deserialize;
