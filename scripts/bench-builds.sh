@@ -247,7 +247,7 @@ start_serve() {
   local __pidvar=$1 __urlvar=$2 __log=$3 __port __spid
   shift 3
   __port=$(free_port)
-  timeout "$SYNC_TIMEOUT" "$BIN" serve "$@" --listen "127.0.0.1:$__port" >"$__log" 2>&1 &
+  timeout -k 10 "$SYNC_TIMEOUT" "$BIN" serve "$@" --listen "127.0.0.1:$__port" >"$__log" 2>&1 &
   __spid=$!
   SERVERS+=("$__spid")
   printf -v "$__pidvar" '%s' "$__spid"
@@ -319,7 +319,7 @@ config() {  # config FILE PARALLEL CA(0|1)
 kiln_sync() {  # kiln_sync VAR LOG CONFIG REPO DATA [more flags]
   local __v=$1 log=$2 cfg=$3 repo=$4 data=$5
   shift 5
-  timed "$__v" "$log" timeout "$SYNC_TIMEOUT" "$BIN" sync --config "$cfg" --repo "$repo" --data-dir "$data" --no-watch "$@"
+  timed "$__v" "$log" timeout -k 10 "$SYNC_TIMEOUT" "$BIN" sync --config "$cfg" --repo "$repo" --data-dir "$data" --no-watch "$@"
 }
 
 fail_note() {  # fail_note WHAT LOG: the round failed
@@ -399,7 +399,7 @@ overhead_docker() {  # overhead_docker PART ROUND DIR BASE
     printf '%s\n' "$img:r1" "$img:latest" >>"$WORK/bases"
     cmd=(sh -c 'DOCKER_BUILDKIT=1 "$3" build --progress=plain --no-cache -t "$1:r1" -t "$1:latest" "$2" && docker push "$1:r1" && docker push "$1:latest"' sh "$img" "$dir/ctx" "$DOCKER_BK")
   fi
-  if timed t "$dir/docker.log" timeout "$SYNC_TIMEOUT" "${cmd[@]}"; then
+  if timed t "$dir/docker.log" timeout -k 10 "$SYNC_TIMEOUT" "${cmd[@]}"; then
     record "p$p.docker_ms" "$t"; say "p$p round $i: $what $(sec "$t") s"
   else
     fail_note "p$p $what round $i" "$dir/docker.log"
@@ -428,7 +428,7 @@ overhead_before() {  # overhead_before ROUND DIR BASE
   new_repo "$dir/repo-before"
   spec_yaml "$name" "$base" "[curl, jq]" "[six==1.16.0]" >"$dir/repo-before/$name.yaml"
   git_commit "$dir/repo-before" "p1 before round $i"
-  if timed t "$dir/before.log" timeout "$SYNC_TIMEOUT" "$BEFORE_BIN" sync --config "$CFG_CA" \
+  if timed t "$dir/before.log" timeout -k 10 "$SYNC_TIMEOUT" "$BEFORE_BIN" sync --config "$CFG_CA" \
     --repo "$dir/repo-before" --data-dir "$dir/data-before" --no-watch; then
     record p1.before_ms "$t"; say "p1 round $i: older kiln sync (classic) $(sec "$t") s"
   else
@@ -476,7 +476,7 @@ part2_kiln() {  # part2_kiln ROUND DIR BASE
   git_commit "$dir/repo" "p2 round $i"
   : >"$dir/rss.txt"
   s=$(now_ms)
-  /usr/bin/time -v -o "$dir/time.txt" timeout "$SYNC_TIMEOUT" "$BIN" sync --config "$CFG_PLAIN" \
+  /usr/bin/time -v -o "$dir/time.txt" timeout -k 10 "$SYNC_TIMEOUT" "$BIN" sync --config "$CFG_PLAIN" \
     --repo "$dir/repo" --data-dir "$dir/data" --no-watch >"$dir/kiln.log" 2>&1 &
   pid=$!
   SERVERS+=("$pid")
@@ -547,7 +547,7 @@ part2_docker() {  # part2_docker ROUND DIR BASE
   mkdir -p "$dir/ctx"
   spec_yaml "$name" "$base" "" "" >"$dir/$name.yaml"
   "$BIN" render "$dir/$name.yaml" >"$dir/ctx/Dockerfile"
-  if timed t "$dir/docker.log" timeout "$SYNC_TIMEOUT" env DOCKER_BUILDKIT=1 "$DOCKER_BK" build --progress=plain --no-cache -t "kiln/$name:bench" "$dir/ctx"; then
+  if timed t "$dir/docker.log" timeout -k 10 "$SYNC_TIMEOUT" env DOCKER_BUILDKIT=1 "$DOCKER_BK" build --progress=plain --no-cache -t "kiln/$name:bench" "$dir/ctx"; then
     record p2.docker_ms "$t"
     record p2.docker_out_bytes "$(stat -c %s "$dir/docker.log")"
     say "p2 round $i: docker build $(sec "$t") s, $(($(stat -c %s "$dir/docker.log") / 1000000)) MB of output"
