@@ -58,9 +58,19 @@ if ! "$KILN_PYPISERVER_VENV/bin/python" -c 'import pypiserver, passlib' 2>/dev/n
 fi
 "$KILN_PYPISERVER_VENV/bin/python" -c 'import importlib.metadata as m; print("pypiserver", m.version("pypiserver"), "passlib", m.version("passlib"))'
 if ! command -v reprepro >/dev/null 2>&1 || ! command -v gpg >/dev/null 2>&1 || ! [ -x /usr/sbin/nginx ]; then
-  # The tests start their own nginx (own config, pid file and port on 127.0.0.1).
+  # The tests start their own nginx (own config, pid file and port on 127.0.0.1). Debian's
+  # package would also start a system nginx on port 80: a policy-rc.d that refuses every
+  # service start keeps it from doing so, and the unit is disabled.
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends reprepro nginx gnupg >/dev/null
+  policy=/usr/sbin/policy-rc.d own_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && own_policy=1
+  fi
+  install_rc=0
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends reprepro nginx gnupg >/dev/null || install_rc=$?
+  [ "$own_policy" = 1 ] && rm -f "$policy"
+  [ "$install_rc" = 0 ] || exit "$install_rc"
+  if command -v systemctl >/dev/null 2>&1; then systemctl disable --now nginx >/dev/null 2>&1 || true; fi
 fi
 reprepro --version | head -1
 
