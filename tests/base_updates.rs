@@ -12,10 +12,10 @@
 
 mod common;
 
-use common::{GitRepo, Server, engine_available};
+use common::{GitRepo, Server, engine_available, nonce};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 const ENV_DIR: &str = "/var/lib/kiln-env";
@@ -30,40 +30,10 @@ fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn nonce() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
-}
-
-/// Build an ENV-only child of the minimal base as `tag` and push it (with `config`, a docker
-/// config dir, for the registry with credentials); returns the pushed manifest digest.
+/// An ENV-only child of the minimal base pushed as `tag` (with `config`, a docker config dir,
+/// for the registry with credentials); returns the pushed manifest digest.
 fn push_base(tag: &str, config: Option<&str>) -> String {
-    let dockerfile = format!("FROM {MINBASE}\nENV KILN_TEST_NONCE=\"{}\"\n", nonce());
-    let mut build = Command::new("docker")
-        .args(["build", "-q", "-t", tag, "-"])
-        .env("DOCKER_BUILDKIT", "0")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("docker build runs");
-    std::io::Write::write_all(&mut build.stdin.take().unwrap(), dockerfile.as_bytes()).unwrap();
-    assert!(build.wait().unwrap().success(), "docker build of {tag}");
-    let mut args = Vec::new();
-    if let Some(c) = config {
-        args.extend(["--config", c]);
-    }
-    args.extend(["push", tag]);
-    let out = docker(&args);
-    let digest = out
-        .split_whitespace()
-        .skip_while(|w| *w != "digest:")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no digest in push output: {out}"))
-        .to_string();
-    assert!(digest.starts_with("sha256:"), "{out}");
-    digest
+    common::registry::push_env_child(MINBASE, tag, config.map(std::path::Path::new))
 }
 
 async fn status(server: &Server) -> Value {
@@ -342,26 +312,11 @@ async fn a_moved_tag_is_rebuilt_an_unchanged_one_is_not_and_an_opted_out_spec_is
     assert!(s["base_outdated"].is_null(), "{s}");
 
     // Dashboard and metrics.
-    let html = reqwest::get(format!("{}/", server.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = server.text("/").await;
     assert!(html.contains("base outdated since"), "spec list");
-    let page = reqwest::get(format!("{}/specs/bu-optout", server.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = server.text("/specs/bu-optout").await;
     assert!(page.contains("Base outdated since"), "spec page");
-    let page = reqwest::get(format!("{}/specs/bu-moving", server.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = server.text("/specs/bu-moving").await;
     assert!(
         page.contains(&second) && page.contains(&first),
         "base digests per job"
@@ -370,12 +325,7 @@ async fn a_moved_tag_is_rebuilt_an_unchanged_one_is_not_and_an_opted_out_spec_is
         page.contains("base image updated: "),
         "cause on the dashboard"
     );
-    let metrics = reqwest::get(format!("{}/metrics", server.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.text("/metrics").await;
     assert!(metrics.contains("kiln_bases_outdated 1"), "{metrics}");
     assert!(
         metrics.contains("kiln_base_digest_age_seconds{spec=\"bu-moving\"}"),

@@ -13,28 +13,20 @@
 
 mod common;
 
-use common::engine_available;
+use common::log::Log;
+use common::registry::{AUTH_REGISTRY, auth_only_base, auth_registry_login};
+use common::{engine_available, nonce};
 use kiln::buildkit::{BuildSecret, BuildkitRequest, build};
 use kiln::docker::auth::Credential;
 use kiln::docker::{EngineEndpoint, EngineError};
 use sha2::{Digest, Sha256};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 const BASE: &str = "127.0.0.1:5000/kiln/bookworm:minbase";
 const TLS_HOST: &str = "tcp://127.0.0.1:2376";
-const AUTH_REGISTRY: &str = "127.0.0.1:5001";
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn nonce() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{}-{nanos}", std::process::id())
-}
 
 fn docker(args: &[&str]) -> (bool, Vec<u8>) {
     let out = Command::new("docker")
@@ -50,19 +42,6 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack
         .windows(needle.len())
         .any(|w| w == needle.as_bytes())
-}
-
-#[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<String>>>);
-
-impl Log {
-    fn sink(&self) -> impl FnMut(String) + Send + 'static {
-        let lines = self.0.clone();
-        move |line| lines.lock().unwrap().push(line)
-    }
-    fn lines(&self) -> Vec<String> {
-        self.0.lock().unwrap().clone()
-    }
 }
 
 /// A Dockerfile whose one step checks that the secret `id` holds the bytes hashing to
@@ -308,29 +287,6 @@ async fn secrets_reach_a_build_over_the_mutual_tls_listener() {
     assert!(!err.is_transient(), "{text}");
 }
 
-fn env_dir() -> String {
-    std::env::var("KILN_ENV_DIR").unwrap_or_else(|_| "/var/lib/kiln-env".into())
-}
-
-/// The generated login of the htpasswd registry (dev-env's `registry-auth.env`).
-fn auth_registry_login() -> (String, String) {
-    let path = format!("{}/registry-auth.env", env_dir());
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let get = |key: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{key}=")))
-            .unwrap_or_else(|| panic!("{key} in {path}"))
-            .trim()
-            .trim_matches('\'')
-            .trim_matches('"')
-            .to_string()
-    };
-    (
-        get("KILN_TEST_REGISTRY_USER"),
-        get("KILN_TEST_REGISTRY_PASSWORD"),
-    )
-}
-
 /// One session serves both: the registry credential for a base that only the htpasswd
 /// registry has, and the secret of the step.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -342,25 +298,7 @@ async fn one_session_gives_the_registry_credential_and_the_secret() {
     let n = nonce();
     // An ENV-only child of the local base, pushed to the htpasswd registry and removed here,
     // so BuildKit must pull it with the session's credential.
-    let base = format!("{AUTH_REGISTRY}/kiln-test/build-secret-auth-base:{n}");
-    let mut child = Command::new("docker")
-        .args(["build", "-q", "-t", &base, "-"])
-        .env("DOCKER_BUILDKIT", "0")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(
-        &mut child.stdin.take().unwrap(),
-        format!("FROM kiln/bookworm:minbase\nENV KILN_TEST_NONCE={n}\n").as_bytes(),
-    )
-    .unwrap();
-    assert!(child.wait().unwrap().success());
-    let config = format!("{}/docker-config", env_dir());
-    let (pushed, out) = docker(&["--config", &config, "push", &base]);
-    assert!(pushed, "push {base}: {}", String::from_utf8_lossy(&out));
-    let (removed, out) = docker(&["rmi", &base]);
-    assert!(removed, "{}", String::from_utf8_lossy(&out));
+    let base = auth_only_base("kiln-test/build-secret-auth-base");
 
     let value = format!("auth-and-secret-{n}");
     let marker = format!("kiln-auth-{n}");

@@ -8,42 +8,19 @@
 
 mod common;
 
-use common::engine_available;
+use common::log::Log;
+use common::registry::{AUTH_REGISTRY, auth_only_base, auth_registry_login};
+use common::{engine_available, nonce};
 use kiln::buildkit::{BuildkitRequest, build};
 use kiln::docker::auth::Credential;
 use kiln::docker::{EngineEndpoint, EngineError};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 const BASE: &str = "127.0.0.1:5000/kiln/bookworm:minbase";
-const AUTH_REGISTRY: &str = "127.0.0.1:5001";
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn env_dir() -> String {
-    std::env::var("KILN_ENV_DIR").unwrap_or_else(|_| "/var/lib/kiln-env".into())
-}
-
-/// The generated login of the htpasswd registry (dev-env's `registry-auth.env`).
-fn auth_registry_login() -> (String, String) {
-    let text = std::fs::read_to_string(format!("{}/registry-auth.env", env_dir()))
-        .expect("dev-env.sh wrote registry-auth.env");
-    let get = |key: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{key}=")))
-            .expect(key)
-            .trim()
-            .trim_matches('\'')
-            .trim_matches('"')
-            .to_string()
-    };
-    (
-        get("KILN_TEST_REGISTRY_USER"),
-        get("KILN_TEST_REGISTRY_PASSWORD"),
-    )
-}
 
 fn docker(args: &[&str]) -> (bool, String) {
     let out = Command::new("docker")
@@ -58,35 +35,6 @@ fn docker(args: &[&str]) -> (bool, String) {
             String::from_utf8_lossy(&out.stderr)
         ),
     )
-}
-
-fn nonce() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{}-{nanos}", std::process::id())
-}
-
-/// Collects log lines.
-#[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<String>>>);
-
-impl Log {
-    fn sink(&self) -> impl FnMut(String) + Send + 'static {
-        let lines = self.0.clone();
-        move |line| lines.lock().unwrap().push(line)
-    }
-    fn lines(&self) -> Vec<String> {
-        self.0.lock().unwrap().clone()
-    }
-    /// The `#N` of the first step whose header line contains `needle`.
-    fn step_number(&self, needle: &str) -> Option<String> {
-        self.lines().iter().find_map(|l| {
-            let (number, rest) = l.split_once(' ')?;
-            (number.starts_with('#') && rest.contains(needle)).then(|| number.to_string())
-        })
-    }
 }
 
 fn open_fds() -> usize {
@@ -243,25 +191,7 @@ async fn credentials_reach_a_from_on_the_htpasswd_registry_through_the_session()
     let n = nonce();
     // A base that exists only on the htpasswd registry: pushed from here, then removed locally,
     // so BuildKit must pull it and ask the session for the login.
-    let base = format!("{AUTH_REGISTRY}/kiln-test/buildkit-auth-base:{n}");
-    let mut child = Command::new("docker")
-        .args(["build", "-q", "-t", &base, "-"])
-        .env("DOCKER_BUILDKIT", "0")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(
-        &mut child.stdin.take().unwrap(),
-        format!("FROM kiln/bookworm:minbase\nLABEL io.kiln.test.nonce=\"{n}\"\n").as_bytes(),
-    )
-    .unwrap();
-    assert!(child.wait().unwrap().success());
-    let config = format!("{}/docker-config", env_dir());
-    let (pushed, out) = docker(&["--config", &config, "push", &base]);
-    assert!(pushed, "push {base}: {out}");
-    let (removed, out) = docker(&["rmi", &base]);
-    assert!(removed, "{out}");
+    let base = auth_only_base("kiln-test/buildkit-auth-base");
 
     let dockerfile = format!("FROM {base}\nRUN echo pulled-{n}\n");
     let tags = [format!("kiln-test/buildkit-auth:{n}")];

@@ -121,31 +121,6 @@ async fn manifest_size(name: &str, digest: &str) -> u64 {
     layers + manifest["config"]["size"].as_u64().unwrap()
 }
 
-/// Removes the test's images from the Engine when the test ends, passed or not.
-struct RemoveImages(Vec<String>);
-
-impl Drop for RemoveImages {
-    fn drop(&mut self) {
-        for spec in &self.0 {
-            let Ok(out) = Command::new("docker")
-                .args([
-                    "images",
-                    "-q",
-                    "--filter",
-                    &format!("reference={REGISTRY}/{spec}"),
-                ])
-                .output()
-            else {
-                continue;
-            };
-            let ids = String::from_utf8_lossy(&out.stdout).into_owned();
-            for id in ids.split_whitespace().collect::<BTreeSet<_>>() {
-                let _ = Command::new("docker").args(["rmi", "-f", id]).output();
-            }
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_pip_add_and_bump_are_the_changes_and_the_sbom_validates_and_is_complete() {
     if !engine_available() {
@@ -159,7 +134,7 @@ async fn a_pip_add_and_bump_are_the_changes_and_the_sbom_validates_and_is_comple
         .unwrap()
         .as_millis();
     let (name, broken) = (format!("chg-{nonce}"), format!("chg-broken-{nonce}"));
-    let _cleanup = RemoveImages(vec![name.clone(), broken.clone()]);
+    let _cleanup = common::registry::RemoveImages(vec![name.clone(), broken.clone()]);
     let tmp = tempfile::tempdir().unwrap();
     let mut repo = GitRepo::init(&tmp.path().join("repo"));
     repo.write(

@@ -23,7 +23,6 @@ mod common;
 
 use common::{GitRepo, Server, engine_available, free_port};
 use serde_json::Value;
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -34,6 +33,7 @@ const DEB_BASE: &str = "127.0.0.1:5000/kiln/bookworm:minbase";
 /// The longest a test server may live, whatever happens to the test.
 const SERVER_LIFETIME: &str = "900";
 
+/// Digits only (not `common::nonce`): it also makes the wheel's PEP 440 version `1.0.N`.
 fn nonce() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -85,31 +85,6 @@ impl Drop for ServerProcess {
             .args(["-TERM", &self.child.id().to_string()])
             .status();
         let _ = self.child.wait();
-    }
-}
-
-/// Removes the test's images from the Engine when the test ends, passed or not.
-struct RemoveImages(Vec<String>);
-
-impl Drop for RemoveImages {
-    fn drop(&mut self) {
-        for spec in &self.0 {
-            let Ok(out) = Command::new("docker")
-                .args([
-                    "images",
-                    "-q",
-                    "--filter",
-                    &format!("reference={REGISTRY}/{spec}"),
-                ])
-                .output()
-            else {
-                continue;
-            };
-            let ids = String::from_utf8_lossy(&out.stdout).into_owned();
-            for id in ids.split_whitespace().collect::<BTreeSet<_>>() {
-                let _ = Command::new("docker").args(["rmi", "-f", id]).output();
-            }
-        }
     }
 }
 
@@ -359,7 +334,7 @@ async fn a_private_pypi_installs_through_its_source_and_a_wrong_password_is_refu
         format!("src-pip-bad-{n}"),
         format!("src-pip-down-{n}"),
     );
-    let _cleanup = RemoveImages(vec![good.clone(), bad.clone(), down.clone()]);
+    let _cleanup = common::registry::RemoveImages(vec![good.clone(), bad.clone(), down.clone()]);
     // A package that exists nowhere else: this test's own wheel, a version of this run.
     let version = format!("1.0.{n}");
     let packages = tmp.path().join("packages");
@@ -484,7 +459,8 @@ async fn a_private_apt_repository_behind_basic_auth_installs_its_package() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
     let spec_name = format!("src-apt-{n}");
-    let _cleanup = RemoveImages(vec![spec_name.clone(), format!("src-apt-bad-{n}")]);
+    let _cleanup =
+        common::registry::RemoveImages(vec![spec_name.clone(), format!("src-apt-bad-{n}")]);
     // A throw-away signing key in a GNUPGHOME of its own.
     let gnupg = t.join("gnupg");
     std::fs::create_dir_all(&gnupg).unwrap();

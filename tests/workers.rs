@@ -57,6 +57,17 @@ impl Drop for RestartWorkers {
     }
 }
 
+/// The worker Engines for one test: the lock that runs this file's tests one at a time, and
+/// a guard that starts every worker again when the test ends, however it ends. `None` when
+/// the workers are not up (outside CI; under `CI=true` that fails instead).
+async fn take_workers() -> Option<(tokio::sync::MutexGuard<'static, ()>, RestartWorkers)> {
+    let lock = WORKERS_IN_USE.lock().await;
+    if !workers_available() {
+        return None;
+    }
+    Some((lock, RestartWorkers))
+}
+
 /// A worker of the pool tests: its name and endpoint. `w0` is the main Engine (the tests here
 /// never stop it), `w1` and `w2` the worker Engines of `scripts/dev-env.sh`.
 fn worker(n: u32) -> (String, String) {
@@ -136,11 +147,9 @@ async fn wait_health(server: &Server, name: &str, healthy: bool) {
 
 #[tokio::test]
 async fn a_killed_worker_costs_an_attempt_and_the_job_builds_on_the_other() {
-    let _one = WORKERS_IN_USE.lock().await;
-    if !workers_available() {
+    let Some(_workers) = take_workers().await else {
         return;
-    }
-    let _guard = RestartWorkers;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let (mut repo, server) = pool_server(tmp.path()).await;
     wait_health(&server, "w1", true).await;
@@ -193,11 +202,9 @@ async fn a_killed_worker_costs_an_attempt_and_the_job_builds_on_the_other() {
 
 #[tokio::test]
 async fn with_every_worker_down_jobs_wait_queued_with_the_reason_then_build() {
-    let _one = WORKERS_IN_USE.lock().await;
-    if !workers_available() {
+    let Some(_workers) = take_workers().await else {
         return;
-    }
-    let _guard = RestartWorkers;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let (mut repo, server) = pool_server(tmp.path()).await;
     dev_env(&["worker-stop", "1"]);
@@ -228,31 +235,16 @@ async fn with_every_worker_down_jobs_wait_queued_with_the_reason_then_build() {
         reason.contains("w1: ") && reason.contains("w2: "),
         "{reason}"
     );
-    let page = reqwest::get(format!("{}/", server.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = server.text("/").await;
     assert!(page.contains("Builds wait:"), "the dashboard says why");
-    let workers_page = reqwest::get(format!("{}/workers", server.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let workers_page = server.text("/workers").await;
     assert!(workers_page.contains("unhealthy"), "{workers_page}");
 
     dev_env(&["worker-start", "2"]);
     let job = server.wait_done("waits", 1, Duration::from_secs(300)).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["worker"], "w2", "{job}");
-    let metrics = reqwest::get(format!("{}/metrics", server.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.text("/metrics").await;
     assert!(
         metrics.contains("kiln_worker_up{worker=\"w2\"} 1"),
         "{metrics}"
@@ -311,11 +303,9 @@ async fn workers_of(server: &Server, specs: &[String], revision: u64) -> Vec<Str
 
 #[tokio::test]
 async fn nine_specs_on_three_workers_stick_and_removing_one_moves_only_its_specs() {
-    let _one = WORKERS_IN_USE.lock().await;
-    if !workers_available() {
+    let Some(_workers) = take_workers().await else {
         return;
-    }
-    let _guard = RestartWorkers;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let specs: Vec<String> = (1..=9).map(|i| format!("sticky-{i}")).collect();
     let three: Vec<String> = [0, 1, 2].map(|n| worker(n).0).to_vec();
@@ -373,11 +363,9 @@ async fn nine_specs_on_three_workers_stick_and_removing_one_moves_only_its_specs
 
 #[tokio::test]
 async fn a_cold_worker_rebuilds_a_known_spec_from_the_registry_cache() {
-    let _one = WORKERS_IN_USE.lock().await;
-    if !workers_available() {
+    let Some(_workers) = take_workers().await else {
         return;
-    }
-    let _guard = RestartWorkers;
+    };
     let tmp = tempfile::tempdir().unwrap();
     // A base of this run's own: no Engine has its apt or pip step cached from earlier runs.
     let base = common::fresh_base("127.0.0.1:5000/kiln/bookworm-python:minbase", "cold-worker");
@@ -447,10 +435,9 @@ async fn a_cold_worker_rebuilds_a_known_spec_from_the_registry_cache() {
 
 #[tokio::test]
 async fn kiln_sync_builds_on_the_pool_and_fails_at_once_when_no_worker_answers() {
-    let _one = WORKERS_IN_USE.lock().await;
-    if !workers_available() {
+    let Some(_workers) = take_workers().await else {
         return;
-    }
+    };
     let tmp = tempfile::tempdir().unwrap();
     let mut repo = GitRepo::init(&tmp.path().join("repo"));
     repo.write("synced.yaml", &bare_spec("synced", &[]));

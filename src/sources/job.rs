@@ -63,6 +63,7 @@ impl Redactor {
     fn learn(&self, secrets: &secrets::JobSecrets) {
         if let Ok(mut state) = self.0.write() {
             state.hide.extend(secrets.hide.iter().cloned());
+            state.hide = super::redact::by_length(std::mem::take(&mut state.hide));
             state.used = secrets.used.clone();
         }
     }

@@ -16,10 +16,17 @@ pub const MASK: &str = "***";
 /// `line` without any of `secrets` and without URL userinfo.
 pub fn redact<'a>(line: &'a str, secrets: &[String]) -> Cow<'a, str> {
     let mut out: Cow<'a, str> = Cow::Borrowed(line);
-    // Longest first, so a secret that contains another is masked whole.
-    let mut sorted: Vec<&String> = secrets.iter().filter(|s| !s.is_empty()).collect();
-    sorted.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    for secret in sorted {
+    // Longest first, so a secret that contains another is masked whole. A job's list is kept
+    // in that order ([`by_length`]), so a log line costs no sorting; any other list is sorted
+    // here.
+    let owned_order;
+    let ordered: &[String] = if secrets.is_sorted_by_key(|s| std::cmp::Reverse(s.len())) {
+        secrets
+    } else {
+        owned_order = by_length(secrets.to_vec());
+        &owned_order
+    };
+    for secret in ordered.iter().filter(|s| !s.is_empty()) {
         if out.contains(secret.as_str()) {
             out = Cow::Owned(out.replace(secret.as_str(), MASK));
         }
@@ -30,7 +37,17 @@ pub fn redact<'a>(line: &'a str, secrets: &[String]) -> Cow<'a, str> {
     }
 }
 
-/// `Some(text)` with every URL's userinfo masked, `None` when there was none.
+/// `secrets` longest first, each once: the order [`redact`] masks them in.
+pub fn by_length(mut secrets: Vec<String>) -> Vec<String> {
+    secrets.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    secrets.dedup();
+    secrets
+}
+
+/// `Some(text)` with every URL's userinfo masked, `None` when there was none. Not
+/// `repo::redact`: that one keeps an ssh user (`git@host`) and takes a token's last `@`
+/// (a typed password may hold `/`), while a log line needs every scheme's userinfo masked and
+/// an `@` past the authority (`?q=a@b`, `pkg@1.0`) left alone.
 fn strip_userinfo(text: &str) -> Option<String> {
     let mut out = String::new();
     let mut rest = text;

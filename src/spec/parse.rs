@@ -281,23 +281,26 @@ impl Walker<'_> {
         })
     }
 
-    /// `sources:` names of package sources configured in Kiln; sorted, each once.
-    fn sources(&mut self, node: &Node) -> Option<Vec<String>> {
-        let items = match &node.value {
-            Value::Null => return Some(vec![]),
-            Value::Seq(items) => items,
+    /// The items of the list at `node` (none for an empty value); anything but a list is a
+    /// `WrongType` error saying the key `key` must be a list of `what`, and `None`.
+    fn list_items<'n>(&mut self, node: &'n Node, key: &str, what: &str) -> Option<&'n [Node]> {
+        match &node.value {
+            Value::Null => Some(&[]),
+            Value::Seq(items) => Some(items),
             other => {
                 self.out.push(
                     node.pos,
                     Rule::WrongType,
-                    format!(
-                        "`sources` must be a list of source names configured in Kiln, not {}",
-                        other.kind()
-                    ),
+                    format!("`{key}` must be a list of {what}, not {}", other.kind()),
                 );
-                return None;
+                None
             }
-        };
+        }
+    }
+
+    /// `sources:` names of package sources configured in Kiln; sorted, each once.
+    fn sources(&mut self, node: &Node) -> Option<Vec<String>> {
+        let items = self.list_items(node, "sources", "source names configured in Kiln")?;
         let before = self.out.diagnostics.len();
         let mut names = Vec::with_capacity(items.len());
         for item in items {
@@ -416,20 +419,8 @@ impl Walker<'_> {
 
     /// `catalog.groups`: a list of group names as the hub's authenticator spells them.
     fn groups(&mut self, node: &Node) -> Vec<String> {
-        let items = match &node.value {
-            Value::Null => return vec![],
-            Value::Seq(items) => items,
-            other => {
-                self.out.push(
-                    node.pos,
-                    Rule::WrongType,
-                    format!(
-                        "`catalog.groups` must be a list of group names, not {}",
-                        other.kind()
-                    ),
-                );
-                return vec![];
-            }
+        let Some(items) = self.list_items(node, "catalog.groups", "group names") else {
+            return vec![];
         };
         let mut groups = Vec::with_capacity(items.len());
         for item in items {
@@ -469,21 +460,7 @@ impl Walker<'_> {
 
     /// `tests:` a list of shell commands, each run with `sh -c` in the built image.
     fn tests(&mut self, node: &Node) -> Option<Vec<String>> {
-        let items = match &node.value {
-            Value::Null => return Some(vec![]),
-            Value::Seq(items) => items,
-            other => {
-                self.out.push(
-                    node.pos,
-                    Rule::WrongType,
-                    format!(
-                        "`tests` must be a list of shell commands, not {}",
-                        other.kind()
-                    ),
-                );
-                return None;
-            }
-        };
+        let items = self.list_items(node, "tests", "shell commands")?;
         let before = self.out.diagnostics.len();
         let mut tests = Vec::with_capacity(items.len());
         for item in items {

@@ -247,6 +247,16 @@ impl Server {
         resp.json().await.unwrap()
     }
 
+    /// The body of `GET path` as text, whatever the status (a dashboard page, `/metrics`).
+    pub async fn text(&self, path: &str) -> String {
+        reqwest::get(format!("{}{path}", self.base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn status(&self, path: &str) -> u16 {
         reqwest::get(format!("{}{path}", self.base))
             .await
